@@ -1,0 +1,90 @@
+//! Types shared by the kernel programs (`sensor-ebpf`) and the agent (`sensor`).
+//!
+//! Every type here crosses the kernel/user boundary as raw bytes, so each is `#[repr(C)]`,
+//! `Copy`, holds no `bool` or Rust enum (named `u8` constants instead), spells out its padding,
+//! and has its size asserted: a layout change fails the build on both sides at once.
+#![no_std]
+
+/// Layout version of the shared map types. Bumped on any change to a key or value type, so
+/// that a future agent can tell pinned maps of an older layout from its own.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// `FlowKey::protocol` values, the IANA protocol numbers.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// One process talking to one remote endpoint: the key of the egress map.
+///
+/// IPv4 addresses (and v4-mapped IPv6 ones) sit in the first four bytes of `addr`, the rest
+/// zero, with `family == FAMILY_IPV4`. `port` is the remote port in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// The sending process (thread group id, what userspace calls the pid).
+    pub tgid: u32,
+    pub port: u16,
+    pub family: u8,
+    pub protocol: u8,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+
+/// Per-CPU running sums for one [`FlowKey`]; userspace adds the CPUs together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// Bytes the send calls reported as sent (the tracepoint's `ret` when positive).
+    pub bytes: u64,
+    /// Send calls that sent at least one byte.
+    pub sends: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 16);
+
+/// Where, in the kernel running us, the fields the programs read live. Filled by the agent
+/// from the tracefs `format` files and from BTF, and passed as the `LAYOUT` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `sock:sock_send_length` record: byte offsets of `sk`, `family`, `protocol`, `ret`.
+    pub tp_send_sk: u16,
+    pub tp_send_family: u16,
+    pub tp_send_protocol: u16,
+    pub tp_send_ret: u16,
+    /// `struct sock_common` byte offsets of `skc_daddr`, `skc_dport`, `skc_v6_daddr`.
+    pub skc_daddr: u16,
+    pub skc_dport: u16,
+    pub skc_v6_daddr: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 16);
+
+/// Index of each program in the `KERNEL_ERRORS` per-CPU array.
+pub const PROG_SOCK_SEND_LENGTH: u32 = 0;
+/// Number of programs with an error slot; the array's size.
+pub const PROG_COUNT: u32 = 1;
+/// Program names, in index order, as exported in `exfil_sensor_kernel_errors_total{program}`.
+pub const PROG_NAMES: [&str; PROG_COUNT as usize] = ["sock_send_length"];
+
+/// Index of each map in the `KERNEL_DROPS` per-CPU array: inserts refused because it was full.
+pub const MAP_EGRESS: u32 = 0;
+/// Number of maps with a drop slot; the array's size.
+pub const MAP_COUNT: u32 = 1;
+/// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
+pub const MAP_NAMES: [&str; MAP_COUNT as usize] = ["egress"];
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{FlowCounters, FlowKey, KernelLayout};
+
+    // SAFETY: all three are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // fields, so every bit pattern is a valid value and no byte is uninitialised.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelLayout {}
+}

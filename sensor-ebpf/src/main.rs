@@ -1,0 +1,25 @@
+//! exfil-sensor kernel programs. This file only declares; see `maps.rs` for every map and
+//! one module per hook family for the programs.
+//!
+//! Built for the BPF target by `sensor/build.rs`. On the host (`cargo clippy --workspace`)
+//! it is an ordinary, empty binary, so that the same sources are type-checked and linted
+//! there without clashing with the host's `std`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+mod maps;
+mod net_send;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+// GPL-compatible: `bpf_probe_read_kernel` is a GPL-only helper.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

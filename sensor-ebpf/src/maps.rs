@@ -1,0 +1,63 @@
+//! Every map and load-time global of the kernel side, in one place.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{PerCpuArray, PerCpuHashMap},
+};
+use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT};
+
+/// Bytes sent per (process, remote address, remote port, protocol).
+/// Key [`FlowKey`], value [`FlowCounters`] per CPU. Written by `sock_send_length`; read (and
+/// summed over CPUs) by the agent's poll loop. Max entries: the agent sets it from
+/// `kernel.egress_map_entries` at load; the number here is only the default.
+/// A plain preallocated hash, never an LRU: an LRU would evict counted bytes.
+#[map]
+pub(crate) static EGRESS: PerCpuHashMap<FlowKey, FlowCounters> =
+    PerCpuHashMap::with_max_entries(65_536, 0);
+
+/// Bytes that could not get a key of their own in [`EGRESS`] because it was full, so that
+/// the sum over all keys plus this bucket always equals what was sent.
+/// Key: index 0; value [`FlowCounters`] per CPU. Written by `sock_send_length`; read by the agent.
+#[map]
+pub(crate) static EGRESS_OVERFLOW: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Errors per program (a failed kernel read, say), indexed by `sensor_common::PROG_*`.
+/// Value: count per CPU. Written by every program; exported as
+/// `exfil_sensor_kernel_errors_total{program}`.
+#[map]
+pub(crate) static KERNEL_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROG_COUNT, 0);
+
+/// Inserts refused because a map was full, indexed by `sensor_common::MAP_*`.
+/// Value: count per CPU. Exported as `exfil_sensor_kernel_drops_total{map}`.
+#[map]
+pub(crate) static KERNEL_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_COUNT, 0);
+
+/// The agent's own thread group id, so that it never counts its own traffic.
+#[unsafe(no_mangle)]
+pub(crate) static OWN_TGID: Global<u32> = Global::new(0);
+
+/// Field offsets of the running kernel, read by the agent from tracefs and BTF.
+#[unsafe(no_mangle)]
+pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
+    // Fallbacks read from Linux 6.18 (tracefs `sock/sock_send_length/format` and the BTF of
+    // `struct sock_common`); the agent always overrides them with what the running kernel says.
+    tp_send_sk: 8,
+    tp_send_family: 16,
+    tp_send_protocol: 18,
+    tp_send_ret: 20,
+    skc_daddr: 0,
+    skc_dport: 12,
+    skc_v6_daddr: 56,
+    _pad: 0,
+});
+
+/// Adds one to a per-CPU counter slot. Programs run with migration disabled and the same
+/// program does not nest on one CPU, so a plain add on the CPU's own slot is exact.
+#[inline(always)]
+pub(crate) fn bump(array: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = array.get_ptr_mut(index) {
+        // SAFETY: the pointer is this CPU's slot of a live map value.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,206 @@
+//! Flows: the kernel's per-(process, destination) sums, with the process named.
+
+pub mod identity;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use sensor_common::{FAMILY_IPV6, FlowCounters, FlowKey, PROTO_TCP, PROTO_UDP};
+use serde::Serialize;
+
+use self::identity::{Process, ProcessSource};
+
+/// The remote address of a key, as the IP it is.
+pub fn destination(key: &FlowKey) -> IpAddr {
+    if key.family == FAMILY_IPV6 {
+        IpAddr::V6(Ipv6Addr::from(key.addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(
+            key.addr[0],
+            key.addr[1],
+            key.addr[2],
+            key.addr[3],
+        ))
+    }
+}
+
+pub fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        _ => "other",
+    }
+}
+
+struct FlowEntry {
+    counters: FlowCounters,
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+    process: Arc<Process>,
+}
+
+/// One flow as the API shows it (fields as in shared/CONTRACT.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub service: String,
+    pub destination: String,
+    pub port: u16,
+    pub protocol: &'static str,
+    /// Exact bytes sent since the maps were created.
+    pub bytes_sent: u64,
+    pub sends: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// Every flow the kernel has counted, with its process named at first sight.
+#[derive(Default)]
+pub struct FlowTable {
+    flows: HashMap<FlowKey, FlowEntry>,
+    processes: HashMap<u32, Arc<Process>>,
+}
+
+impl FlowTable {
+    /// Takes one poll's running totals. `now` is injected so tests control time.
+    pub fn apply(
+        &mut self,
+        now: SystemTime,
+        sums: &[(FlowKey, FlowCounters)],
+        source: &dyn ProcessSource,
+    ) {
+        for (key, counters) in sums {
+            if let Some(entry) = self.flows.get_mut(key) {
+                if entry.counters != *counters {
+                    entry.counters = *counters;
+                    entry.last_seen = now;
+                }
+                continue;
+            }
+            let process = Arc::clone(self.processes.entry(key.tgid).or_insert_with(|| {
+                Arc::new(source.process(key.tgid).unwrap_or_else(Process::gone))
+            }));
+            self.flows.insert(
+                *key,
+                FlowEntry {
+                    counters: *counters,
+                    first_seen: now,
+                    last_seen: now,
+                    process,
+                },
+            );
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Each flow's key, process and running totals.
+    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &Process, &FlowCounters)> {
+        self.flows
+            .iter()
+            .map(|(key, entry)| (key, entry.process.as_ref(), &entry.counters))
+    }
+
+    /// The API view, largest senders first.
+    pub fn records(&self) -> Vec<FlowRecord> {
+        let mut records: Vec<FlowRecord> = self
+            .flows
+            .iter()
+            .map(|(key, entry)| FlowRecord {
+                pid: key.tgid,
+                comm: entry.process.comm.clone(),
+                exe: entry.process.exe.clone(),
+                service: entry.process.service.clone(),
+                destination: destination(key).to_string(),
+                port: key.port,
+                protocol: protocol_name(key.protocol),
+                bytes_sent: entry.counters.bytes,
+                sends: entry.counters.sends,
+                first_seen: humantime::format_rfc3339_seconds(entry.first_seen).to_string(),
+                last_seen: humantime::format_rfc3339_seconds(entry.last_seen).to_string(),
+            })
+            .collect();
+        records.sort_by(|a, b| b.bytes_sent.cmp(&a.bytes_sent).then(a.pid.cmp(&b.pid)));
+        records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sensor_common::FAMILY_IPV4;
+
+    use super::*;
+
+    struct FakeProc;
+    impl ProcessSource for FakeProc {
+        fn process(&self, pid: u32) -> Option<Process> {
+            (pid == 7).then(|| Process {
+                comm: "curl".into(),
+                exe: "/usr/bin/curl".into(),
+                service: "backup.service".into(),
+            })
+        }
+    }
+
+    fn key(tgid: u32, last_octet: u8, port: u16) -> FlowKey {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[198, 51, 100, last_octet]);
+        FlowKey {
+            tgid,
+            port,
+            family: FAMILY_IPV4,
+            protocol: PROTO_TCP,
+            addr,
+        }
+    }
+
+    #[test]
+    fn totals_are_the_kernel_totals_and_times_follow_changes() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let t1 = t0 + Duration::from_secs(1);
+        let t2 = t1 + Duration::from_secs(1);
+        let mut table = FlowTable::default();
+        let sums = |bytes| [(key(7, 2, 443), FlowCounters { bytes, sends: 3 })];
+        table.apply(t0, &sums(100), &FakeProc);
+        table.apply(t1, &sums(7_340_032), &FakeProc);
+        table.apply(t2, &sums(7_340_032), &FakeProc);
+        let records = table.records();
+        assert_eq!(records.len(), 1);
+        let r = &records[0];
+        assert_eq!(r.bytes_sent, 7_340_032);
+        assert_eq!((r.pid, r.port, r.protocol), (7, 443, "tcp"));
+        assert_eq!(r.destination, "198.51.100.2");
+        assert_eq!(r.service, "backup.service");
+        assert_eq!(r.first_seen, "2023-11-14T22:13:20Z");
+        assert_eq!(r.last_seen, "2023-11-14T22:13:21Z");
+    }
+
+    #[test]
+    fn a_process_gone_before_first_sight_is_unknown() {
+        let mut table = FlowTable::default();
+        table.apply(
+            SystemTime::UNIX_EPOCH,
+            &[(key(99, 9, 53), FlowCounters { bytes: 1, sends: 1 })],
+            &FakeProc,
+        );
+        assert_eq!(table.records()[0].service, "unknown");
+    }
+
+    #[test]
+    fn ipv6_destinations_print_as_ipv6() {
+        let mut k = key(1, 0, 22);
+        k.family = FAMILY_IPV6;
+        k.addr = "2001:db8::2".parse::<Ipv6Addr>().expect("addr").octets();
+        assert_eq!(destination(&k).to_string(), "2001:db8::2");
+    }
+}

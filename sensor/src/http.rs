@@ -1,0 +1,152 @@
+//! The two listeners: `/metrics` and `/healthz` on TCP for Prometheus; `/healthz` and the JSON
+//! API on a Unix socket (mode 0660) so that no unprivileged local user reads who talks to whom.
+
+use std::{
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use prometheus::Registry;
+use thiserror::Error;
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::watch,
+};
+
+use crate::{
+    flow::FlowRecord,
+    kernel::{ProbeState, ProbeStatus},
+    metrics::Metrics,
+};
+
+#[derive(Debug, Error)]
+pub enum HttpError {
+    #[error("cannot listen on {addr}: {source}")]
+    Tcp {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the API socket {path}: {source}")]
+    Unix {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+}
+
+/// What the HTTP side serves, published by the poll loop after each poll.
+#[derive(Debug, Default)]
+pub struct View {
+    pub probes: Vec<ProbeStatus>,
+    pub flows: Vec<FlowRecord>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    view: watch::Receiver<Arc<View>>,
+    registry: Registry,
+}
+
+pub async fn bind_tcp(addr: std::net::SocketAddr) -> Result<TcpListener, HttpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Tcp { addr, source })
+}
+
+/// Binds the API socket: the directory is created (0755) if missing, a stale socket from an
+/// earlier run is replaced, and the socket is made 0660, group `exfil-sensor` when it exists.
+pub fn bind_unix(path: &Path) -> Result<UnixListener, HttpError> {
+    let unix_err = |source| HttpError::Unix {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(unix_err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(unix_err)?,
+        Ok(_) => {
+            return Err(HttpError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(unix_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(unix_err)?;
+    if let Some(gid) = group_id("exfil-sensor") {
+        std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(unix_err)?;
+    }
+    Ok(listener)
+}
+
+/// The gid of `name` from /etc/group, if the group exists.
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+pub fn metrics_router(view: watch::Receiver<Arc<View>>, registry: Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(AppState { view, registry })
+}
+
+pub fn api_router(view: watch::Receiver<Arc<View>>, registry: Registry) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/flows", get(flows))
+        .with_state(AppState { view, registry })
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        Metrics::render(&state.registry),
+    )
+}
+
+/// 200 once every probe is attached; 503 with the reasons otherwise.
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let view = Arc::clone(&state.view.borrow());
+    let skipped: Vec<String> = view
+        .probes
+        .iter()
+        .filter_map(|p| match &p.state {
+            ProbeState::Attached => None,
+            ProbeState::Skipped(reason) => Some(format!("{}: {reason}", p.probe)),
+        })
+        .collect();
+    if view.probes.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_owned())
+    } else if skipped.is_empty() {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("probes not attached:\n{}\n", skipped.join("\n")),
+        )
+    }
+}
+
+async fn flows(State(state): State<AppState>) -> impl IntoResponse {
+    let view = Arc::clone(&state.view.borrow());
+    Json(view.flows.clone())
+}

@@ -1,0 +1,221 @@
+//! The kernel edge: load the eBPF object with this kernel's layout, attach the probes, and
+//! read the sums out of the maps. Nothing above this module touches BPF.
+
+pub mod btf;
+pub mod host;
+pub mod tracefs;
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+    programs::{ProgramError, TracePoint},
+};
+use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT};
+use thiserror::Error;
+
+use self::{btf::Btf, tracefs::Format};
+
+/// The eBPF object, built by `build.rs` for the BPF target.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("loading the eBPF object into the kernel failed: {0}")]
+    Load(#[from] EbpfError),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("reading map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+}
+
+/// Sizes and switches the agent's config gives the kernel side.
+#[derive(Debug, Clone)]
+pub struct KernelOptions {
+    pub egress_map_entries: u32,
+}
+
+/// Whether one probe is attached, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeState {
+    Attached,
+    Skipped(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeStatus {
+    /// What users see in logs and in `exfil_sensor_probe_attached{probe}`: `sock:sock_send_length`.
+    pub probe: &'static str,
+    pub state: ProbeState,
+}
+
+/// A probe: which program goes where.
+struct Probe {
+    probe: &'static str,
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+}
+
+const PROBES: &[Probe] = &[Probe {
+    probe: "sock:sock_send_length",
+    program: "sock_send_length",
+    category: "sock",
+    name: "sock_send_length",
+}];
+
+/// What one poll reads out of the kernel: running totals since the maps were created.
+#[derive(Debug, Default, Clone)]
+pub struct KernelSums {
+    pub egress: Vec<(FlowKey, FlowCounters)>,
+    /// Bytes that found no room in the egress map.
+    pub egress_overflow: FlowCounters,
+    /// Per program, in `sensor_common::PROG_NAMES` order.
+    pub errors: [u64; PROG_COUNT as usize],
+    /// Per map, in `sensor_common::MAP_NAMES` order.
+    pub drops: [u64; MAP_COUNT as usize],
+}
+
+/// The loaded programs and their maps. Dropping it detaches everything.
+pub struct Sensor {
+    ebpf: Ebpf,
+    probes: Vec<ProbeStatus>,
+}
+
+impl Sensor {
+    /// Checks the host, reads this kernel's layout, loads the object and attaches every probe
+    /// it can. A probe that cannot attach is recorded as skipped, never fatal.
+    pub fn load(options: &KernelOptions) -> Result<Self, KernelError> {
+        host::check_privileges()?;
+        let tracefs = host::ensure_mounted("tracefs", Path::new("/sys/kernel/tracing"))?;
+        host::ensure_mounted("bpf", Path::new("/sys/fs/bpf"))?;
+        let btf = Btf::from_file(Path::new(BTF_PATH))?;
+        let (layout, layout_problem) = match kernel_layout(&tracefs, &btf) {
+            Ok(layout) => (layout, None),
+            Err(reason) => (KernelLayout::default(), Some(reason)),
+        };
+        let own_tgid = std::process::id();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OWN_TGID", &own_tgid, true)
+            .override_global("LAYOUT", &layout, true)
+            .map_max_entries("EGRESS", options.egress_map_entries)
+            .load(EBPF_OBJECT)?;
+        let probes = PROBES
+            .iter()
+            .map(|probe| ProbeStatus {
+                probe: probe.probe,
+                state: match &layout_problem {
+                    Some(reason) => ProbeState::Skipped(reason.clone()),
+                    None => match attach(&mut ebpf, probe) {
+                        Ok(()) => ProbeState::Attached,
+                        Err(reason) => ProbeState::Skipped(reason),
+                    },
+                },
+            })
+            .collect();
+        Ok(Self { ebpf, probes })
+    }
+
+    /// The compatibility table: each probe, attached or skipped with the reason.
+    pub fn probes(&self) -> &[ProbeStatus] {
+        &self.probes
+    }
+
+    /// Reads every running total, summing the per-CPU values.
+    pub fn read(&self) -> Result<KernelSums, KernelError> {
+        let egress: PerCpuHashMap<&MapData, FlowKey, FlowCounters> =
+            PerCpuHashMap::try_from(self.map("EGRESS")?).map_err(map_err("EGRESS"))?;
+        let mut sums = KernelSums::default();
+        for entry in egress.iter() {
+            let (key, per_cpu) = entry.map_err(map_err("EGRESS"))?;
+            sums.egress.push((key, sum_counters(&per_cpu)));
+        }
+        let overflow: PerCpuArray<&MapData, FlowCounters> =
+            PerCpuArray::try_from(self.map("EGRESS_OVERFLOW")?)
+                .map_err(map_err("EGRESS_OVERFLOW"))?;
+        sums.egress_overflow =
+            sum_counters(&overflow.get(&0, 0).map_err(map_err("EGRESS_OVERFLOW"))?);
+        read_counter_array(
+            self.map("KERNEL_ERRORS")?,
+            "KERNEL_ERRORS",
+            &mut sums.errors,
+        )?;
+        read_counter_array(self.map("KERNEL_DROPS")?, "KERNEL_DROPS", &mut sums.drops)?;
+        Ok(sums)
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
+        self.ebpf.map(name).ok_or(KernelError::MissingMap(name))
+    }
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> KernelError {
+    move |source| KernelError::Map { map, source }
+}
+
+fn sum_counters(per_cpu: &[FlowCounters]) -> FlowCounters {
+    per_cpu
+        .iter()
+        .fold(FlowCounters::default(), |acc, c| FlowCounters {
+            bytes: acc.bytes + c.bytes,
+            sends: acc.sends + c.sends,
+        })
+}
+
+fn read_counter_array(
+    map: &aya::maps::Map,
+    name: &'static str,
+    out: &mut [u64],
+) -> Result<(), KernelError> {
+    let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err(name))?;
+    for (index, slot) in (0u32..).zip(out.iter_mut()) {
+        *slot = array.get(&index, 0).map_err(map_err(name))?.iter().sum();
+    }
+    Ok(())
+}
+
+/// Field offsets of this kernel: the `sock_send_length` record from tracefs, `struct
+/// sock_common` from BTF. An error names the file or type that lacked a field.
+fn kernel_layout(tracefs: &Path, btf: &Btf) -> Result<KernelLayout, String> {
+    let send = Format::read(tracefs, "sock", "sock_send_length").map_err(|e| e.to_string())?;
+    let tp = |field: &str| send.offset(field).map_err(|e| e.to_string());
+    let sock = |member: &str| -> Result<u16, String> {
+        let offset = btf
+            .member_offset("sock_common", member)
+            .map_err(|e| e.to_string())?;
+        u16::try_from(offset).map_err(|_| format!("sock_common.{member} at {offset} is too far"))
+    };
+    Ok(KernelLayout {
+        tp_send_sk: tp("sk")?,
+        tp_send_family: tp("family")?,
+        tp_send_protocol: tp("protocol")?,
+        tp_send_ret: tp("ret")?,
+        skc_daddr: sock("skc_daddr")?,
+        skc_dport: sock("skc_dport")?,
+        skc_v6_daddr: sock("skc_v6_daddr")?,
+        _pad: 0,
+    })
+}
+
+fn attach(ebpf: &mut Ebpf, probe: &Probe) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(probe.program)
+        .ok_or_else(|| format!("program {} is not in the eBPF object", probe.program))?;
+    let tracepoint: &mut TracePoint = program
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    tracepoint
+        .load()
+        .map_err(|e| format!("the verifier refused {}: {e}", probe.program))?;
+    tracepoint
+        .attach(probe.category, probe.name)
+        .map_err(|e| format!("attaching to {}:{}: {e}", probe.category, probe.name))?;
+    Ok(())
+}

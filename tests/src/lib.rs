@@ -1,0 +1,371 @@
+//! Harness for the end-to-end tests: a network namespace standing in for "the outside", the
+//! real agent, helper processes with known byte counts, and a client for the API socket.
+//!
+//! Everything that is started or created is owned by a guard whose `Drop` stops or removes
+//! it, so a failing assertion leaves no namespace, process or socket behind.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// Panics with a clear message unless the tests run as root: they load BPF programs and
+/// create network namespaces. `cargo xtask test` runs them; there is no skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "the end-to-end tests load BPF programs and need root (uid is {uid}); run `cargo xtask test` as root"
+    );
+}
+
+fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A network namespace joined to this host by a veth pair: the host is `host_ip`, the
+/// namespace `peer_ip`, both in a /24. Deleted (with its veth pair) on drop.
+pub struct NetNs {
+    pub name: String,
+    pub host_ip: &'static str,
+    pub peer_ip: &'static str,
+}
+
+impl NetNs {
+    /// The "outside world": 198.51.100.2 in a namespace, 198.51.100.1 on this host.
+    pub fn outside() -> anyhow::Result<Self> {
+        Self::create("exfil-e2e", "198.51.100.1", "198.51.100.2")
+    }
+
+    fn create(name: &str, host_ip: &'static str, peer_ip: &'static str) -> anyhow::Result<Self> {
+        // A namespace left by a killed earlier run would hold the same addresses.
+        let _ = run("ip", &["netns", "del", name]);
+        run("ip", &["netns", "add", name])?;
+        let ns = Self {
+            name: name.to_owned(),
+            host_ip,
+            peer_ip,
+        };
+        let host_if = format!("{name}-h");
+        let peer_if = format!("{name}-p");
+        run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", name,
+            ],
+        )?;
+        run(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/24"), "dev", &host_if],
+        )?;
+        run("ip", &["link", "set", &host_if, "up"])?;
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", name, "ip"];
+            all.extend_from_slice(args);
+            run("ip", &all)
+        };
+        in_ns(&["addr", "add", &format!("{peer_ip}/24"), "dev", &peer_if])?;
+        in_ns(&["link", "set", &peer_if, "up"])?;
+        in_ns(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A child process killed and reaped on drop, with line access to its stdout.
+pub struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    what: String,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, what: &str) -> anyhow::Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        Ok(Self {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            what: what.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next stdout line, which must start with `prefix`; returns the rest, parsed.
+    /// The helper ends itself within 60 s, so this cannot block forever.
+    pub fn expect_line<T: std::str::FromStr>(&mut self, prefix: &str) -> anyhow::Result<T> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let rest = line
+            .trim_end()
+            .strip_prefix(prefix)
+            .with_context(|| format!("{}: expected `{prefix}…`, got {line:?}", self.what))?;
+        rest.trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{}: cannot parse {rest:?}", self.what))
+    }
+
+    /// Closes stdin (a holding sender then exits) and waits for the exit.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("{} exited with {status}", self.what);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The traffic helper binary of this crate. A macro because cargo tells only integration
+/// tests (not this library) where the package's binaries are.
+#[macro_export]
+macro_rules! traffic_bin {
+    () => {
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_exfil-traffic"))
+    };
+}
+
+/// The agent binary: `EXFIL_SENSOR_BIN` (set by `cargo xtask test`), else the release build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("EXFIL_SENSOR_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/exfil-sensor"),
+        PathBuf::from,
+    )
+}
+
+/// One flow from `/api/v1/flows`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Flow {
+    pub pid: u32,
+    pub comm: String,
+    pub service: String,
+    pub destination: String,
+    pub port: u16,
+    pub protocol: String,
+    pub bytes_sent: u64,
+}
+
+/// The real agent, with its API on a private socket; SIGTERM and reaped on drop.
+pub struct Agent {
+    child: Child,
+    pub api_socket: PathBuf,
+    metrics: SocketAddr,
+    config: PathBuf,
+}
+
+/// How often the test agent polls; waits below are in multiples of it.
+pub const POLL: Duration = Duration::from_millis(200);
+
+impl Agent {
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = agent_bin();
+        if !bin.exists() {
+            bail!(
+                "{} is missing: run the tests with `cargo xtask test`",
+                bin.display()
+            );
+        }
+        let dir = std::env::temp_dir();
+        let tag = std::process::id();
+        let api_socket = dir.join(format!("exfil-e2e-{tag}.sock"));
+        let config = dir.join(format!("exfil-e2e-{tag}.toml"));
+        // A free loopback port: bound here, released, handed to the agent.
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\npoll_interval = \"{}ms\"\n[http]\nlisten = \"{metrics}\"\n",
+                POLL.as_millis()
+            ),
+        )?;
+        let child = Command::new(&bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--api-socket")
+            .arg(&api_socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut agent = Self {
+            child,
+            api_socket,
+            metrics,
+            config,
+        };
+        agent.wait_healthy(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the agent exited during start-up with {status}");
+            }
+            if let Ok((200, _)) = self.get("/healthz") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent was not healthy within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where the agent serves `/metrics`.
+    pub fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.metrics)
+    }
+
+    /// `GET path` over the API socket: (status, body).
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get_unix(&self.api_socket, path)
+    }
+
+    pub fn flows(&self) -> anyhow::Result<Vec<Flow>> {
+        let (status, body) = self.get("/api/v1/flows")?;
+        if status != 200 {
+            bail!("/api/v1/flows answered {status}: {body}");
+        }
+        serde_json::from_str(&body).context("parsing /api/v1/flows")
+    }
+
+    /// The flow of `pid` to `destination:port` once its count has stopped moving: waits until
+    /// it reaches `expected` (or 10 s pass), then two more polls, and returns what the API says.
+    pub fn settled_flow(
+        &self,
+        pid: u32,
+        destination: &str,
+        port: u16,
+        protocol: &str,
+        expected: u64,
+    ) -> anyhow::Result<Option<Flow>> {
+        let find = || -> anyhow::Result<Option<Flow>> {
+            Ok(self.flows()?.into_iter().find(|f| {
+                f.pid == pid
+                    && f.destination == destination
+                    && f.port == port
+                    && f.protocol == protocol
+            }))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if find()?.is_some_and(|f| f.bytes_sent >= expected) {
+                break;
+            }
+            std::thread::sleep(POLL / 2);
+        }
+        std::thread::sleep(POLL * 2);
+        find()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.api_socket);
+    }
+}
+
+/// `GET path` over TCP; the body of a 200 answer.
+pub fn http_get_tcp(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    let (status, body) = http_get(stream, path)?;
+    if status != 200 {
+        bail!("GET {path} answered {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// A minimal HTTP/1.0 GET over a Unix socket: one request, the server closes after answering.
+pub fn http_get_unix(socket: &Path, path: &str) -> anyhow::Result<(u16, String)> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    http_get(stream, path)
+}
+
+/// One HTTP/1.0 request on a fresh stream; the server closes after answering.
+fn http_get(
+    mut stream: impl std::io::Read + std::io::Write,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no end of headers in the response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}

@@ -1,0 +1,136 @@
+//! `cargo xtask setup|run|test`: everything a fresh machine needs, from one command.
+
+mod setup;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "exfil-sensor tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (nightly rust-src, bpf-linker, Debian packages) and mount
+    /// tracefs and bpffs. Idempotent; fast when everything is there.
+    Setup,
+    /// Setup, release build, then run the sensor in the foreground on the embedded default
+    /// config until Ctrl-C. Arguments after `--` go to `exfil-sensor run`.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, unit tests, then the end-to-end tests against the real kernel (root only).
+    Test {
+        /// Only the unit tests (no root needed).
+        #[arg(long)]
+        unit: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => run(&args),
+        Task::Test { unit } => test(unit),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command to completion; an error names it and its exit status.
+fn status(mut cmd: Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn require_root(task: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        bail!(
+            "`cargo xtask {task}` loads BPF programs and must run as root (uid is {uid}); \
+             try: sudo -E cargo xtask {task}"
+        );
+    }
+    Ok(())
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    require_root("run")?;
+    setup::run()?;
+    let mut build = cargo();
+    build.args(["build", "--release", "--package", "sensor"]);
+    status(build, "cargo build --release --package sensor")?;
+    let binary = workspace_root().join("target/release/exfil-sensor");
+    println!(
+        "xtask: starting {} run {}",
+        binary.display(),
+        args.join(" ")
+    );
+    // Become the sensor, so Ctrl-C and SIGTERM reach it directly.
+    let err = Command::new(&binary).arg("run").args(args).exec();
+    Err(err).with_context(|| format!("executing {}", binary.display()))
+}
+
+fn test(unit_only: bool) -> anyhow::Result<()> {
+    if !unit_only {
+        // Before anything slow: the end-to-end tests cannot run without root, and we never
+        // skip them quietly.
+        require_root("test")?;
+        setup::run()?;
+    } else {
+        setup::toolchain()?;
+    }
+    let mut unit = cargo();
+    unit.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "sensor-ebpf",
+        "--exclude",
+        "exfil-tests",
+    ]);
+    status(unit, "unit tests")?;
+    if unit_only {
+        return Ok(());
+    }
+    let mut build = cargo();
+    build.args(["build", "--package", "sensor"]);
+    status(build, "cargo build --package sensor")?;
+    let mut e2e = cargo();
+    e2e.args(["test", "--package", "exfil-tests", "--", "--test-threads=1"])
+        .env(
+            "EXFIL_SENSOR_BIN",
+            workspace_root().join("target/debug/exfil-sensor"),
+        );
+    println!("xtask: end-to-end tests against the running kernel, one at a time");
+    status(e2e, "end-to-end tests")
+}
