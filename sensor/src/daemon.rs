@@ -35,6 +35,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _socket_guard = RemoveOnDrop(config.http.api_socket.clone());
 
     let sensor = Sensor::load(&KernelOptions {
+        btf: config.kernel.btf.clone(),
         egress_map_entries: config.kernel.egress_map_entries,
     })?;
     for status in sensor.probes() {

@@ -29,15 +29,15 @@ use crate::{
 
 #[derive(Debug, Error)]
 pub enum HttpError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Tcp {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot create the API socket {path}: {source}")]
+    #[error("cannot create the API socket {path}: {cause}")]
     Unix {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
@@ -59,15 +59,15 @@ struct AppState {
 pub async fn bind_tcp(addr: std::net::SocketAddr) -> Result<TcpListener, HttpError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| HttpError::Tcp { addr, source })
+        .map_err(|cause| HttpError::Tcp { addr, cause })
 }
 
 /// Binds the API socket: the directory is created (0755) if missing, a stale socket from an
 /// earlier run is replaced, and the socket is made 0660, group `exfil-sensor` when it exists.
 pub fn bind_unix(path: &Path) -> Result<UnixListener, HttpError> {
-    let unix_err = |source| HttpError::Unix {
+    let unix_err = |cause| HttpError::Unix {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(unix_err)?;

@@ -10,11 +10,10 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum BtfError {
-    #[error("cannot read BTF from {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(
+        "cannot read BTF from {path} (a kernel built with CONFIG_DEBUG_INFO_BTF=y has it; else set kernel.btf): {cause}"
+    )]
+    Read { path: String, cause: std::io::Error },
     #[error("malformed BTF: {0}")]
     Malformed(&'static str),
     #[error("BTF has no struct {0}")]
@@ -78,9 +77,9 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
 
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+        let data = std::fs::read(path).map_err(|cause| BtfError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Self::parse(&data)
     }

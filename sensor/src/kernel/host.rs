@@ -16,17 +16,17 @@ pub enum HostError {
     )]
     Privileges { uid: u32, cap_eff: u64 },
     #[error(
-        "cannot mount {fstype} at {path}: {source}; mount it by hand: mount -t {fstype} {fstype} {path}"
+        "cannot mount {fstype} at {path}: {cause}; mount it by hand: mount -t {fstype} {fstype} {path}"
     )]
     Mount {
         fstype: &'static str,
         path: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -46,11 +46,10 @@ pub fn capabilities_suffice(cap_eff: u64) -> bool {
 
 /// Fails with one line naming what is missing when this process may not load BPF programs.
 pub fn check_privileges() -> Result<(), HostError> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").map_err(|source| HostError::Read {
-            path: "/proc/self/status",
-            source,
-        })?;
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|cause| HostError::Read {
+        path: "/proc/self/status",
+        cause,
+    })?;
     let cap_eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -95,17 +94,17 @@ fn unescape_mount_path(path: &str) -> String {
 
 /// The mount point of `fstype`, mounting it at `default` when it is not mounted anywhere.
 pub fn ensure_mounted(fstype: &'static str, default: &Path) -> Result<PathBuf, HostError> {
-    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|source| HostError::Read {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|cause| HostError::Read {
         path: "/proc/mounts",
-        source,
+        cause,
     })?;
     if let Some(found) = find_mount(&mounts, fstype) {
         return Ok(found);
     }
-    let mount_error = |source| HostError::Mount {
+    let mount_error = |cause| HostError::Mount {
         fstype,
         path: default.display().to_string(),
-        source,
+        cause,
     };
     std::fs::create_dir_all(default).map_err(mount_error)?;
     let target = CString::new(default.as_os_str().as_bytes())

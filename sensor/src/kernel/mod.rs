@@ -5,7 +5,7 @@ pub mod btf;
 pub mod host;
 pub mod tracefs;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -20,25 +20,27 @@ use self::{btf::Btf, tracefs::Format};
 /// The eBPF object, built by `build.rs` for the BPF target.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
 
-const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
-
 #[derive(Debug, Error)]
 pub enum KernelError {
     #[error(transparent)]
     Host(#[from] host::HostError),
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
+    #[error("BTF {path}: {cause}")]
+    AyaBtf { path: String, cause: aya::BtfError },
     #[error("loading the eBPF object into the kernel failed: {0}")]
     Load(#[from] EbpfError),
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
-    #[error("reading map {map}: {source}")]
-    Map { map: &'static str, source: MapError },
+    #[error("reading map {map}: {cause}")]
+    Map { map: &'static str, cause: MapError },
 }
 
 /// Sizes and switches the agent's config gives the kernel side.
 #[derive(Debug, Clone)]
 pub struct KernelOptions {
+    /// The kernel's BTF (`/sys/kernel/btf/vmlinux`, or a separate file).
+    pub btf: PathBuf,
     pub egress_map_entries: u32,
 }
 
@@ -96,13 +98,22 @@ impl Sensor {
         host::check_privileges()?;
         let tracefs = host::ensure_mounted("tracefs", Path::new("/sys/kernel/tracing"))?;
         host::ensure_mounted("bpf", Path::new("/sys/fs/bpf"))?;
-        let btf = Btf::from_file(Path::new(BTF_PATH))?;
+        let btf = Btf::from_file(&options.btf)?;
+        // aya relocates against the same BTF (CO-RE); parse failures were caught just above.
+        let aya_btf =
+            aya::Btf::parse_file(&options.btf, aya::Endianness::default()).map_err(|cause| {
+                KernelError::AyaBtf {
+                    path: options.btf.display().to_string(),
+                    cause,
+                }
+            })?;
         let (layout, layout_problem) = match kernel_layout(&tracefs, &btf) {
             Ok(layout) => (layout, None),
             Err(reason) => (KernelLayout::default(), Some(reason)),
         };
         let own_tgid = std::process::id();
         let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
             .override_global("OWN_TGID", &own_tgid, true)
             .override_global("LAYOUT", &layout, true)
             .map_max_entries("EGRESS", options.egress_map_entries)
@@ -157,7 +168,7 @@ impl Sensor {
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> KernelError {
-    move |source| KernelError::Map { map, source }
+    move |cause| KernelError::Map { map, cause }
 }
 
 fn sum_counters(per_cpu: &[FlowCounters]) -> FlowCounters {

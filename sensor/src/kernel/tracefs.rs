@@ -9,11 +9,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum FormatError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{path}: no field `{field}`")]
     NoField { path: String, field: String },
     #[error("{path}: field `{field}` is at offset {offset}, beyond what the sensor can address")]
@@ -46,9 +43,9 @@ impl Format {
             .join(category)
             .join(name)
             .join("format");
-        let text = std::fs::read_to_string(&path).map_err(|source| FormatError::Read {
+        let text = std::fs::read_to_string(&path).map_err(|cause| FormatError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Ok(Self {
             fields: parse(&text),
