@@ -44,21 +44,24 @@ pub struct FlowCounters {
 }
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 16);
 
+/// Bytes at the head of `struct sock_common` that the send program reads in one helper call;
+/// `skc_daddr`, `skc_dport` and `skc_family` must lie inside (they have sat in the first 18
+/// bytes since Linux 2.6; the agent checks the running kernel's BTF before loading).
+pub const SOCK_HEAD_LEN: u16 = 24;
+
 /// Where, in the kernel running us, the fields the programs read live. Filled by the agent
-/// from the tracefs `format` files and from BTF, and passed as the `LAYOUT` global.
+/// from BTF and passed as the `LAYOUT` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLayout {
-    /// `sock:sock_send_length` record: byte offsets of `sk`, `family`, `protocol`, `ret`.
-    pub tp_send_sk: u16,
-    pub tp_send_family: u16,
-    pub tp_send_protocol: u16,
-    pub tp_send_ret: u16,
-    /// `struct sock_common` byte offsets of `skc_daddr`, `skc_dport`, `skc_v6_daddr`.
+    /// `struct sock_common` byte offsets; the first three are below [`SOCK_HEAD_LEN`].
     pub skc_daddr: u16,
     pub skc_dport: u16,
+    pub skc_family: u16,
     pub skc_v6_daddr: u16,
-    pub _pad: u16,
+    /// `struct sock` byte offset of `sk_protocol`.
+    pub sk_protocol: u16,
+    pub _pad: [u16; 3],
 }
 const _: () = assert!(core::mem::size_of::<KernelLayout>() == 16);
 

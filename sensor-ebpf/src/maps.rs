@@ -37,19 +37,17 @@ pub(crate) static KERNEL_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries
 #[unsafe(no_mangle)]
 pub(crate) static OWN_TGID: Global<u32> = Global::new(0);
 
-/// Field offsets of the running kernel, read by the agent from tracefs and BTF.
+/// Field offsets of the running kernel, read by the agent from BTF.
 #[unsafe(no_mangle)]
 pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
-    // Fallbacks read from Linux 6.18 (tracefs `sock/sock_send_length/format` and the BTF of
-    // `struct sock_common`); the agent always overrides them with what the running kernel says.
-    tp_send_sk: 8,
-    tp_send_family: 16,
-    tp_send_protocol: 18,
-    tp_send_ret: 20,
+    // Fallbacks read from Linux 6.18's BTF (`struct sock_common`, `struct sock`); the agent
+    // always overrides them with what the running kernel says.
     skc_daddr: 0,
     skc_dport: 12,
+    skc_family: 16,
     skc_v6_daddr: 56,
-    _pad: 0,
+    sk_protocol: 532,
+    _pad: [0; 3],
 });
 
 /// Adds one to a per-CPU counter slot. Programs run with migration disabled and the same

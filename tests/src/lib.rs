@@ -199,6 +199,8 @@ pub struct Agent {
     pub api_socket: PathBuf,
     metrics: SocketAddr,
     config: PathBuf,
+    /// The agent's stderr; printed when a test fails, removed otherwise.
+    log: PathBuf,
 }
 
 /// How often the test agent polls; waits below are in multiples of it.
@@ -226,7 +228,9 @@ impl Agent {
                 POLL.as_millis()
             ),
         )?;
+        let log = dir.join(format!("exfil-e2e-{tag}.log"));
         let child = Command::new(&bin)
+            .stderr(std::fs::File::create(&log)?)
             .arg("run")
             .arg("--config")
             .arg(&config)
@@ -240,6 +244,7 @@ impl Agent {
             api_socket,
             metrics,
             config,
+            log,
         };
         agent.wait_healthy(Duration::from_secs(20))?;
         Ok(agent)
@@ -249,7 +254,8 @@ impl Agent {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("the agent exited during start-up with {status}");
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                bail!("the agent exited during start-up with {status}:\n{log}");
             }
             if let Ok((200, _)) = self.get("/healthz") {
                 return Ok(());
@@ -330,6 +336,14 @@ impl Drop for Agent {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_file(&self.api_socket);
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!(
+                "--- agent log ({}):\n{log}--- end of agent log",
+                self.log.display()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

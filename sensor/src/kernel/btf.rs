@@ -24,6 +24,7 @@ pub enum BtfError {
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -134,7 +135,18 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                KIND_FUNC_PROTO => {
+                    for i in 0..vlen {
+                        let p = at + i * 8;
+                        members.push(Member {
+                            name: u32_at(type_data, p)?,
+                            type_id: u32_at(type_data, p + 4)?,
+                            bit_offset: 0,
+                        });
+                    }
+                    vlen * 8
+                }
+                KIND_ENUM => vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 0..=19 => 0,
                 _ => return Err(BtfError::Malformed("unknown type kind")),
@@ -205,6 +217,49 @@ impl Btf {
             })
     }
 
+    /// The parameter types of raw tracepoint `name`, from its `btf_trace_<name>` typedef
+    /// (a pointer to a function whose first parameter is the context): `["void *", "struct
+    /// sock *", "int", "int"]` for `sock_send_length`. `None` when the kernel has no such
+    /// tracepoint.
+    pub fn raw_tracepoint_params(&self, name: &str) -> Option<Vec<String>> {
+        let typedef = format!("btf_trace_{name}");
+        let ty = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_TYPEDEF && self.string(t.name) == typedef)?;
+        let pointer = self.resolve(ty.size_or_type)?;
+        let proto = (pointer.kind == KIND_PTR)
+            .then(|| self.resolve(pointer.size_or_type))
+            .flatten()?;
+        (proto.kind == KIND_FUNC_PROTO).then(|| {
+            proto
+                .members
+                .iter()
+                .map(|param| self.type_text(param.type_id, 0))
+                .collect()
+        })
+    }
+
+    /// C-like text of a type, without qualifiers: `int`, `struct sock *`, `void *`.
+    fn type_text(&self, id: u32, depth: u32) -> String {
+        if id == 0 {
+            return "void".to_owned();
+        }
+        let Some(ty) = self.by_id(id) else {
+            return "?".to_owned();
+        };
+        match ty.kind {
+            _ if depth > 8 => "?".to_owned(),
+            KIND_PTR => format!("{} *", self.type_text(ty.size_or_type, depth + 1)),
+            KIND_STRUCT => format!("struct {}", self.string(ty.name)),
+            KIND_UNION => format!("union {}", self.string(ty.name)),
+            KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                self.type_text(ty.size_or_type, depth + 1)
+            }
+            _ => self.string(ty.name).to_owned(),
+        }
+    }
+
     fn find_member(&self, ty: &Type, member: &str, base_bits: u32, depth: u32) -> Option<u32> {
         if depth > 8 {
             return None;
@@ -233,7 +288,7 @@ mod tests {
     /// Builds BTF bytes: `struct outer { int a; union { int b; int c; }; int d; }` behind a
     /// typedef, the shape of `struct sock_common`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0outer\0a\0b\0c\0d\0outer_t\0".to_vec();
+        let strings = b"\0int\0outer\0a\0b\0c\0d\0outer_t\0btf_trace_probe\0".to_vec();
         let s = |name: &str| -> u32 {
             let needle = format!("\0{name}\0");
             u32::try_from(
@@ -272,6 +327,14 @@ mod tests {
             1,
             64,
         ]);
+        // 5: const struct outer; 6: pointer to it; 7: void *
+        push(&[0, KIND_CONST << 24, 4]);
+        push(&[0, KIND_PTR << 24, 5]);
+        push(&[0, KIND_PTR << 24, 0]);
+        // 8: func_proto (void *, const struct outer *, int) -> void; 9: pointer; 10: typedef
+        push(&[0, (KIND_FUNC_PROTO << 24) | 3, 0, 0, 7, 0, 6, 0, 1]);
+        push(&[0, KIND_PTR << 24, 8]);
+        push(&[s("btf_trace_probe"), KIND_TYPEDEF << 24, 9]);
         let mut data = Vec::new();
         data.extend_from_slice(&MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
@@ -296,6 +359,20 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "b").expect("b"), 4);
         assert_eq!(btf.member_offset("outer", "c").expect("c"), 4);
         assert_eq!(btf.member_offset("outer", "d").expect("d"), 8);
+    }
+
+    #[test]
+    fn raw_tracepoint_prototype() {
+        let btf = Btf::parse(&sample()).expect("parses");
+        assert_eq!(
+            btf.raw_tracepoint_params("probe"),
+            Some(vec![
+                "void *".to_owned(),
+                "struct outer *".to_owned(),
+                "int".to_owned()
+            ])
+        );
+        assert_eq!(btf.raw_tracepoint_params("absent"), None);
     }
 
     #[test]

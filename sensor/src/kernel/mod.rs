@@ -3,19 +3,18 @@
 
 pub mod btf;
 pub mod host;
-pub mod tracefs;
 
 use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint},
 };
-use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT};
+use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, SOCK_HEAD_LEN};
 use thiserror::Error;
 
-use self::{btf::Btf, tracefs::Format};
+use self::btf::Btf;
 
 /// The eBPF object, built by `build.rs` for the BPF target.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
@@ -58,19 +57,20 @@ pub struct ProbeStatus {
     pub state: ProbeState,
 }
 
-/// A probe: which program goes where.
+/// A probe: which program goes where, and the raw tracepoint prototype it was written for.
 struct Probe {
     probe: &'static str,
     program: &'static str,
-    category: &'static str,
-    name: &'static str,
+    raw_tracepoint: &'static str,
+    params: &'static [&'static str],
 }
 
 const PROBES: &[Probe] = &[Probe {
     probe: "sock:sock_send_length",
     program: "sock_send_length",
-    category: "sock",
-    name: "sock_send_length",
+    raw_tracepoint: "sock_send_length",
+    // TP_PROTO(struct sock *sk, int ret, int flags), after the context pointer.
+    params: &["void *", "struct sock *", "int", "int"],
 }];
 
 /// What one poll reads out of the kernel: running totals since the maps were created.
@@ -96,7 +96,6 @@ impl Sensor {
     /// it can. A probe that cannot attach is recorded as skipped, never fatal.
     pub fn load(options: &KernelOptions) -> Result<Self, KernelError> {
         host::check_privileges()?;
-        let tracefs = host::ensure_mounted("tracefs", Path::new("/sys/kernel/tracing"))?;
         host::ensure_mounted("bpf", Path::new("/sys/fs/bpf"))?;
         let btf = Btf::from_file(&options.btf)?;
         // aya relocates against the same BTF (CO-RE); parse failures were caught just above.
@@ -107,7 +106,7 @@ impl Sensor {
                     cause,
                 }
             })?;
-        let (layout, layout_problem) = match kernel_layout(&tracefs, &btf) {
+        let (layout, layout_problem) = match kernel_layout(&btf) {
             Ok(layout) => (layout, None),
             Err(reason) => (KernelLayout::default(), Some(reason)),
         };
@@ -124,7 +123,7 @@ impl Sensor {
                 probe: probe.probe,
                 state: match &layout_problem {
                     Some(reason) => ProbeState::Skipped(reason.clone()),
-                    None => match attach(&mut ebpf, probe) {
+                    None => match attach(&mut ebpf, &btf, probe) {
                         Ok(()) => ProbeState::Attached,
                         Err(reason) => ProbeState::Skipped(reason),
                     },
@@ -192,41 +191,64 @@ fn read_counter_array(
     Ok(())
 }
 
-/// Field offsets of this kernel: the `sock_send_length` record from tracefs, `struct
-/// sock_common` from BTF. An error names the file or type that lacked a field.
-fn kernel_layout(tracefs: &Path, btf: &Btf) -> Result<KernelLayout, String> {
-    let send = Format::read(tracefs, "sock", "sock_send_length").map_err(|e| e.to_string())?;
-    let tp = |field: &str| send.offset(field).map_err(|e| e.to_string());
-    let sock = |member: &str| -> Result<u16, String> {
+/// Field offsets of this kernel, from BTF. An error names the type that lacked a field.
+fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
+    let offset = |strukt: &str, member: &str| -> Result<u16, String> {
         let offset = btf
-            .member_offset("sock_common", member)
+            .member_offset(strukt, member)
             .map_err(|e| e.to_string())?;
-        u16::try_from(offset).map_err(|_| format!("sock_common.{member} at {offset} is too far"))
+        u16::try_from(offset).map_err(|_| format!("{strukt}.{member} at {offset} is too far"))
     };
-    Ok(KernelLayout {
-        tp_send_sk: tp("sk")?,
-        tp_send_family: tp("family")?,
-        tp_send_protocol: tp("protocol")?,
-        tp_send_ret: tp("ret")?,
-        skc_daddr: sock("skc_daddr")?,
-        skc_dport: sock("skc_dport")?,
-        skc_v6_daddr: sock("skc_v6_daddr")?,
-        _pad: 0,
-    })
+    let layout = KernelLayout {
+        skc_daddr: offset("sock_common", "skc_daddr")?,
+        skc_dport: offset("sock_common", "skc_dport")?,
+        skc_family: offset("sock_common", "skc_family")?,
+        skc_v6_daddr: offset("sock_common", "skc_v6_daddr")?,
+        sk_protocol: offset("sock", "sk_protocol")?,
+        _pad: [0; 3],
+    };
+    for (field, at, size) in [
+        ("skc_daddr", layout.skc_daddr, 4),
+        ("skc_dport", layout.skc_dport, 2),
+        ("skc_family", layout.skc_family, 2),
+    ] {
+        if at + size > SOCK_HEAD_LEN {
+            return Err(format!(
+                "sock_common.{field} at {at} lies outside the first {SOCK_HEAD_LEN} bytes the \
+                 send program reads"
+            ));
+        }
+    }
+    Ok(layout)
 }
 
-fn attach(ebpf: &mut Ebpf, probe: &Probe) -> Result<(), String> {
+fn attach(ebpf: &mut Ebpf, btf: &Btf, probe: &Probe) -> Result<(), String> {
+    match btf.raw_tracepoint_params(probe.raw_tracepoint) {
+        None => {
+            return Err(format!(
+                "the kernel has no tracepoint {}",
+                probe.raw_tracepoint
+            ));
+        }
+        Some(params) if params != probe.params => {
+            return Err(format!(
+                "tracepoint {} takes ({}), the program expects ({})",
+                probe.raw_tracepoint,
+                params.join(", "),
+                probe.params.join(", ")
+            ));
+        }
+        Some(_) => {}
+    }
     let program = ebpf
         .program_mut(probe.program)
         .ok_or_else(|| format!("program {} is not in the eBPF object", probe.program))?;
-    let tracepoint: &mut TracePoint = program
+    let raw: &mut RawTracePoint = program
         .try_into()
         .map_err(|e: ProgramError| e.to_string())?;
-    tracepoint
-        .load()
+    raw.load()
         .map_err(|e| format!("the verifier refused {}: {e}", probe.program))?;
-    tracepoint
-        .attach(probe.category, probe.name)
-        .map_err(|e| format!("attaching to {}:{}: {e}", probe.category, probe.name))?;
+    raw.attach(probe.raw_tracepoint)
+        .map_err(|e| format!("attaching to {}: {e}", probe.raw_tracepoint))?;
     Ok(())
 }
