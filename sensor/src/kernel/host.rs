@@ -153,6 +153,24 @@ tracefs /sys/kernel/my\\040tracing tracefs rw,relatime 0 0
     }
 
     #[test]
+    fn a_mount_that_fails_names_the_fix() {
+        // No filesystem has this type, so the mount fails whoever runs the test.
+        let target = std::env::temp_dir().join(format!("exfil-mnt-{}", std::process::id()));
+        let err = ensure_mounted("exfilnofs", &target).expect_err("no such filesystem");
+        let _ = std::fs::remove_dir(&target);
+        let text = err.to_string();
+        let expected_start = format!("cannot mount exfilnofs at {}: ", target.display());
+        assert!(text.starts_with(&expected_start), "{text}");
+        assert!(
+            text.ends_with(&format!(
+                "; mount it by hand: mount -t exfilnofs exfilnofs {}",
+                target.display()
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn capability_sets() {
         let bit = |c: u32| 1u64 << c;
         assert!(capabilities_suffice(bit(CAP_SYS_ADMIN)));
