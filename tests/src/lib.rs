@@ -42,28 +42,36 @@ fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A network namespace joined to this host by a veth pair: the host is `host_ip`, the
-/// namespace `peer_ip`, both in a /24. Deleted (with its veth pair) on drop.
+/// A network namespace joined to this host by a veth pair. Deleted (with its veth pair) on
+/// drop.
 pub struct NetNs {
     pub name: String,
+    /// This host's end: 198.51.100.1 and 2001:db8::1.
     pub host_ip: &'static str,
+    pub host_ip6: &'static str,
+    /// The namespace's end: 198.51.100.2 (also 198.51.100.3) and 2001:db8::2.
     pub peer_ip: &'static str,
+    pub peer_ip_2: &'static str,
+    pub peer_ip6: &'static str,
 }
 
 impl NetNs {
-    /// The "outside world": 198.51.100.2 in a namespace, 198.51.100.1 on this host.
+    /// The "outside world" (documentation ranges, RFC 5737 and RFC 3849).
     pub fn outside() -> anyhow::Result<Self> {
-        Self::create("exfil-e2e", "198.51.100.1", "198.51.100.2")
+        Self::create("exfil-e2e")
     }
 
-    fn create(name: &str, host_ip: &'static str, peer_ip: &'static str) -> anyhow::Result<Self> {
+    fn create(name: &str) -> anyhow::Result<Self> {
         // A namespace left by a killed earlier run would hold the same addresses.
         let _ = run("ip", &["netns", "del", name]);
         run("ip", &["netns", "add", name])?;
         let ns = Self {
             name: name.to_owned(),
-            host_ip,
-            peer_ip,
+            host_ip: "198.51.100.1",
+            host_ip6: "2001:db8::1",
+            peer_ip: "198.51.100.2",
+            peer_ip_2: "198.51.100.3",
+            peer_ip6: "2001:db8::2",
         };
         let host_if = format!("{name}-h");
         let peer_if = format!("{name}-p");
@@ -73,17 +81,22 @@ impl NetNs {
                 "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", name,
             ],
         )?;
-        run(
-            "ip",
-            &["addr", "add", &format!("{host_ip}/24"), "dev", &host_if],
-        )?;
+        let v4 = format!("{}/24", ns.host_ip);
+        run("ip", &["addr", "add", &v4, "dev", &host_if])?;
+        // nodad: usable at once, without duplicate address detection's delay.
+        let v6 = format!("{}/64", ns.host_ip6);
+        run("ip", &["addr", "add", &v6, "dev", &host_if, "nodad"])?;
         run("ip", &["link", "set", &host_if, "up"])?;
         let in_ns = |args: &[&str]| {
             let mut all = vec!["netns", "exec", name, "ip"];
             all.extend_from_slice(args);
             run("ip", &all)
         };
-        in_ns(&["addr", "add", &format!("{peer_ip}/24"), "dev", &peer_if])?;
+        for ip in [ns.peer_ip, ns.peer_ip_2] {
+            in_ns(&["addr", "add", &format!("{ip}/24"), "dev", &peer_if])?;
+        }
+        let v6 = format!("{}/64", ns.peer_ip6);
+        in_ns(&["addr", "add", &v6, "dev", &peer_if, "nodad"])?;
         in_ns(&["link", "set", &peer_if, "up"])?;
         in_ns(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -164,13 +177,49 @@ impl Drop for Proc {
     }
 }
 
-/// The traffic helper binary of this crate. A macro because cargo tells only integration
-/// tests (not this library) where the package's binaries are.
+/// The traffic helper of this crate (`src/bin/exfil-traffic.rs`). A macro because cargo
+/// tells only integration tests, not this library, where the package's binaries are.
 #[macro_export]
-macro_rules! traffic_bin {
+macro_rules! traffic {
     () => {
-        std::path::PathBuf::from(env!("CARGO_BIN_EXE_exfil-traffic"))
+        $crate::Traffic::new(env!("CARGO_BIN_EXE_exfil-traffic"))
     };
+}
+
+/// Starts the traffic helper: sinks inside a namespace, senders on this host.
+pub struct Traffic {
+    bin: PathBuf,
+}
+
+impl Traffic {
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
+        Self { bin: bin.into() }
+    }
+
+    /// A `proto` sink in `ns`, bound to `ip` on a free port; returns it and the port.
+    pub fn sink(&self, ns: &NetNs, proto: &str, ip: &str) -> anyhow::Result<(Proc, u16)> {
+        let mut cmd = ns.command(&self.bin);
+        cmd.args(["sink", proto, &socket_addr(ip, 0)]);
+        let mut sink = Proc::spawn(cmd, &format!("{proto} sink"))?;
+        let port = sink.expect_line("port")?;
+        Ok((sink, port))
+    }
+
+    /// A sender on this host, with the helper's arguments.
+    pub fn send(&self, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args);
+        Proc::spawn(cmd, &format!("sender {}", args.join(" ")))
+    }
+}
+
+/// `ip:port`, with brackets for IPv6.
+pub fn socket_addr(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
 }
 
 /// The agent binary: `EXFIL_SENSOR_BIN` (set by `cargo xtask test`), else the release build.
@@ -272,8 +321,8 @@ impl Agent {
     }
 
     /// Where the agent serves `/metrics`.
-    pub fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.metrics)
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
     }
 
     /// `GET path` over the API socket: (status, body).

@@ -1,115 +1,130 @@
-//! Egress is counted exactly, end to end: real kernel, real agent, a host in a namespace.
+//! Egress is counted exactly on every send path, end to end: real kernel, real agent, a host
+//! in a namespace. Odd byte counts, so that an off-by-a-header error cannot hide.
 
-use exfil_tests::{Agent, NetNs, Proc, require_root, traffic_bin};
+use exfil_tests::{Agent, NetNs, POLL, require_root, socket_addr, traffic};
 
-/// 7 MiB over TCP to a sink in the namespace: the API shows exactly 7,340,032 bytes for the
-/// sending pid, the sink's address and port.
-#[test]
-fn tcp_upload_is_counted_exactly() -> anyhow::Result<()> {
+/// Uploads `bytes` over TCP by `via` from this host to `connect_ip` (a sink bound to
+/// `sink_ip` in the namespace) and checks that the API shows exactly `bytes` for the sender,
+/// reported at `reported_ip`.
+fn tcp_upload(via: &str, sink_ip: &str, connect_ip: &str, reported_ip: &str, bytes: u64) {
     require_root();
-    const BYTES: u64 = 7_340_032;
-    let ns = NetNs::outside()?;
-    let agent = Agent::start()?;
-
-    let mut sink = Proc::spawn(
-        {
-            let mut cmd = ns.command(&traffic_bin!());
-            cmd.args(["sink", "tcp", &format!("{}:0", ns.peer_ip)]);
-            cmd
-        },
-        "tcp sink",
-    )?;
-    let port: u16 = sink.expect_line("port")?;
-    let mut sender = Proc::spawn(
-        {
-            let mut cmd = std::process::Command::new(traffic_bin!());
-            cmd.args([
-                "send",
-                "tcp",
-                &format!("{}:{port}", ns.peer_ip),
-                &BYTES.to_string(),
-            ]);
-            cmd
-        },
-        "tcp sender",
-    )?;
-    assert_eq!(sender.expect_line::<u64>("sent")?, BYTES);
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start().expect("agent");
+    let traffic = traffic!();
+    let (mut sink, port) = traffic.sink(&ns, "tcp", sink_ip).expect("sink");
+    let count = bytes.to_string();
+    let mut sender = traffic
+        .send(&["send", "tcp", &socket_addr(connect_ip, port), &count, via])
+        .expect("sender");
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), bytes);
     assert_eq!(
-        sink.expect_line::<u64>("received")?,
-        BYTES,
+        sink.expect_line::<u64>("received").expect("received"),
+        bytes,
         "the sink got every byte"
     );
-
     let flow = agent
-        .settled_flow(sender.pid(), ns.peer_ip, port, "tcp", BYTES)?
+        .settled_flow(sender.pid(), reported_ip, port, "tcp", bytes)
+        .expect("API")
         .expect("a flow for the sender");
-    assert_eq!(flow.bytes_sent, BYTES);
+    assert_eq!(flow.bytes_sent, bytes);
     assert_eq!(flow.comm, "exfil-traffic");
-    sender.finish()?;
-    sink.finish()?;
-    Ok(())
+    sender.finish().expect("sender exits cleanly");
 }
 
-/// 500 datagrams of 1,111 bytes on a connected UDP socket: exactly 555,500 bytes.
 #[test]
-fn connected_udp_is_counted_exactly() -> anyhow::Result<()> {
-    require_root();
-    const COUNT: u64 = 500;
-    const SIZE: u64 = 1_111;
-    let ns = NetNs::outside()?;
-    let agent = Agent::start()?;
-
-    let mut sink = Proc::spawn(
-        {
-            let mut cmd = ns.command(&traffic_bin!());
-            cmd.args(["sink", "udp", &format!("{}:0", ns.peer_ip)]);
-            cmd
-        },
-        "udp sink",
-    )?;
-    let port: u16 = sink.expect_line("port")?;
-    let mut sender = Proc::spawn(
-        {
-            let mut cmd = std::process::Command::new(traffic_bin!());
-            cmd.args([
-                "send",
-                "udp",
-                &format!("{}:{port}", ns.peer_ip),
-                &COUNT.to_string(),
-                &SIZE.to_string(),
-            ]);
-            cmd
-        },
-        "udp sender",
-    )?;
-    assert_eq!(sender.expect_line::<u64>("sent")?, COUNT * SIZE);
-
-    let flow = agent
-        .settled_flow(sender.pid(), ns.peer_ip, port, "udp", COUNT * SIZE)?
-        .expect("a flow for the sender");
-    assert_eq!(flow.bytes_sent, 555_500);
-    assert_eq!(flow.comm, "exfil-traffic");
-    sender.finish()?;
-    Ok(())
+fn tcp_write_is_counted_exactly() {
+    let ns_ip = "198.51.100.2";
+    tcp_upload("write", ns_ip, ns_ip, ns_ip, 7_340_032);
 }
 
-/// The agent's own sockets are never counted: its API answers over a Unix socket, so make it
-/// send over TCP instead, by scraping its metrics port many times, and look for its pid.
 #[test]
-fn the_agent_does_not_count_itself() -> anyhow::Result<()> {
+fn tcp_sendfile_is_counted_exactly() {
+    let ns_ip = "198.51.100.2";
+    tcp_upload("sendfile", ns_ip, ns_ip, ns_ip, 3_000_017);
+}
+
+#[test]
+fn tcp_splice_is_counted_exactly() {
+    let ns_ip = "198.51.100.2";
+    tcp_upload("splice", ns_ip, ns_ip, ns_ip, 2_000_003);
+}
+
+#[test]
+fn tcp_io_uring_send_is_counted_exactly() {
+    let ns_ip = "198.51.100.2";
+    tcp_upload("uring", ns_ip, ns_ip, ns_ip, 1_500_007);
+}
+
+#[test]
+fn tcp_over_ipv6_is_counted_exactly() {
+    let ns_ip6 = "2001:db8::2";
+    tcp_upload("write", ns_ip6, ns_ip6, ns_ip6, 1_234_567);
+}
+
+/// An IPv6 socket talking to an IPv4 peer through a v4-mapped address is reported as the
+/// IPv4 address it stands for.
+#[test]
+fn tcp_to_a_v4_mapped_address_is_reported_as_ipv4() {
+    let ns_ip = "198.51.100.2";
+    tcp_upload("write", ns_ip, "::ffff:198.51.100.2", ns_ip, 765_433);
+}
+
+/// Connected UDP: `count` datagrams of `size` bytes by `via`; exactly `count * size`.
+fn udp_connected(via: &str, count: u64, size: u64) {
     require_root();
-    let agent = Agent::start()?;
-    let metrics = agent.metrics_addr()?;
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start().expect("agent");
+    let traffic = traffic!();
+    let (_sink, port) = traffic.sink(&ns, "udp", ns.peer_ip).expect("sink");
+    let mut sender = traffic
+        .send(&[
+            "send",
+            "udp",
+            &socket_addr(ns.peer_ip, port),
+            &count.to_string(),
+            &size.to_string(),
+            via,
+        ])
+        .expect("sender");
+    assert_eq!(
+        sender.expect_line::<u64>("sent").expect("sent"),
+        count * size
+    );
+    let flow = agent
+        .settled_flow(sender.pid(), ns.peer_ip, port, "udp", count * size)
+        .expect("API")
+        .expect("a flow for the sender");
+    assert_eq!(flow.bytes_sent, count * size);
+    sender.finish().expect("sender exits cleanly");
+}
+
+#[test]
+fn connected_udp_is_counted_exactly() {
+    udp_connected("send", 500, 1_111); // 555,500 bytes
+}
+
+#[test]
+fn udp_sendmmsg_is_counted_exactly() {
+    udp_connected("sendmmsg", 300, 999); // 299,700 bytes
+}
+
+/// The agent's own sockets are never counted: scrape its metrics port over TCP many times
+/// (it answers with TCP sends) and look for its pid.
+#[test]
+fn the_agent_does_not_count_itself() {
+    require_root();
+    let agent = Agent::start().expect("agent");
+    let metrics = agent.metrics_addr();
     for _ in 0..20 {
-        let body = exfil_tests::http_get_tcp(metrics, "/metrics")?;
+        let body = exfil_tests::http_get_tcp(metrics, "/metrics").expect("scrape");
         assert!(body.contains("exfil_sensor_probe_attached{probe=\"sock:sock_send_length\"} 1"));
     }
-    std::thread::sleep(exfil_tests::POLL * 3);
+    std::thread::sleep(POLL * 3);
     let own: Vec<_> = agent
-        .flows()?
+        .flows()
+        .expect("API")
         .into_iter()
         .filter(|f| f.pid == agent.pid())
         .collect();
     assert_eq!(own, vec![], "the agent counted its own sends");
-    Ok(())
 }

@@ -4,16 +4,21 @@
 //!                                        print `received N`
 //!   exfil-traffic sink udp ADDR          bind, print `port N`, count datagrams until 2 s idle,
 //!                                        print `received N`
-//!   exfil-traffic send tcp ADDR BYTES    connect, send, wait for the sink to close, print
-//!                                        `sent N`, then stay alive until stdin closes
-//!   exfil-traffic send udp ADDR COUNT SIZE
+//!   exfil-traffic send tcp ADDR BYTES [write|sendfile|splice|uring]
+//!                                        connect, send by that path, wait for the sink to
+//!                                        close, print `sent N`, stay alive until stdin closes
+//!   exfil-traffic send udp ADDR COUNT SIZE [send|sendmmsg]
 //!                                        connected UDP socket, COUNT datagrams of SIZE bytes
+//!   exfil-traffic sendto COUNT SIZE ADDR...
+//!                                        one unconnected UDP socket, COUNT datagrams of SIZE
+//!                                        bytes to each ADDR in turn, addressed with each send
 //!
 //! Every run ends by itself within 60 s (SIGALRM), whatever the test does.
 
 use std::{
     io::{BufRead as _, Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
 };
 
@@ -30,15 +35,31 @@ fn main() -> anyhow::Result<()> {
             .map(String::as_str)
             .with_context(|| format!("missing argument {}; see the file's doc comment", i + 1))
     };
+    if arg(0)? == "sendto" {
+        let addrs = args[3..]
+            .iter()
+            .map(|a| a.parse().context("ADDR"))
+            .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+        return send_to(
+            arg(1)?.parse().context("COUNT")?,
+            arg(2)?.parse().context("SIZE")?,
+            &addrs,
+        );
+    }
     let addr: SocketAddr = arg(2)?.parse().context("ADDR")?;
     match (arg(0)?, arg(1)?) {
         ("sink", "tcp") => sink_tcp(addr),
         ("sink", "udp") => sink_udp(addr),
-        ("send", "tcp") => send_tcp(addr, arg(3)?.parse().context("BYTES")?),
+        ("send", "tcp") => send_tcp(
+            addr,
+            arg(3)?.parse().context("BYTES")?,
+            args.get(4).map_or("write", String::as_str),
+        ),
         ("send", "udp") => send_udp(
             addr,
             arg(3)?.parse().context("COUNT")?,
             arg(4)?.parse().context("SIZE")?,
+            args.get(5).map_or("send", String::as_str),
         ),
         (mode, proto) => bail!("unknown mode {mode} {proto}"),
     }
@@ -80,15 +101,15 @@ fn sink_udp(addr: SocketAddr) -> anyhow::Result<()> {
     say(&format!("received {total}"))
 }
 
-fn send_tcp(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
+fn send_tcp(addr: SocketAddr, bytes: u64, via: &str) -> anyhow::Result<()> {
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connect {addr}"))?;
-    let chunk = vec![0x5au8; CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let n = usize::try_from(left.min(CHUNK as u64))?;
-        conn.write_all(&chunk[..n])?;
-        left -= n as u64;
+    match via {
+        "write" => write_all(&mut conn, bytes)?,
+        "sendfile" => sendfile(&conn, &payload_file(bytes)?, bytes)?,
+        "splice" => splice(&conn, &payload_file(bytes)?, bytes)?,
+        "uring" => uring_send(&conn, bytes)?,
+        other => bail!("unknown send path {other}"),
     }
     conn.shutdown(Shutdown::Write)?;
     // The sink closes once it has read everything: then every byte has arrived.
@@ -99,27 +120,211 @@ fn send_tcp(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
     hold()
 }
 
-fn send_udp(addr: SocketAddr, count: u64, size: usize) -> anyhow::Result<()> {
-    let local: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse()?
+fn write_all(conn: &mut TcpStream, bytes: u64) -> anyhow::Result<()> {
+    let chunk = vec![0x5au8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(CHUNK as u64))?;
+        conn.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// A file of `bytes` bytes, already unlinked, for the file-to-socket paths.
+fn payload_file(bytes: u64) -> anyhow::Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("exfil-payload-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    let chunk = vec![0x3cu8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(CHUNK as u64))?;
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(file)
+}
+
+fn check(ret: isize, what: &str) -> anyhow::Result<usize> {
+    usize::try_from(ret).map_err(|_| anyhow::anyhow!("{what}: {}", std::io::Error::last_os_error()))
+}
+
+fn sendfile(conn: &TcpStream, file: &std::fs::File, bytes: u64) -> anyhow::Result<()> {
+    let mut offset: libc::off_t = 0;
+    let mut left = usize::try_from(bytes)?;
+    while left > 0 {
+        // SAFETY: both descriptors are open for the call; offset is a valid pointer.
+        let ret =
+            unsafe { libc::sendfile(conn.as_raw_fd(), file.as_raw_fd(), &raw mut offset, left) };
+        left -= check(ret, "sendfile")?;
+    }
+    Ok(())
+}
+
+fn splice(conn: &TcpStream, file: &std::fs::File, bytes: u64) -> anyhow::Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two descriptors to fill.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe() returned two fresh descriptors we now own.
+    let (pipe_r, pipe_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut offset: libc::loff_t = 0;
+    let mut left = usize::try_from(bytes)?;
+    while left > 0 {
+        // SAFETY: open descriptors; offset is a valid pointer; null means "current offset".
+        let into_pipe = unsafe {
+            libc::splice(
+                file.as_raw_fd(),
+                &raw mut offset,
+                pipe_w.as_raw_fd(),
+                std::ptr::null_mut(),
+                left.min(CHUNK),
+                0,
+            )
+        };
+        let mut in_pipe = check(into_pipe, "splice file to pipe")?;
+        left -= in_pipe;
+        while in_pipe > 0 {
+            // SAFETY: as above.
+            let out = unsafe {
+                libc::splice(
+                    pipe_r.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    conn.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    in_pipe,
+                    0,
+                )
+            };
+            in_pipe -= check(out, "splice pipe to socket")?;
+        }
+    }
+    Ok(())
+}
+
+fn uring_send(conn: &TcpStream, bytes: u64) -> anyhow::Result<()> {
+    let mut ring = io_uring::IoUring::new(8)?;
+    let chunk = vec![0x77u8; CHUNK];
+    let mut left = usize::try_from(bytes)?;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        let op = io_uring::opcode::Send::new(
+            io_uring::types::Fd(conn.as_raw_fd()),
+            chunk.as_ptr(),
+            u32::try_from(n)?,
+        )
+        .build();
+        // SAFETY: the buffer outlives the operation: we wait for its completion below.
+        unsafe { ring.submission().push(&op)? };
+        ring.submit_and_wait(1)?;
+        let done = ring.completion().next().context("no io_uring completion")?;
+        left -= usize::try_from(done.result())
+            .map_err(|_| anyhow::anyhow!("io_uring send: errno {}", -done.result()))?;
+    }
+    Ok(())
+}
+
+fn unspecified_for(addr: &SocketAddr) -> SocketAddr {
+    if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
-        "[::]:0".parse()?
-    };
-    let socket = UdpSocket::bind(local)?;
+        SocketAddr::from(([0u16; 8], 0))
+    }
+}
+
+fn send_udp(addr: SocketAddr, count: u64, size: usize, via: &str) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(unspecified_for(&addr))?;
     socket.connect(addr)?;
     let datagram = vec![0xa5u8; size];
-    for i in 0..count {
-        let n = socket.send(&datagram)?;
-        if n != size {
-            bail!("datagram {i}: sent {n} of {size} bytes");
+    match via {
+        "send" => {
+            for i in 0..count {
+                let n = socket.send(&datagram)?;
+                if n != size {
+                    bail!("datagram {i}: sent {n} of {size} bytes");
+                }
+                pace(i);
+            }
         }
-        // Pace a little so the sink's receive queue keeps up; the count is of sends anyway.
-        if i % 50 == 49 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        "sendmmsg" => sendmmsg(&socket, &datagram, count)?,
+        other => bail!("unknown send path {other}"),
     }
     say(&format!("sent {}", count * size as u64))?;
     hold()
+}
+
+/// `count` datagrams in batches of 50 `sendmmsg` calls.
+fn sendmmsg(socket: &UdpSocket, datagram: &[u8], count: u64) -> anyhow::Result<()> {
+    const BATCH: usize = 50;
+    let mut iov = libc::iovec {
+        iov_base: datagram.as_ptr().cast_mut().cast(),
+        iov_len: datagram.len(),
+    };
+    let mut left = usize::try_from(count)?;
+    while left > 0 {
+        let batch = left.min(BATCH);
+        // SAFETY: an all-zero mmsghdr is a valid "no name, no control" header.
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for m in &mut msgs {
+            m.msg_hdr.msg_iov = &raw mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: msgs holds `batch` valid headers pointing at a live iovec.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                u32::try_from(batch)?,
+                0,
+            )
+        };
+        let sent = usize::try_from(sent)
+            .map_err(|_| anyhow::anyhow!("sendmmsg: {}", std::io::Error::last_os_error()))?;
+        if msgs[..sent]
+            .iter()
+            .any(|m| m.msg_len as usize != datagram.len())
+        {
+            bail!("sendmmsg sent a short datagram");
+        }
+        left -= sent;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Unconnected: every datagram names its destination (`sendto`).
+fn send_to(count: u64, size: usize, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    let first = addrs.first().context("no ADDR")?;
+    let socket = UdpSocket::bind(unspecified_for(first))?;
+    let datagram = vec![0x99u8; size];
+    for i in 0..count {
+        for addr in addrs {
+            let n = socket.send_to(&datagram, addr)?;
+            if n != size {
+                bail!("datagram {i} to {addr}: sent {n} of {size} bytes");
+            }
+        }
+        pace(i);
+    }
+    say(&format!(
+        "sent {}",
+        count * size as u64 * addrs.len() as u64
+    ))?;
+    hold()
+}
+
+/// Pace a little so the sink's receive queue keeps up; the counts are of sends anyway.
+fn pace(i: u64) {
+    if i % 50 == 49 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Stays alive (so the agent can name this process) until the test closes stdin.
