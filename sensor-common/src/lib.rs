@@ -44,6 +44,22 @@ pub struct FlowCounters {
 }
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 16);
 
+/// Where one unconnected UDP send is going: written by the cgroup `sendmsg4`/`sendmsg6`
+/// programs, which see the address the caller passed, and taken by the send program, which
+/// sees the byte count, in the same thread of the same call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpDest {
+    /// The sending `struct sock *`, so a stale entry never lands on another socket's send.
+    pub sk: u64,
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<UdpDest>() == 32);
+
 /// Bytes at the head of `struct sock_common` that the send program reads in one helper call;
 /// `skc_daddr`, `skc_dport` and `skc_family` must lie inside (they have sat in the first 18
 /// bytes since Linux 2.6; the agent checks the running kernel's BTF before loading).
@@ -67,27 +83,31 @@ const _: () = assert!(core::mem::size_of::<KernelLayout>() == 16);
 
 /// Index of each program in the `KERNEL_ERRORS` per-CPU array.
 pub const PROG_SOCK_SEND_LENGTH: u32 = 0;
+pub const PROG_UDP_SENDMSG: u32 = 1;
 /// Number of programs with an error slot; the array's size.
-pub const PROG_COUNT: u32 = 1;
+pub const PROG_COUNT: u32 = 2;
 /// Program names, in index order, as exported in `exfil_sensor_kernel_errors_total{program}`.
-pub const PROG_NAMES: [&str; PROG_COUNT as usize] = ["sock_send_length"];
+pub const PROG_NAMES: [&str; PROG_COUNT as usize] = ["sock_send_length", "udp_sendmsg"];
 
 /// Index of each map in the `KERNEL_DROPS` per-CPU array: inserts refused because it was full.
 pub const MAP_EGRESS: u32 = 0;
+pub const MAP_UDP_DEST: u32 = 1;
 /// Number of maps with a drop slot; the array's size.
-pub const MAP_COUNT: u32 = 1;
+pub const MAP_COUNT: u32 = 2;
 /// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
-pub const MAP_NAMES: [&str; MAP_COUNT as usize] = ["egress"];
+pub const MAP_NAMES: [&str; MAP_COUNT as usize] = ["egress", "udp_dest"];
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{FlowCounters, FlowKey, KernelLayout};
+    use super::{FlowCounters, FlowKey, KernelLayout, UdpDest};
 
-    // SAFETY: all three are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // SAFETY: all four are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
     // fields, so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for UdpDest {}
 }

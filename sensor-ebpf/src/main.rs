@@ -9,6 +9,7 @@
 
 mod maps;
 mod net_send;
+mod udp_dest;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -3,9 +3,9 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
-use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT};
+use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, UdpDest};
 
 /// Bytes sent per (process, remote address, remote port, protocol).
 /// Key [`FlowKey`], value [`FlowCounters`] per CPU. Written by `sock_send_length`; read (and
@@ -21,6 +21,13 @@ pub(crate) static EGRESS: PerCpuHashMap<FlowKey, FlowCounters> =
 /// Key: index 0; value [`FlowCounters`] per CPU. Written by `sock_send_length`; read by the agent.
 #[map]
 pub(crate) static EGRESS_OVERFLOW: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// The destination of the unconnected UDP send a thread is in the middle of.
+/// Key: the thread (`bpf_get_current_pid_tgid`); value [`UdpDest`]. Written by the cgroup
+/// `udp_sendmsg4`/`udp_sendmsg6` programs, taken (read and deleted) by `sock_send_length` in
+/// the same call. Max entries: threads inside a UDP send at once.
+#[map]
+pub(crate) static UDP_DEST: HashMap<u64, UdpDest> = HashMap::with_max_entries(16_384, 0);
 
 /// Errors per program (a failed kernel read, say), indexed by `sensor_common::PROG_*`.
 /// Value: count per CPU. Written by every program; exported as

@@ -21,7 +21,9 @@ use sensor_common::{
     PROTO_UDP, SOCK_HEAD_LEN,
 };
 
-use crate::maps::{EGRESS, EGRESS_OVERFLOW, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, OWN_TGID, bump};
+use crate::maps::{
+    EGRESS, EGRESS_OVERFLOW, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, OWN_TGID, UDP_DEST, bump,
+};
 
 // include/linux/socket.h and include/uapi/linux/in.h
 const AF_INET: u16 = 2;
@@ -53,7 +55,8 @@ fn try_sock_send_length(ctx: &RawTracePointContext) -> Result<(), ReadError> {
     if ret <= 0 {
         return Ok(());
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     if tgid == OWN_TGID.load() {
         return Ok(());
     }
@@ -90,8 +93,28 @@ fn try_sock_send_length(ctx: &RawTracePointContext) -> Result<(), ReadError> {
             key.addr = v6;
         }
     }
+    if protocol == PROTO_UDP {
+        take_udp_dest(pid_tgid, sk, &mut key);
+    }
     add_egress(&key, ret as u64);
     Ok(())
+}
+
+/// An unconnected UDP socket has no peer: the cgroup sendmsg program of this same call left
+/// the address the caller gave. It also wins on a connected socket sent to another address.
+#[inline(always)]
+fn take_udp_dest(pid_tgid: u64, sk: *const u8, key: &mut FlowKey) {
+    let Some(dest) = UDP_DEST.get_ptr(pid_tgid) else {
+        return;
+    };
+    // SAFETY: a live entry of a map only this thread's sends touch.
+    let dest = unsafe { *dest };
+    let _ = UDP_DEST.remove(pid_tgid);
+    if dest.sk == sk as u64 {
+        key.addr = dest.addr;
+        key.port = dest.port;
+        key.family = dest.family;
+    }
 }
 
 #[inline(always)]

@@ -123,30 +123,78 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// 200 once every probe is attached; 503 with the reasons otherwise.
+/// 200 once every required probe is attached (optional ones that are not are listed); 503
+/// with the reasons otherwise.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let view = Arc::clone(&state.view.borrow());
-    let skipped: Vec<String> = view
-        .probes
-        .iter()
-        .filter_map(|p| match &p.state {
-            ProbeState::Attached => None,
-            ProbeState::Skipped(reason) => Some(format!("{}: {reason}", p.probe)),
-        })
-        .collect();
-    if view.probes.is_empty() {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_owned())
-    } else if skipped.is_empty() {
-        (StatusCode::OK, "ok\n".to_owned())
+    let (healthy, body) = health(&view.probes);
+    let status = if healthy {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("probes not attached:\n{}\n", skipped.join("\n")),
-        )
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
+}
+
+/// Whether the sensor is healthy, and the text that says why.
+fn health(probes: &[ProbeStatus]) -> (bool, String) {
+    if probes.is_empty() {
+        return (false, "starting\n".to_owned());
+    }
+    let mut healthy = true;
+    let mut skipped = String::new();
+    for p in probes {
+        if let ProbeState::Skipped(reason) = &p.state {
+            healthy &= !p.required;
+            let kind = if p.required { "required" } else { "optional" };
+            skipped.push_str(&format!("{} ({kind}) not attached: {reason}\n", p.probe));
+        }
+    }
+    if healthy {
+        (true, format!("ok\n{skipped}"))
+    } else {
+        (false, skipped)
     }
 }
 
 async fn flows(State(state): State<AppState>) -> impl IntoResponse {
     let view = Arc::clone(&state.view.borrow());
     Json(view.flows.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(name: &'static str, required: bool, attached: bool) -> ProbeStatus {
+        ProbeStatus {
+            probe: name,
+            required,
+            state: if attached {
+                ProbeState::Attached
+            } else {
+                ProbeState::Skipped("no cgroup2".into())
+            },
+        }
+    }
+
+    #[test]
+    fn health_follows_required_probes() {
+        assert_eq!(health(&[]), (false, "starting\n".to_owned()));
+        assert_eq!(
+            health(&[probe("a", true, true), probe("b", false, true)]),
+            (true, "ok\n".to_owned())
+        );
+        assert_eq!(
+            health(&[probe("a", true, true), probe("b", false, false)]),
+            (
+                true,
+                "ok\nb (optional) not attached: no cgroup2\n".to_owned()
+            )
+        );
+        assert_eq!(
+            health(&[probe("a", true, false), probe("b", false, true)]),
+            (false, "a (required) not attached: no cgroup2\n".to_owned())
+        );
+    }
 }

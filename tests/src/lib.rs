@@ -310,7 +310,12 @@ impl Agent {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the agent was not healthy within {limit:?}");
+                let health = self
+                    .get("/healthz")
+                    .map(|(_, body)| body)
+                    .unwrap_or_default();
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                bail!("the agent was not healthy within {limit:?}: {health}\n{log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

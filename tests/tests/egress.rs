@@ -128,3 +128,46 @@ fn the_agent_does_not_count_itself() {
         .collect();
     assert_eq!(own, vec![], "the agent counted its own sends");
 }
+
+/// Unconnected UDP (`sendto` with an address each time) from one socket to `dests`: each
+/// destination gets exactly `count * size` bytes, though the socket itself has no peer.
+fn udp_unconnected(sink_bind: &str, dests: &[&str], count: u64, size: u64) {
+    require_root();
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start().expect("agent");
+    let traffic = traffic!();
+    let (_sink, port) = traffic.sink(&ns, "udp", sink_bind).expect("sink");
+    let (count_arg, size_arg) = (count.to_string(), size.to_string());
+    let addrs: Vec<String> = dests.iter().map(|ip| socket_addr(ip, port)).collect();
+    let mut args = vec!["sendto", count_arg.as_str(), size_arg.as_str()];
+    args.extend(addrs.iter().map(String::as_str));
+    let mut sender = traffic.send(&args).expect("sender");
+    let total = count * size * dests.len() as u64;
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), total);
+    for dest in dests {
+        let flow = agent
+            .settled_flow(sender.pid(), dest, port, "udp", count * size)
+            .expect("API")
+            .unwrap_or_else(|| panic!("a flow to {dest}"));
+        assert_eq!(flow.bytes_sent, count * size, "to {dest}");
+    }
+    let unaddressed: Vec<_> = agent
+        .flows()
+        .expect("API")
+        .into_iter()
+        .filter(|f| f.pid == sender.pid() && !dests.contains(&f.destination.as_str()))
+        .collect();
+    assert_eq!(unaddressed, vec![], "every byte has its destination");
+    sender.finish().expect("sender exits cleanly");
+}
+
+#[test]
+fn unconnected_udp_is_counted_per_destination() {
+    // 1,000 datagrams of 1,201 bytes, alternating between two hosts: 600,500 bytes each.
+    udp_unconnected("0.0.0.0", &["198.51.100.2", "198.51.100.3"], 500, 1_201);
+}
+
+#[test]
+fn unconnected_udp_over_ipv6_is_counted() {
+    udp_unconnected("::", &["2001:db8::2"], 500, 1_201);
+}

@@ -92,6 +92,13 @@ fn unescape_mount_path(path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where the cgroup2 hierarchy is mounted: `/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones; `None` on v1-only hosts.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    find_mount(&mounts, "cgroup2")
+}
+
 /// The mount point of `fstype`, mounting it at `default` when it is not mounted anywhere.
 pub fn ensure_mounted(fstype: &'static str, default: &Path) -> Result<PathBuf, HostError> {
     let mounts = std::fs::read_to_string("/proc/mounts").map_err(|cause| HostError::Read {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
-    programs::{ProgramError, RawTracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint},
 };
 use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, SOCK_HEAD_LEN};
 use thiserror::Error;
@@ -54,24 +54,55 @@ pub enum ProbeState {
 pub struct ProbeStatus {
     /// What users see in logs and in `exfil_sensor_probe_attached{probe}`: `sock:sock_send_length`.
     pub probe: &'static str,
+    /// Without a required probe the sensor misses bytes; without an optional one it misses
+    /// detail (where unconnected UDP went), never volume.
+    pub required: bool,
     pub state: ProbeState,
 }
 
-/// A probe: which program goes where, and the raw tracepoint prototype it was written for.
+/// A probe: which program goes where.
 struct Probe {
     probe: &'static str,
     program: &'static str,
-    raw_tracepoint: &'static str,
-    params: &'static [&'static str],
+    required: bool,
+    hook: Hook,
 }
 
-const PROBES: &[Probe] = &[Probe {
-    probe: "sock:sock_send_length",
-    program: "sock_send_length",
-    raw_tracepoint: "sock_send_length",
-    // TP_PROTO(struct sock *sk, int ret, int flags), after the context pointer.
-    params: &["void *", "struct sock *", "int", "int"],
-}];
+enum Hook {
+    /// A raw tracepoint, and the prototype (from BTF) the program was written for.
+    RawTracepoint {
+        name: &'static str,
+        params: &'static [&'static str],
+    },
+    /// A cgroup sock_addr program (its attach type is in the object), on the cgroup2 root so
+    /// that it sees every process, alongside other programs there.
+    CgroupSockAddr,
+}
+
+const PROBES: &[Probe] = &[
+    Probe {
+        probe: "sock:sock_send_length",
+        program: "sock_send_length",
+        required: true,
+        hook: Hook::RawTracepoint {
+            name: "sock_send_length",
+            // TP_PROTO(struct sock *sk, int ret, int flags), after the context pointer.
+            params: &["void *", "struct sock *", "int", "int"],
+        },
+    },
+    Probe {
+        probe: "cgroup:sendmsg4",
+        program: "udp_sendmsg4",
+        required: false,
+        hook: Hook::CgroupSockAddr,
+    },
+    Probe {
+        probe: "cgroup:sendmsg6",
+        program: "udp_sendmsg6",
+        required: false,
+        hook: Hook::CgroupSockAddr,
+    },
+];
 
 /// What one poll reads out of the kernel: running totals since the maps were created.
 #[derive(Debug, Default, Clone)]
@@ -97,6 +128,7 @@ impl Sensor {
     pub fn load(options: &KernelOptions) -> Result<Self, KernelError> {
         host::check_privileges()?;
         host::ensure_mounted("bpf", Path::new("/sys/fs/bpf"))?;
+        let cgroup2 = host::cgroup2_root();
         let btf = Btf::from_file(&options.btf)?;
         // aya relocates against the same BTF (CO-RE); parse failures were caught just above.
         let aya_btf =
@@ -121,9 +153,10 @@ impl Sensor {
             .iter()
             .map(|probe| ProbeStatus {
                 probe: probe.probe,
+                required: probe.required,
                 state: match &layout_problem {
                     Some(reason) => ProbeState::Skipped(reason.clone()),
-                    None => match attach(&mut ebpf, &btf, probe) {
+                    None => match attach(&mut ebpf, &btf, cgroup2.as_deref(), probe) {
                         Ok(()) => ProbeState::Attached,
                         Err(reason) => ProbeState::Skipped(reason),
                     },
@@ -222,33 +255,64 @@ fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
     Ok(layout)
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &Btf, probe: &Probe) -> Result<(), String> {
-    match btf.raw_tracepoint_params(probe.raw_tracepoint) {
-        None => {
-            return Err(format!(
-                "the kernel has no tracepoint {}",
-                probe.raw_tracepoint
-            ));
-        }
-        Some(params) if params != probe.params => {
-            return Err(format!(
-                "tracepoint {} takes ({}), the program expects ({})",
-                probe.raw_tracepoint,
-                params.join(", "),
-                probe.params.join(", ")
-            ));
-        }
-        Some(_) => {}
-    }
+fn attach(ebpf: &mut Ebpf, btf: &Btf, cgroup2: Option<&Path>, probe: &Probe) -> Result<(), String> {
     let program = ebpf
         .program_mut(probe.program)
         .ok_or_else(|| format!("program {} is not in the eBPF object", probe.program))?;
-    let raw: &mut RawTracePoint = program
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
-    raw.load()
-        .map_err(|e| format!("the verifier refused {}: {e}", probe.program))?;
-    raw.attach(probe.raw_tracepoint)
-        .map_err(|e| format!("attaching to {}: {e}", probe.raw_tracepoint))?;
+    let refused =
+        |e: ProgramError| format!("the verifier refused {}: {}", probe.program, chain(&e));
+    match &probe.hook {
+        Hook::RawTracepoint { name, params } => {
+            match btf.raw_tracepoint_params(name) {
+                None => return Err(format!("the kernel has no tracepoint {name}")),
+                Some(found) if found != *params => {
+                    return Err(format!(
+                        "tracepoint {name} takes ({}), the program expects ({})",
+                        found.join(", "),
+                        params.join(", ")
+                    ));
+                }
+                Some(_) => {}
+            }
+            let raw: &mut RawTracePoint = program
+                .try_into()
+                .map_err(|e: ProgramError| e.to_string())?;
+            raw.load().map_err(refused)?;
+            raw.attach(name)
+                .map_err(|e| format!("attaching to {name}: {}", chain(&e)))?;
+        }
+        Hook::CgroupSockAddr => {
+            let root = cgroup2.ok_or("no cgroup2 hierarchy is mounted (see /proc/mounts)")?;
+            let dir = std::fs::File::open(root)
+                .map_err(|e| format!("opening the cgroup2 root {}: {e}", root.display()))?;
+            let sock_addr: &mut CgroupSockAddr = program
+                .try_into()
+                .map_err(|e: ProgramError| e.to_string())?;
+            sock_addr.load().map_err(refused)?;
+            // A BPF link (kernel ≥ 5.7) always runs alongside other programs on the cgroup;
+            // the kernel refuses attach flags on link creation, so the mode must be `Single`.
+            sock_addr
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|e| {
+                    format!(
+                        "attaching to the cgroup2 root {}: {}",
+                        root.display(),
+                        chain(&e)
+                    )
+                })?;
+        }
+    }
     Ok(())
+}
+
+/// An error and its causes on one line: aya's errors keep the errno in their source.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
