@@ -92,10 +92,11 @@ pub const PROG_NAMES: [&str; PROG_COUNT as usize] = ["sock_send_length", "udp_se
 /// Index of each map in the `KERNEL_DROPS` per-CPU array: inserts refused because it was full.
 pub const MAP_EGRESS: u32 = 0;
 pub const MAP_UDP_DEST: u32 = 1;
+pub const MAP_EGRESS_OVERFLOW: u32 = 2;
 /// Number of maps with a drop slot; the array's size.
-pub const MAP_COUNT: u32 = 2;
+pub const MAP_COUNT: u32 = 3;
 /// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
-pub const MAP_NAMES: [&str; MAP_COUNT as usize] = ["egress", "udp_dest"];
+pub const MAP_NAMES: [&str; MAP_COUNT as usize] = ["egress", "udp_dest", "egress_overflow"];
 
 #[cfg(feature = "user")]
 mod user {

@@ -16,11 +16,19 @@ use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, 
 pub(crate) static EGRESS: PerCpuHashMap<FlowKey, FlowCounters> =
     PerCpuHashMap::with_max_entries(65_536, 0);
 
-/// Bytes that could not get a key of their own in [`EGRESS`] because it was full, so that
-/// the sum over all keys plus this bucket always equals what was sent.
+/// Bytes that could not get a key of their own in [`EGRESS`] because it was full, per
+/// sending process, so that a process's keys plus its overflow always equal what it sent.
+/// Key: tgid; value [`FlowCounters`] per CPU. Written by `sock_send_length`; read by the agent.
+/// Max entries: set from the egress map's size at load.
+#[map]
+pub(crate) static EGRESS_OVERFLOW: PerCpuHashMap<u32, FlowCounters> =
+    PerCpuHashMap::with_max_entries(4_096, 0);
+
+/// The last resort, when [`EGRESS_OVERFLOW`] is full too: bytes of no known process.
 /// Key: index 0; value [`FlowCounters`] per CPU. Written by `sock_send_length`; read by the agent.
 #[map]
-pub(crate) static EGRESS_OVERFLOW: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static EGRESS_UNATTRIBUTED: PerCpuArray<FlowCounters> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// The destination of the unconnected UDP send a thread is in the middle of.
 /// Key: the thread (`bpf_get_current_pid_tgid`); value [`UdpDest`]. Written by the cgroup

@@ -14,15 +14,17 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::raw_tracepoint,
+    maps::PerCpuHashMap,
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    FAMILY_IPV4, FAMILY_IPV6, FlowCounters, FlowKey, MAP_EGRESS, PROG_SOCK_SEND_LENGTH, PROTO_TCP,
-    PROTO_UDP, SOCK_HEAD_LEN,
+    FAMILY_IPV4, FAMILY_IPV6, FlowCounters, FlowKey, MAP_EGRESS, MAP_EGRESS_OVERFLOW,
+    PROG_SOCK_SEND_LENGTH, PROTO_TCP, PROTO_UDP, SOCK_HEAD_LEN,
 };
 
 use crate::maps::{
-    EGRESS, EGRESS_OVERFLOW, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, OWN_TGID, UDP_DEST, bump,
+    EGRESS, EGRESS_OVERFLOW, EGRESS_UNATTRIBUTED, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, OWN_TGID,
+    UDP_DEST, bump,
 };
 
 // include/linux/socket.h and include/uapi/linux/in.h
@@ -135,26 +137,40 @@ fn head_bytes<const N: usize>(head: &[u8; HEAD], offset: u16) -> Result<[u8; N],
 }
 
 /// Adds `bytes` to the key's per-CPU sums, creating the key on first sight. When the map is
-/// full the bytes go to the overflow bucket and the drop is counted: nothing sent is lost.
+/// full the bytes go to the process's overflow bucket, and when that map is full too, to the
+/// unattributed one; each refusal is counted. Nothing sent is lost.
 #[inline(always)]
 fn add_egress(key: &FlowKey, bytes: u64) {
-    if let Some(sums) = EGRESS.get_ptr_mut(key) {
-        add_to(sums, bytes);
-        return;
-    }
-    let first = FlowCounters { bytes, sends: 1 };
-    if EGRESS.insert(key, first, u64::from(BPF_NOEXIST)).is_ok() {
-        return;
-    }
-    // Another CPU may have created the key between our lookup and insert (EEXIST): add there.
-    if let Some(sums) = EGRESS.get_ptr_mut(key) {
-        add_to(sums, bytes);
+    if add_or_insert(&EGRESS, key, bytes) {
         return;
     }
     bump(&KERNEL_DROPS, MAP_EGRESS);
-    if let Some(sums) = EGRESS_OVERFLOW.get_ptr_mut(0) {
+    if add_or_insert(&EGRESS_OVERFLOW, &key.tgid, bytes) {
+        return;
+    }
+    bump(&KERNEL_DROPS, MAP_EGRESS_OVERFLOW);
+    if let Some(sums) = EGRESS_UNATTRIBUTED.get_ptr_mut(0) {
         add_to(sums, bytes);
     }
+}
+
+/// Adds to `key`'s sums, creating it if needed; false when the map is full.
+#[inline(always)]
+fn add_or_insert<K>(map: &PerCpuHashMap<K, FlowCounters>, key: &K, bytes: u64) -> bool {
+    if let Some(sums) = map.get_ptr_mut(key) {
+        add_to(sums, bytes);
+        return true;
+    }
+    let first = FlowCounters { bytes, sends: 1 };
+    if map.insert(key, first, u64::from(BPF_NOEXIST)).is_ok() {
+        return true;
+    }
+    // Another CPU may have created the key between our lookup and insert (EEXIST): add there.
+    if let Some(sums) = map.get_ptr_mut(key) {
+        add_to(sums, bytes);
+        return true;
+    }
+    false
 }
 
 #[inline(always)]

@@ -110,7 +110,12 @@ fn poll_loop(
         let started = Instant::now();
         match sensor.read() {
             Ok(sums) => {
-                table.apply(SystemTime::now(), &sums.egress, &proc_fs);
+                table.apply(
+                    SystemTime::now(),
+                    &sums.egress,
+                    &sums.egress_overflow,
+                    &proc_fs,
+                );
                 metrics.observe(&table, &sums, started.elapsed());
                 view.send_replace(Arc::new(View {
                     probes: sensor.probes().to_vec(),

@@ -12,7 +12,7 @@ use prometheus::{
 use sensor_common::{FlowKey, MAP_NAMES, PROG_NAMES};
 
 use crate::{
-    flow::{FlowTable, destination, protocol_name},
+    flow::{FlowTable, destination, destination_text, protocol_name},
     kernel::{KernelSums, ProbeState, ProbeStatus},
 };
 
@@ -70,7 +70,7 @@ impl Metrics {
         );
         let unattributed = IntCounter::new(
             "exfil_sensor_egress_unattributed_bytes_total",
-            "Bytes sent while the egress map was full, counted without process or destination.",
+            "Bytes sent while the egress map and its per-process overflow map were both full.",
         )
         .expect("static metric definition");
         let probe_attached = IntGaugeVec::new(
@@ -178,7 +178,7 @@ impl Metrics {
             &sums.drops,
             &mut self.last_drops,
         );
-        let overflow = sums.egress_overflow.bytes;
+        let overflow = sums.egress_unattributed.bytes;
         self.unattributed
             .inc_by(overflow.saturating_sub(self.last_unattributed));
         self.last_unattributed = self.last_unattributed.max(overflow);
@@ -189,9 +189,14 @@ impl Metrics {
 
     /// A flow's series: its own while its service has room, else `destination="other"`.
     fn assign_series(&mut self, key: &FlowKey, service: &str) -> Series {
+        if destination(key).is_none() {
+            // Overflow: bytes of this service whose destination the kernel could not keep.
+            let other = || "other".to_owned();
+            return [service.to_owned(), other(), other(), other()];
+        }
         let own: Series = [
             service.to_owned(),
-            destination(key).to_string(),
+            destination_text(key),
             key.port.to_string(),
             protocol_name(key.protocol).to_owned(),
         ];
@@ -289,7 +294,7 @@ mod tests {
                 .collect()
         };
         for bytes in [1_000, 2_500] {
-            table.apply(SystemTime::UNIX_EPOCH, &poll(bytes), &OneService);
+            table.apply(SystemTime::UNIX_EPOCH, &poll(bytes), &[], &OneService);
             metrics.observe(&table, &KernelSums::default(), Duration::from_millis(3));
         }
         let text = Metrics::render(&metrics.registry());
@@ -336,7 +341,7 @@ mod tests {
         let table = FlowTable::default();
         let mut sums = KernelSums::default();
         sums.drops[0] = 5;
-        sums.egress_overflow.bytes = 1_201;
+        sums.egress_unattributed.bytes = 1_201;
         metrics.observe(&table, &sums, Duration::ZERO);
         sums.drops[0] = 7;
         metrics.observe(&table, &sums, Duration::ZERO);

@@ -240,6 +240,7 @@ pub struct Flow {
     pub port: u16,
     pub protocol: String,
     pub bytes_sent: u64,
+    pub sends: u64,
 }
 
 /// The real agent, with its API on a private socket; SIGTERM and reaped on drop.
@@ -257,6 +258,11 @@ pub const POLL: Duration = Duration::from_millis(200);
 
 impl Agent {
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with("")
+    }
+
+    /// An agent whose config has `extra` TOML appended (sections other than agent and http).
+    pub fn start_with(extra: &str) -> anyhow::Result<Self> {
         let bin = agent_bin();
         if !bin.exists() {
             bail!(
@@ -273,7 +279,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "[agent]\npoll_interval = \"{}ms\"\n[http]\nlisten = \"{metrics}\"\n",
+                "[agent]\npoll_interval = \"{}ms\"\n[http]\nlisten = \"{metrics}\"\n{extra}",
                 POLL.as_millis()
             ),
         )?;
@@ -328,6 +334,18 @@ impl Agent {
     /// Where the agent serves `/metrics`.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics
+    }
+
+    /// The value of one series of the agent's `/metrics`, e.g.
+    /// `exfil_sensor_kernel_drops_total{map="egress"}`.
+    pub fn metric(&self, series: &str) -> anyhow::Result<u64> {
+        let text = http_get_tcp(self.metrics, "/metrics")?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .with_context(|| format!("no series {series} in /metrics"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{series} is not an integer"))
     }
 
     /// `GET path` over the API socket: (status, body).

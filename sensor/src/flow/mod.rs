@@ -14,18 +14,25 @@ use serde::Serialize;
 
 use self::identity::{Process, ProcessSource};
 
-/// The remote address of a key, as the IP it is.
-pub fn destination(key: &FlowKey) -> IpAddr {
-    if key.family == FAMILY_IPV6 {
-        IpAddr::V6(Ipv6Addr::from(key.addr))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(
-            key.addr[0],
-            key.addr[1],
-            key.addr[2],
-            key.addr[3],
-        ))
+/// `FlowKey::family` of a process's overflow row: bytes it sent while the kernel's egress map
+/// was full, counted without their destination. The kernel never uses this value.
+pub const FAMILY_OVERFLOW: u8 = 0;
+
+/// The remote address of a key, as the IP it is; `None` for an overflow row.
+pub fn destination(key: &FlowKey) -> Option<IpAddr> {
+    match key.family {
+        FAMILY_OVERFLOW => None,
+        FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(key.addr))),
+        _ => {
+            let [a, b, c, d, ..] = key.addr;
+            Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+        }
     }
+}
+
+/// How the API and metrics write a destination: the address, or `other` for overflow.
+pub fn destination_text(key: &FlowKey) -> String {
+    destination(key).map_or_else(|| "other".to_owned(), |ip| ip.to_string())
 }
 
 pub fn protocol_name(protocol: u8) -> &'static str {
@@ -53,7 +60,8 @@ pub struct FlowRecord {
     pub destination: String,
     pub port: u16,
     pub protocol: &'static str,
-    /// Exact bytes sent since the maps were created.
+    /// Exact bytes sent since the maps were created. A row whose destination is `other`
+    /// holds what the process sent while the kernel's flow map was full.
     pub bytes_sent: u64,
     pub sends: u64,
     pub first_seen: String,
@@ -68,14 +76,27 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
-    /// Takes one poll's running totals. `now` is injected so tests control time.
+    /// Takes one poll's running totals: per flow, and per process the bytes that overflowed
+    /// the kernel's map. `now` is injected so tests control time.
     pub fn apply(
         &mut self,
         now: SystemTime,
         sums: &[(FlowKey, FlowCounters)],
+        overflow: &[(u32, FlowCounters)],
         source: &dyn ProcessSource,
     ) {
-        for (key, counters) in sums {
+        let overflow_rows = overflow.iter().map(|(tgid, counters)| {
+            let key = FlowKey {
+                tgid: *tgid,
+                port: 0,
+                family: FAMILY_OVERFLOW,
+                protocol: 0,
+                addr: [0; 16],
+            };
+            (key, *counters)
+        });
+        for (key, counters) in sums.iter().copied().chain(overflow_rows) {
+            let (key, counters) = (&key, &counters);
             if let Some(entry) = self.flows.get_mut(key) {
                 if entry.counters != *counters {
                     entry.counters = *counters;
@@ -119,7 +140,7 @@ impl FlowTable {
                 comm: entry.process.comm.clone(),
                 exe: entry.process.exe.clone(),
                 service: entry.process.service.clone(),
-                destination: destination(key).to_string(),
+                destination: destination_text(key),
                 port: key.port,
                 protocol: protocol_name(key.protocol),
                 bytes_sent: entry.counters.bytes,
@@ -171,9 +192,9 @@ mod tests {
         let t2 = t1 + Duration::from_secs(1);
         let mut table = FlowTable::default();
         let sums = |bytes| [(key(7, 2, 443), FlowCounters { bytes, sends: 3 })];
-        table.apply(t0, &sums(100), &FakeProc);
-        table.apply(t1, &sums(7_340_032), &FakeProc);
-        table.apply(t2, &sums(7_340_032), &FakeProc);
+        table.apply(t0, &sums(100), &[], &FakeProc);
+        table.apply(t1, &sums(7_340_032), &[], &FakeProc);
+        table.apply(t2, &sums(7_340_032), &[], &FakeProc);
         let records = table.records();
         assert_eq!(records.len(), 1);
         let r = &records[0];
@@ -191,6 +212,7 @@ mod tests {
         table.apply(
             SystemTime::UNIX_EPOCH,
             &[(key(99, 9, 53), FlowCounters { bytes: 1, sends: 1 })],
+            &[],
             &FakeProc,
         );
         assert_eq!(table.records()[0].service, "unknown");
@@ -201,6 +223,42 @@ mod tests {
         let mut k = key(1, 0, 22);
         k.family = FAMILY_IPV6;
         k.addr = "2001:db8::2".parse::<Ipv6Addr>().expect("addr").octets();
-        assert_eq!(destination(&k).to_string(), "2001:db8::2");
+        assert_eq!(destination_text(&k), "2001:db8::2");
+    }
+
+    #[test]
+    fn overflow_is_a_row_of_its_process_to_other() {
+        let mut table = FlowTable::default();
+        let own = [(
+            key(7, 2, 443),
+            FlowCounters {
+                bytes: 64,
+                sends: 1,
+            },
+        )];
+        let overflow = [(
+            7,
+            FlowCounters {
+                bytes: 1_936,
+                sends: 5,
+            },
+        )];
+        table.apply(SystemTime::UNIX_EPOCH, &own, &overflow, &FakeProc);
+        let records = table.records();
+        assert_eq!(records.len(), 2);
+        let other = &records[0];
+        assert_eq!(
+            (
+                other.destination.as_str(),
+                other.protocol,
+                other.port,
+                other.bytes_sent,
+                other.sends
+            ),
+            ("other", "other", 0, 1_936, 5)
+        );
+        assert_eq!(other.service, "backup.service");
+        let total: u64 = records.iter().map(|r| r.bytes_sent).sum();
+        assert_eq!(total, 2_000);
     }
 }

@@ -108,8 +108,10 @@ const PROBES: &[Probe] = &[
 #[derive(Debug, Default, Clone)]
 pub struct KernelSums {
     pub egress: Vec<(FlowKey, FlowCounters)>,
-    /// Bytes that found no room in the egress map.
-    pub egress_overflow: FlowCounters,
+    /// Per process, bytes that found no room in the egress map.
+    pub egress_overflow: Vec<(u32, FlowCounters)>,
+    /// Bytes that found no room in the per-process overflow map either.
+    pub egress_unattributed: FlowCounters,
     /// Per program, in `sensor_common::PROG_NAMES` order.
     pub errors: [u64; PROG_COUNT as usize],
     /// Per map, in `sensor_common::MAP_NAMES` order.
@@ -148,6 +150,12 @@ impl Sensor {
             .override_global("OWN_TGID", &own_tgid, true)
             .override_global("LAYOUT", &layout, true)
             .map_max_entries("EGRESS", options.egress_map_entries)
+            // An overflow slot per process that could be sending: a sixteenth of the flows,
+            // at least 1024.
+            .map_max_entries(
+                "EGRESS_OVERFLOW",
+                (options.egress_map_entries / 16).max(1024),
+            )
             .load(EBPF_OBJECT)?;
         let probes = PROBES
             .iter()
@@ -180,11 +188,20 @@ impl Sensor {
             let (key, per_cpu) = entry.map_err(map_err("EGRESS"))?;
             sums.egress.push((key, sum_counters(&per_cpu)));
         }
-        let overflow: PerCpuArray<&MapData, FlowCounters> =
-            PerCpuArray::try_from(self.map("EGRESS_OVERFLOW")?)
+        let overflow: PerCpuHashMap<&MapData, u32, FlowCounters> =
+            PerCpuHashMap::try_from(self.map("EGRESS_OVERFLOW")?)
                 .map_err(map_err("EGRESS_OVERFLOW"))?;
-        sums.egress_overflow =
-            sum_counters(&overflow.get(&0, 0).map_err(map_err("EGRESS_OVERFLOW"))?);
+        for entry in overflow.iter() {
+            let (tgid, per_cpu) = entry.map_err(map_err("EGRESS_OVERFLOW"))?;
+            sums.egress_overflow.push((tgid, sum_counters(&per_cpu)));
+        }
+        let unattributed: PerCpuArray<&MapData, FlowCounters> =
+            PerCpuArray::try_from(self.map("EGRESS_UNATTRIBUTED")?)
+                .map_err(map_err("EGRESS_UNATTRIBUTED"))?;
+        let slot = unattributed
+            .get(&0, 0)
+            .map_err(map_err("EGRESS_UNATTRIBUTED"))?;
+        sums.egress_unattributed = sum_counters(&slot);
         read_counter_array(
             self.map("KERNEL_ERRORS")?,
             "KERNEL_ERRORS",

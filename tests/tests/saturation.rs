@@ -1,0 +1,87 @@
+//! A full kernel map loses no byte: with the egress map sized 64, a process that sends to
+//! 2,000 destinations still adds up exactly, its overflow in a `destination: "other"` row, and
+//! the drop counter says how many sends found no room.
+
+use std::time::{Duration, Instant};
+
+use exfil_tests::{Agent, NetNs, POLL, require_root, socket_addr, traffic};
+
+#[test]
+fn a_full_map_keeps_every_byte_and_counts_the_drops() {
+    require_root();
+    const DESTINATIONS: u16 = 2_000;
+    const SIZE: u64 = 333;
+    const MAP_ENTRIES: u64 = 64;
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start_with(&format!("[kernel]\negress_map_entries = {MAP_ENTRIES}\n"))
+        .expect("agent");
+    let drops_before = agent
+        .metric("exfil_sensor_kernel_drops_total{map=\"egress\"}")
+        .expect("drops");
+
+    // One datagram to each of 2,000 ports: 2,000 distinct (address, port) keys.
+    let addrs: Vec<String> = (0..DESTINATIONS)
+        .map(|i| socket_addr(ns.peer_ip, 20_000 + i))
+        .collect();
+    let mut args = vec!["sendto", "1", "333"];
+    args.extend(addrs.iter().map(String::as_str));
+    let mut sender = traffic!().send(&args).expect("sender");
+    let total = u64::from(DESTINATIONS) * SIZE;
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), total);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mine = loop {
+        let mine: Vec<_> = agent
+            .flows()
+            .expect("API")
+            .into_iter()
+            .filter(|f| f.pid == sender.pid())
+            .collect();
+        if mine.iter().map(|f| f.bytes_sent).sum::<u64>() >= total || Instant::now() > deadline {
+            break mine;
+        }
+        std::thread::sleep(POLL);
+    };
+    let (other, own): (Vec<_>, Vec<_>) = mine.iter().partition(|f| f.destination == "other");
+    assert_eq!(
+        mine.iter().map(|f| f.bytes_sent).sum::<u64>(),
+        total,
+        "every byte counted"
+    );
+    assert!(
+        own.iter().all(|f| f.bytes_sent == SIZE && f.sends == 1),
+        "{own:?}"
+    );
+    assert_eq!(other.len(), 1, "one overflow row: {other:?}");
+    let overflowed = other[0].sends;
+    assert_eq!(own.len() as u64 + overflowed, u64::from(DESTINATIONS));
+    assert!(
+        own.len() as u64 <= MAP_ENTRIES,
+        "{} keys in a {MAP_ENTRIES}-entry map",
+        own.len()
+    );
+    assert_eq!(other[0].bytes_sent, overflowed * SIZE);
+
+    let drops = agent
+        .metric("exfil_sensor_kernel_drops_total{map=\"egress\"}")
+        .expect("drops")
+        - drops_before;
+    // Every overflowed send of ours was a refused insert; other processes can only add.
+    assert!(
+        drops >= overflowed,
+        "{drops} drops for {overflowed} overflowed sends"
+    );
+    assert_eq!(
+        agent
+            .metric("exfil_sensor_kernel_drops_total{map=\"egress_overflow\"}")
+            .expect("overflow drops"),
+        0
+    );
+    assert_eq!(
+        agent
+            .metric("exfil_sensor_egress_unattributed_bytes_total")
+            .expect("unattributed"),
+        0
+    );
+    sender.finish().expect("sender exits cleanly");
+}
