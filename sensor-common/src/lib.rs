@@ -7,7 +7,7 @@
 
 /// Layout version of the shared map types. Bumped on any change to a key or value type, so
 /// that a future agent can tell pinned maps of an older layout from its own.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
 pub const FAMILY_IPV4: u8 = 4;
@@ -17,32 +17,56 @@ pub const FAMILY_IPV6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// One process talking to one remote endpoint: the key of the egress map.
+/// `FlowKey::direction` values: who opened the connection.
+/// This host connected (or, for UDP, sends from an ephemeral port).
+pub const DIRECTION_OUTBOUND: u8 = 1;
+/// This host accepted the connection (or, for UDP, answers from a fixed port).
+pub const DIRECTION_INBOUND: u8 = 2;
+
+/// One process talking to one remote endpoint: the key of the flow map.
 ///
 /// IPv4 addresses (and v4-mapped IPv6 ones) sit in the first four bytes of `addr`, the rest
-/// zero, with `family == FAMILY_IPV4`. `port` is the remote port in host byte order.
+/// zero, with `family == FAMILY_IPV4`. `port`, in host byte order, is the remote port of an
+/// outbound flow and the local port of an inbound one, so that the other side's ephemeral
+/// ports never split a flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
-    /// The sending process (thread group id, what userspace calls the pid).
+    /// The process (thread group id, what userspace calls the pid).
     pub tgid: u32,
     pub port: u16,
     pub family: u8,
     pub protocol: u8,
     pub addr: [u8; 16],
+    pub direction: u8,
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
 
 /// Per-CPU running sums for one [`FlowKey`]; userspace adds the CPUs together.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
-    /// Bytes the send calls reported as sent (the tracepoint's `ret` when positive).
-    pub bytes: u64,
+    /// Bytes the send calls reported as sent (`sock_send_length`'s `ret` when positive).
+    pub sent: u64,
     /// Send calls that sent at least one byte.
     pub sends: u64,
+    /// Bytes the receive calls returned (`sock_recv_length`, not counting `MSG_PEEK`).
+    pub received: u64,
+    /// Receive calls that returned at least one byte.
+    pub recvs: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowCounters>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 32);
+
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), which tells a client
+/// port from a service port for sockets whose opening the sensor did not see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+const _: () = assert!(core::mem::size_of::<PortRange>() == 4);
 
 /// Where one unconnected UDP send is going: written by the cgroup `sendmsg4`/`sendmsg6`
 /// programs, which see the address the caller passed, and taken by the send program, which
@@ -61,7 +85,7 @@ pub struct UdpDest {
 const _: () = assert!(core::mem::size_of::<UdpDest>() == 32);
 
 /// Bytes at the head of `struct sock_common` that the send program reads in one helper call;
-/// `skc_daddr`, `skc_dport` and `skc_family` must lie inside (they have sat in the first 18
+/// `skc_daddr`, `skc_dport`, `skc_num` and `skc_family` must lie inside (they have sat in the first 18
 /// bytes since Linux 2.6; the agent checks the running kernel's BTF before loading).
 pub const SOCK_HEAD_LEN: u16 = 24;
 
@@ -70,39 +94,47 @@ pub const SOCK_HEAD_LEN: u16 = 24;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLayout {
-    /// `struct sock_common` byte offsets; the first three are below [`SOCK_HEAD_LEN`].
+    /// `struct sock_common` byte offsets; all but `skc_v6_daddr` are below [`SOCK_HEAD_LEN`].
     pub skc_daddr: u16,
     pub skc_dport: u16,
+    pub skc_num: u16,
     pub skc_family: u16,
     pub skc_v6_daddr: u16,
     /// `struct sock` byte offset of `sk_protocol`.
     pub sk_protocol: u16,
-    pub _pad: [u16; 3],
+    pub _pad: [u16; 2],
 }
 const _: () = assert!(core::mem::size_of::<KernelLayout>() == 16);
 
 /// Index of each program in the `KERNEL_ERRORS` per-CPU array.
 pub const PROG_SOCK_SEND_LENGTH: u32 = 0;
 pub const PROG_UDP_SENDMSG: u32 = 1;
+pub const PROG_SOCK_RECV_LENGTH: u32 = 2;
+pub const PROG_INET_SOCK_SET_STATE: u32 = 3;
 /// Number of programs with an error slot; the array's size.
-pub const PROG_COUNT: u32 = 2;
+pub const PROG_COUNT: u32 = 4;
 /// Program names, in index order, as exported in `exfil_sensor_kernel_errors_total{program}`.
-pub const PROG_NAMES: [&str; PROG_COUNT as usize] = ["sock_send_length", "udp_sendmsg"];
+pub const PROG_NAMES: [&str; PROG_COUNT as usize] = [
+    "sock_send_length",
+    "udp_sendmsg",
+    "sock_recv_length",
+    "inet_sock_set_state",
+];
 
 /// Index of each map in the `KERNEL_DROPS` per-CPU array: inserts refused because it was full.
-pub const MAP_EGRESS: u32 = 0;
+pub const MAP_FLOWS: u32 = 0;
 pub const MAP_UDP_DEST: u32 = 1;
-pub const MAP_EGRESS_OVERFLOW: u32 = 2;
+pub const MAP_FLOW_OVERFLOW: u32 = 2;
 /// Number of maps with a drop slot; the array's size.
 pub const MAP_COUNT: u32 = 3;
 /// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
-pub const MAP_NAMES: [&str; MAP_COUNT as usize] = ["egress", "udp_dest", "egress_overflow"];
+pub const MAP_NAMES: [&str; MAP_COUNT as usize] = ["flows", "udp_dest", "flow_overflow"];
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{FlowCounters, FlowKey, KernelLayout, UdpDest};
+    use super::{FlowCounters, FlowKey, KernelLayout, PortRange, UdpDest};
 
-    // SAFETY: all four are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // SAFETY: all five are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
     // fields, so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
@@ -111,4 +143,6 @@ mod user {
     unsafe impl aya::Pod for KernelLayout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for UdpDest {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PortRange {}
 }

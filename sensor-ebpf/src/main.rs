@@ -7,8 +7,10 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod flow;
 mod maps;
 mod net_send;
+mod sock_state;
 mod udp_dest;
 
 #[cfg(target_arch = "bpf")]

@@ -3,32 +3,33 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
-use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, UdpDest};
+use sensor_common::{
+    FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, PortRange, UdpDest,
+};
 
-/// Bytes sent per (process, remote address, remote port, protocol).
-/// Key [`FlowKey`], value [`FlowCounters`] per CPU. Written by `sock_send_length`; read (and
-/// summed over CPUs) by the agent's poll loop. Max entries: the agent sets it from
-/// `kernel.egress_map_entries` at load; the number here is only the default.
+/// Bytes sent and received per (process, remote address, port, protocol, direction).
+/// Key [`FlowKey`], value [`FlowCounters`] per CPU. Written by `sock_send_length` and
+/// `sock_recv_length`; read (and summed over CPUs) by the agent's poll loop. Max entries: the
+/// agent sets it from `kernel.flow_map_entries` at load; the number here is only the default.
 /// A plain preallocated hash, never an LRU: an LRU would evict counted bytes.
 #[map]
-pub(crate) static EGRESS: PerCpuHashMap<FlowKey, FlowCounters> =
+pub(crate) static FLOWS: PerCpuHashMap<FlowKey, FlowCounters> =
     PerCpuHashMap::with_max_entries(65_536, 0);
 
-/// Bytes that could not get a key of their own in [`EGRESS`] because it was full, per
-/// sending process, so that a process's keys plus its overflow always equal what it sent.
-/// Key: tgid; value [`FlowCounters`] per CPU. Written by `sock_send_length`; read by the agent.
-/// Max entries: set from the egress map's size at load.
+/// Bytes that could not get a key of their own in [`FLOWS`] because it was full, per
+/// process, so that a process's keys plus its overflow always equal what it sent.
+/// Key: tgid; value [`FlowCounters`] per CPU. Written by the send and receive programs; read
+/// by the agent. Max entries: set from the flow map's size at load.
 #[map]
-pub(crate) static EGRESS_OVERFLOW: PerCpuHashMap<u32, FlowCounters> =
+pub(crate) static FLOW_OVERFLOW: PerCpuHashMap<u32, FlowCounters> =
     PerCpuHashMap::with_max_entries(4_096, 0);
 
-/// The last resort, when [`EGRESS_OVERFLOW`] is full too: bytes of no known process.
-/// Key: index 0; value [`FlowCounters`] per CPU. Written by `sock_send_length`; read by the agent.
+/// The last resort, when [`FLOW_OVERFLOW`] is full too: bytes of no known process.
+/// Key: index 0; value [`FlowCounters`] per CPU. Written by the send and receive programs.
 #[map]
-pub(crate) static EGRESS_UNATTRIBUTED: PerCpuArray<FlowCounters> =
-    PerCpuArray::with_max_entries(1, 0);
+pub(crate) static UNATTRIBUTED: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(1, 0);
 
 /// The destination of the unconnected UDP send a thread is in the middle of.
 /// Key: the thread (`bpf_get_current_pid_tgid`); value [`UdpDest`]. Written by the cgroup
@@ -36,6 +37,13 @@ pub(crate) static EGRESS_UNATTRIBUTED: PerCpuArray<FlowCounters> =
 /// the same call. Max entries: threads inside a UDP send at once.
 #[map]
 pub(crate) static UDP_DEST: HashMap<u64, UdpDest> = HashMap::with_max_entries(16_384, 0);
+
+/// Who opened each TCP connection the sensor saw open: key `struct sock *`, value
+/// `DIRECTION_*`. Written by `inet_sock_set_state` (set on SYN_SENT / SYN_RECV, deleted on
+/// CLOSE); read by the send and receive programs. An LRU: it holds no counts, and a socket
+/// evicted from it falls back to the port rule.
+#[map]
+pub(crate) static SOCK_ROLE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Errors per program (a failed kernel read, say), indexed by `sensor_common::PROG_*`.
 /// Value: count per CPU. Written by every program; exported as
@@ -59,10 +67,19 @@ pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     // always overrides them with what the running kernel says.
     skc_daddr: 0,
     skc_dport: 12,
+    skc_num: 14,
     skc_family: 16,
     skc_v6_daddr: 56,
     sk_protocol: 532,
-    _pad: [0; 3],
+    _pad: [0; 2],
+});
+
+/// The ephemeral port range, read by the agent from `net.ipv4.ip_local_port_range`.
+#[unsafe(no_mangle)]
+pub(crate) static EPHEMERAL_PORTS: Global<PortRange> = Global::new(PortRange {
+    // The kernel's default (net/ipv4/af_inet.c, inet_init_net).
+    low: 32_768,
+    high: 60_999,
 });
 
 /// Adds one to a per-CPU counter slot. Programs run with migration disabled and the same

@@ -8,9 +8,12 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
-use sensor_common::{FAMILY_IPV4, FAMILY_IPV6, MAP_UDP_DEST, PROG_UDP_SENDMSG, UdpDest};
+use sensor_common::{FAMILY_IPV4, MAP_UDP_DEST, PROG_UDP_SENDMSG, UdpDest};
 
-use crate::maps::{KERNEL_DROPS, KERNEL_ERRORS, OWN_TGID, UDP_DEST, bump};
+use crate::{
+    flow::address_family,
+    maps::{KERNEL_DROPS, KERNEL_ERRORS, OWN_TGID, UDP_DEST, bump},
+};
 
 /// Let the send through (a cgroup sock_addr program's verdict).
 const ALLOW: i32 = 1;
@@ -40,21 +43,18 @@ pub fn udp_sendmsg6(ctx: SockAddrContext) -> i32 {
         let addr = &*ctx.sock_addr;
         (addr.user_ip6, addr.user_port, addr.__bindgen_anon_1.sk)
     };
-    let mut dest = UdpDest {
+    let mut v6 = [0u8; 16];
+    for (chunk, word) in v6.chunks_exact_mut(4).zip(ip6) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    let (family, addr) = address_family(v6);
+    let dest = UdpDest {
         sk: sk as u64,
-        family: FAMILY_IPV6,
+        family,
+        addr,
         port: u16::from_be(port as u16),
         ..UdpDest::default()
     };
-    for (chunk, word) in dest.addr.chunks_exact_mut(4).zip(ip6) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    // A v4-mapped destination (::ffff:a.b.c.d) is the IPv4 address it stands for.
-    if dest.addr[..10].iter().all(|b| *b == 0) && dest.addr[10] == 0xff && dest.addr[11] == 0xff {
-        dest.family = FAMILY_IPV4;
-        dest.addr.copy_within(12..16, 0);
-        dest.addr[4..].fill(0);
-    }
     remember(dest);
     ALLOW
 }

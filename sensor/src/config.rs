@@ -51,7 +51,7 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct KernelConfig {
     pub btf: PathBuf,
-    pub egress_map_entries: u32,
+    pub flow_map_entries: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -81,7 +81,7 @@ impl Default for KernelConfig {
     fn default() -> Self {
         Self {
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
-            egress_map_entries: 65_536,
+            flow_map_entries: 65_536,
         }
     }
 }
@@ -134,10 +134,10 @@ impl Config {
                 "must be between 100ms and 1h",
             ));
         }
-        if !(1..=1 << 24).contains(&self.kernel.egress_map_entries) {
+        if !(1..=1 << 24).contains(&self.kernel.flow_map_entries) {
             return Err(invalid(
-                "kernel.egress_map_entries",
-                self.kernel.egress_map_entries.to_string(),
+                "kernel.flow_map_entries",
+                self.kernel.flow_map_entries.to_string(),
                 "must be between 1 and 16777216",
             ));
         }
@@ -195,10 +195,10 @@ mod tests {
             "config x.toml: agent.poll_interval = 0s: must be between 100ms and 1h"
         );
         let err =
-            Config::parse("[kernel]\negress_map_entries = 0\n", "x.toml").expect_err("zero map");
+            Config::parse("[kernel]\nflow_map_entries = 0\n", "x.toml").expect_err("zero map");
         assert_eq!(
             err.to_string(),
-            "config x.toml: kernel.egress_map_entries = 0: must be between 1 and 16777216"
+            "config x.toml: kernel.flow_map_entries = 0: must be between 1 and 16777216"
         );
         let err = Config::parse("[http]\nlisten = \"nowhere\"\n", "x.toml").expect_err("addr");
         assert_eq!(

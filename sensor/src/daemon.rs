@@ -36,7 +36,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let sensor = Sensor::load(&KernelOptions {
         btf: config.kernel.btf.clone(),
-        egress_map_entries: config.kernel.egress_map_entries,
+        flow_map_entries: config.kernel.flow_map_entries,
     })?;
     for status in sensor.probes() {
         match &status.state {
@@ -112,8 +112,8 @@ fn poll_loop(
             Ok(sums) => {
                 table.apply(
                     SystemTime::now(),
-                    &sums.egress,
-                    &sums.egress_overflow,
+                    &sums.flows,
+                    &sums.flow_overflow,
                     &proc_fs,
                 );
                 metrics.observe(&table, &sums, started.elapsed());

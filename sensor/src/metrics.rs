@@ -70,7 +70,7 @@ impl Metrics {
         );
         let unattributed = IntCounter::new(
             "exfil_sensor_egress_unattributed_bytes_total",
-            "Bytes sent while the egress map and its per-process overflow map were both full.",
+            "Bytes sent while the flow map and its per-process overflow map were both full.",
         )
         .expect("static metric definition");
         let probe_attached = IntGaugeVec::new(
@@ -158,13 +158,13 @@ impl Metrics {
                     (series, 0)
                 }
             };
-            if counters.bytes > done {
+            if counters.sent > done {
                 self.egress
                     .with_label_values(&series)
-                    .inc_by(counters.bytes - done);
+                    .inc_by(counters.sent - done);
             }
             self.exported
-                .insert(*key, (series, counters.bytes.max(done)));
+                .insert(*key, (series, counters.sent.max(done)));
         }
         add_deltas(
             &self.kernel_errors,
@@ -178,7 +178,7 @@ impl Metrics {
             &sums.drops,
             &mut self.last_drops,
         );
-        let overflow = sums.egress_unattributed.bytes;
+        let overflow = sums.unattributed.sent;
         self.unattributed
             .inc_by(overflow.saturating_sub(self.last_unattributed));
         self.last_unattributed = self.last_unattributed.max(overflow);
@@ -242,7 +242,7 @@ fn add_deltas(vec: &IntCounterVec, names: &[&str], now: &[u64], last: &mut [u64]
 mod tests {
     use std::time::SystemTime;
 
-    use sensor_common::{FAMILY_IPV4, FlowCounters, PROTO_TCP};
+    use sensor_common::{DIRECTION_OUTBOUND, FAMILY_IPV4, FlowCounters, PROTO_TCP};
 
     use super::*;
     use crate::flow::identity::{Process, ProcessSource};
@@ -267,6 +267,8 @@ mod tests {
             family: FAMILY_IPV4,
             protocol: PROTO_TCP,
             addr,
+            direction: DIRECTION_OUTBOUND,
+            _pad: [0; 7],
         }
     }
 
@@ -286,8 +288,9 @@ mod tests {
                     (
                         key(i),
                         FlowCounters {
-                            bytes: bytes * u64::from(i),
+                            sent: bytes * u64::from(i),
                             sends: 1,
+                            ..FlowCounters::default()
                         },
                     )
                 })
@@ -341,13 +344,13 @@ mod tests {
         let table = FlowTable::default();
         let mut sums = KernelSums::default();
         sums.drops[0] = 5;
-        sums.egress_unattributed.bytes = 1_201;
+        sums.unattributed.sent = 1_201;
         metrics.observe(&table, &sums, Duration::ZERO);
         sums.drops[0] = 7;
         metrics.observe(&table, &sums, Duration::ZERO);
         let text = Metrics::render(&metrics.registry());
         assert_eq!(
-            value(&text, "exfil_sensor_kernel_drops_total{map=\"egress\"}"),
+            value(&text, "exfil_sensor_kernel_drops_total{map=\"flows\"}"),
             Some(7)
         );
         assert_eq!(

@@ -205,6 +205,13 @@ impl Traffic {
         Ok((sink, port))
     }
 
+    /// The helper in `ns`, with these arguments.
+    pub fn run_in(&self, ns: &NetNs, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut cmd = ns.command(&self.bin);
+        cmd.args(args);
+        Proc::spawn(cmd, &format!("{} in {}", args.join(" "), ns.name))
+    }
+
     /// A sender on this host, with the helper's arguments.
     pub fn send(&self, args: &[&str]) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(&self.bin);
@@ -239,8 +246,10 @@ pub struct Flow {
     pub destination: String,
     pub port: u16,
     pub protocol: String,
+    pub direction: String,
     pub bytes_sent: u64,
     pub sends: u64,
+    pub bytes_received: u64,
 }
 
 /// The real agent, with its API on a private socket; SIGTERM and reaped on drop.
@@ -362,7 +371,8 @@ impl Agent {
     }
 
     /// The flow of `pid` to `destination:port` once its count has stopped moving: waits until
-    /// it reaches `expected` (or 10 s pass), then two more polls, and returns what the API says.
+    /// it has sent `expected` bytes (or 10 s pass), then two more polls, and returns what the
+    /// API says.
     pub fn settled_flow(
         &self,
         pid: u32,
@@ -370,6 +380,20 @@ impl Agent {
         port: u16,
         protocol: &str,
         expected: u64,
+    ) -> anyhow::Result<Option<Flow>> {
+        self.settled(pid, destination, port, protocol, |f| {
+            f.bytes_sent >= expected
+        })
+    }
+
+    /// Like [`Agent::settled_flow`], waiting until `done` holds for the flow.
+    pub fn settled(
+        &self,
+        pid: u32,
+        destination: &str,
+        port: u16,
+        protocol: &str,
+        done: impl Fn(&Flow) -> bool,
     ) -> anyhow::Result<Option<Flow>> {
         let find = || -> anyhow::Result<Option<Flow>> {
             Ok(self.flows()?.into_iter().find(|f| {
@@ -381,7 +405,7 @@ impl Agent {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if find()?.is_some_and(|f| f.bytes_sent >= expected) {
+            if find()?.is_some_and(|f| done(&f)) {
                 break;
             }
             std::thread::sleep(POLL / 2);

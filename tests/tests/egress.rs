@@ -27,6 +27,8 @@ fn tcp_upload(via: &str, sink_ip: &str, connect_ip: &str, reported_ip: &str, byt
         .expect("API")
         .expect("a flow for the sender");
     assert_eq!(flow.bytes_sent, bytes);
+    assert_eq!(flow.bytes_received, 0, "the sink sends nothing back");
+    assert_eq!(flow.direction, "outbound");
     assert_eq!(flow.comm, "exfil-traffic");
     sender.finish().expect("sender exits cleanly");
 }
@@ -95,6 +97,7 @@ fn udp_connected(via: &str, count: u64, size: u64) {
         .expect("API")
         .expect("a flow for the sender");
     assert_eq!(flow.bytes_sent, count * size);
+    assert_eq!(flow.direction, "outbound");
     sender.finish().expect("sender exits cleanly");
 }
 
@@ -170,4 +173,88 @@ fn unconnected_udp_is_counted_per_destination() {
 #[test]
 fn unconnected_udp_over_ipv6_is_counted() {
     udp_unconnected("::", &["2001:db8::2"], 500, 1_201);
+}
+
+/// A client on this host fetches from a server in the namespace: the client's flow is
+/// outbound to the server's port, with the request sent and the answer received, exactly.
+#[test]
+fn outbound_connection_counts_both_ways() {
+    require_root();
+    const REQUEST: u64 = 4_321;
+    const RESPONSE: u64 = 1_048_583;
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start().expect("agent");
+    let traffic = traffic!();
+    let bind = socket_addr(ns.peer_ip, 0);
+    let (req, resp) = (REQUEST.to_string(), RESPONSE.to_string());
+    let mut server = traffic
+        .run_in(&ns, &["serve", &bind, &req, &resp])
+        .expect("server");
+    let port: u16 = server.expect_line("port").expect("port");
+    let target = socket_addr(ns.peer_ip, port);
+    let mut client = traffic
+        .send(&["fetch", &target, &req, &resp])
+        .expect("client");
+    assert_eq!(
+        client.expect_line::<u64>("received").expect("received"),
+        RESPONSE
+    );
+    let flow = agent
+        .settled(client.pid(), ns.peer_ip, port, "tcp", |f| {
+            f.bytes_sent >= REQUEST && f.bytes_received >= RESPONSE
+        })
+        .expect("API")
+        .expect("a flow for the client");
+    assert_eq!(
+        (
+            flow.direction.as_str(),
+            flow.bytes_sent,
+            flow.bytes_received
+        ),
+        ("outbound", REQUEST, RESPONSE)
+    );
+    client.finish().expect("client exits cleanly");
+}
+
+/// A server on this host answers a client in the namespace: the server's flow is inbound,
+/// keyed by its own listening port (never the client's ephemeral one), with the answer sent
+/// and the request received, exactly.
+#[test]
+fn inbound_connection_is_keyed_by_the_local_port() {
+    require_root();
+    const REQUEST: u64 = 777;
+    const RESPONSE: u64 = 2_097_169;
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start().expect("agent");
+    let traffic = traffic!();
+    let bind = socket_addr(ns.host_ip, 0);
+    let (req, resp) = (REQUEST.to_string(), RESPONSE.to_string());
+    let mut server = traffic
+        .send(&["serve", &bind, &req, &resp])
+        .expect("server");
+    let port: u16 = server.expect_line("port").expect("port");
+    let target = socket_addr(ns.host_ip, port);
+    let mut client = traffic
+        .run_in(&ns, &["fetch", &target, &req, &resp])
+        .expect("client");
+    assert_eq!(
+        client.expect_line::<u64>("received").expect("received"),
+        RESPONSE
+    );
+    assert_eq!(server.expect_line::<String>("served").expect("served"), "");
+    let flow = agent
+        .settled(server.pid(), ns.peer_ip, port, "tcp", |f| {
+            f.bytes_sent >= RESPONSE && f.bytes_received >= REQUEST
+        })
+        .expect("API")
+        .expect("a flow for the server, keyed by its listening port");
+    assert_eq!(
+        (
+            flow.direction.as_str(),
+            flow.bytes_sent,
+            flow.bytes_received
+        ),
+        ("inbound", RESPONSE, REQUEST)
+    );
+    server.finish().expect("server exits cleanly");
 }

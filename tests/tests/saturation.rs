@@ -1,4 +1,4 @@
-//! A full kernel map loses no byte: with the egress map sized 64, a process that sends to
+//! A full kernel map loses no byte: with the flow map sized 64, a process that sends to
 //! 2,000 destinations still adds up exactly, its overflow in a `destination: "other"` row, and
 //! the drop counter says how many sends found no room.
 
@@ -13,10 +13,10 @@ fn a_full_map_keeps_every_byte_and_counts_the_drops() {
     const SIZE: u64 = 333;
     const MAP_ENTRIES: u64 = 64;
     let ns = NetNs::outside().expect("namespace");
-    let agent = Agent::start_with(&format!("[kernel]\negress_map_entries = {MAP_ENTRIES}\n"))
-        .expect("agent");
+    let agent =
+        Agent::start_with(&format!("[kernel]\nflow_map_entries = {MAP_ENTRIES}\n")).expect("agent");
     let drops_before = agent
-        .metric("exfil_sensor_kernel_drops_total{map=\"egress\"}")
+        .metric("exfil_sensor_kernel_drops_total{map=\"flows\"}")
         .expect("drops");
 
     // One datagram to each of 2,000 ports: 2,000 distinct (address, port) keys.
@@ -63,7 +63,7 @@ fn a_full_map_keeps_every_byte_and_counts_the_drops() {
     assert_eq!(other[0].bytes_sent, overflowed * SIZE);
 
     let drops = agent
-        .metric("exfil_sensor_kernel_drops_total{map=\"egress\"}")
+        .metric("exfil_sensor_kernel_drops_total{map=\"flows\"}")
         .expect("drops")
         - drops_before;
     // Every overflowed send of ours was a refused insert; other processes can only add.
@@ -73,7 +73,7 @@ fn a_full_map_keeps_every_byte_and_counts_the_drops() {
     );
     assert_eq!(
         agent
-            .metric("exfil_sensor_kernel_drops_total{map=\"egress_overflow\"}")
+            .metric("exfil_sensor_kernel_drops_total{map=\"flow_overflow\"}")
             .expect("overflow drops"),
         0
     );

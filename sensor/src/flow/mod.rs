@@ -9,7 +9,9 @@ use std::{
     time::SystemTime,
 };
 
-use sensor_common::{FAMILY_IPV6, FlowCounters, FlowKey, PROTO_TCP, PROTO_UDP};
+use sensor_common::{
+    DIRECTION_INBOUND, DIRECTION_OUTBOUND, FAMILY_IPV6, FlowCounters, FlowKey, PROTO_TCP, PROTO_UDP,
+};
 use serde::Serialize;
 
 use self::identity::{Process, ProcessSource};
@@ -35,6 +37,14 @@ pub fn destination_text(key: &FlowKey) -> String {
     destination(key).map_or_else(|| "other".to_owned(), |ip| ip.to_string())
 }
 
+pub fn direction_name(direction: u8) -> &'static str {
+    match direction {
+        DIRECTION_OUTBOUND => "outbound",
+        DIRECTION_INBOUND => "inbound",
+        _ => "other",
+    }
+}
+
 pub fn protocol_name(protocol: u8) -> &'static str {
     match protocol {
         PROTO_TCP => "tcp",
@@ -58,12 +68,17 @@ pub struct FlowRecord {
     pub exe: String,
     pub service: String,
     pub destination: String,
+    /// The remote port of an outbound flow, the local port of an inbound one.
     pub port: u16,
     pub protocol: &'static str,
+    /// `outbound` (this host connected) or `inbound` (this host accepted).
+    pub direction: &'static str,
     /// Exact bytes sent since the maps were created. A row whose destination is `other`
     /// holds what the process sent while the kernel's flow map was full.
     pub bytes_sent: u64,
     pub sends: u64,
+    pub bytes_received: u64,
+    pub recvs: u64,
     pub first_seen: String,
     pub last_seen: String,
 }
@@ -92,6 +107,8 @@ impl FlowTable {
                 family: FAMILY_OVERFLOW,
                 protocol: 0,
                 addr: [0; 16],
+                direction: 0,
+                _pad: [0; 7],
             };
             (key, *counters)
         });
@@ -143,8 +160,11 @@ impl FlowTable {
                 destination: destination_text(key),
                 port: key.port,
                 protocol: protocol_name(key.protocol),
-                bytes_sent: entry.counters.bytes,
+                direction: direction_name(key.direction),
+                bytes_sent: entry.counters.sent,
                 sends: entry.counters.sends,
+                bytes_received: entry.counters.received,
+                recvs: entry.counters.recvs,
                 first_seen: humantime::format_rfc3339_seconds(entry.first_seen).to_string(),
                 last_seen: humantime::format_rfc3339_seconds(entry.last_seen).to_string(),
             })
@@ -182,6 +202,8 @@ mod tests {
             family: FAMILY_IPV4,
             protocol: PROTO_TCP,
             addr,
+            direction: DIRECTION_INBOUND,
+            _pad: [0; 7],
         }
     }
 
@@ -191,15 +213,29 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         let t2 = t1 + Duration::from_secs(1);
         let mut table = FlowTable::default();
-        let sums = |bytes| [(key(7, 2, 443), FlowCounters { bytes, sends: 3 })];
+        let sums = |sent| {
+            let counters = FlowCounters {
+                sent,
+                sends: 3,
+                received: 517,
+                recvs: 2,
+            };
+            [(key(7, 2, 443), counters)]
+        };
         table.apply(t0, &sums(100), &[], &FakeProc);
         table.apply(t1, &sums(7_340_032), &[], &FakeProc);
         table.apply(t2, &sums(7_340_032), &[], &FakeProc);
         let records = table.records();
         assert_eq!(records.len(), 1);
         let r = &records[0];
-        assert_eq!(r.bytes_sent, 7_340_032);
-        assert_eq!((r.pid, r.port, r.protocol), (7, 443, "tcp"));
+        assert_eq!(
+            (r.bytes_sent, r.sends, r.bytes_received, r.recvs),
+            (7_340_032, 3, 517, 2)
+        );
+        assert_eq!(
+            (r.pid, r.port, r.protocol, r.direction),
+            (7, 443, "tcp", "inbound")
+        );
         assert_eq!(r.destination, "198.51.100.2");
         assert_eq!(r.service, "backup.service");
         assert_eq!(r.first_seen, "2023-11-14T22:13:20Z");
@@ -211,7 +247,14 @@ mod tests {
         let mut table = FlowTable::default();
         table.apply(
             SystemTime::UNIX_EPOCH,
-            &[(key(99, 9, 53), FlowCounters { bytes: 1, sends: 1 })],
+            &[(
+                key(99, 9, 53),
+                FlowCounters {
+                    sent: 1,
+                    sends: 1,
+                    ..FlowCounters::default()
+                },
+            )],
             &[],
             &FakeProc,
         );
@@ -232,15 +275,17 @@ mod tests {
         let own = [(
             key(7, 2, 443),
             FlowCounters {
-                bytes: 64,
+                sent: 64,
                 sends: 1,
+                ..FlowCounters::default()
             },
         )];
         let overflow = [(
             7,
             FlowCounters {
-                bytes: 1_936,
+                sent: 1_936,
                 sends: 5,
+                ..FlowCounters::default()
             },
         )];
         table.apply(SystemTime::UNIX_EPOCH, &own, &overflow, &FakeProc);

@@ -11,7 +11,9 @@ use aya::{
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint},
 };
-use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, SOCK_HEAD_LEN};
+use sensor_common::{
+    FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, PortRange, SOCK_HEAD_LEN,
+};
 use thiserror::Error;
 
 use self::btf::Btf;
@@ -40,7 +42,7 @@ pub enum KernelError {
 pub struct KernelOptions {
     /// The kernel's BTF (`/sys/kernel/btf/vmlinux`, or a separate file).
     pub btf: PathBuf,
-    pub egress_map_entries: u32,
+    pub flow_map_entries: u32,
 }
 
 /// Whether one probe is attached, and if not, why.
@@ -79,6 +81,10 @@ enum Hook {
     CgroupSockAddr,
 }
 
+/// TP_PROTO(struct sock *sk, int ret, int flags), after the context pointer; also
+/// `inet_sock_set_state`'s (sk, oldstate, newstate) once `const` is set aside.
+const SOCK_INT_INT: &[&str] = &["void *", "struct sock *", "int", "int"];
+
 const PROBES: &[Probe] = &[
     Probe {
         probe: "sock:sock_send_length",
@@ -86,8 +92,25 @@ const PROBES: &[Probe] = &[
         required: true,
         hook: Hook::RawTracepoint {
             name: "sock_send_length",
-            // TP_PROTO(struct sock *sk, int ret, int flags), after the context pointer.
-            params: &["void *", "struct sock *", "int", "int"],
+            params: SOCK_INT_INT,
+        },
+    },
+    Probe {
+        probe: "sock:sock_recv_length",
+        program: "sock_recv_length",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "sock_recv_length",
+            params: SOCK_INT_INT,
+        },
+    },
+    Probe {
+        probe: "sock:inet_sock_set_state",
+        program: "inet_sock_set_state",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "inet_sock_set_state",
+            params: SOCK_INT_INT,
         },
     },
     Probe {
@@ -107,11 +130,11 @@ const PROBES: &[Probe] = &[
 /// What one poll reads out of the kernel: running totals since the maps were created.
 #[derive(Debug, Default, Clone)]
 pub struct KernelSums {
-    pub egress: Vec<(FlowKey, FlowCounters)>,
-    /// Per process, bytes that found no room in the egress map.
-    pub egress_overflow: Vec<(u32, FlowCounters)>,
+    pub flows: Vec<(FlowKey, FlowCounters)>,
+    /// Per process, bytes that found no room in the flow map.
+    pub flow_overflow: Vec<(u32, FlowCounters)>,
     /// Bytes that found no room in the per-process overflow map either.
-    pub egress_unattributed: FlowCounters,
+    pub unattributed: FlowCounters,
     /// Per program, in `sensor_common::PROG_NAMES` order.
     pub errors: [u64; PROG_COUNT as usize],
     /// Per map, in `sensor_common::MAP_NAMES` order.
@@ -145,17 +168,16 @@ impl Sensor {
             Err(reason) => (KernelLayout::default(), Some(reason)),
         };
         let own_tgid = std::process::id();
+        let ephemeral = ephemeral_ports();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("OWN_TGID", &own_tgid, true)
             .override_global("LAYOUT", &layout, true)
-            .map_max_entries("EGRESS", options.egress_map_entries)
+            .override_global("EPHEMERAL_PORTS", &ephemeral, true)
+            .map_max_entries("FLOWS", options.flow_map_entries)
             // An overflow slot per process that could be sending: a sixteenth of the flows,
             // at least 1024.
-            .map_max_entries(
-                "EGRESS_OVERFLOW",
-                (options.egress_map_entries / 16).max(1024),
-            )
+            .map_max_entries("FLOW_OVERFLOW", (options.flow_map_entries / 16).max(1024))
             .load(EBPF_OBJECT)?;
         let probes = PROBES
             .iter()
@@ -181,27 +203,24 @@ impl Sensor {
 
     /// Reads every running total, summing the per-CPU values.
     pub fn read(&self) -> Result<KernelSums, KernelError> {
-        let egress: PerCpuHashMap<&MapData, FlowKey, FlowCounters> =
-            PerCpuHashMap::try_from(self.map("EGRESS")?).map_err(map_err("EGRESS"))?;
+        let flows: PerCpuHashMap<&MapData, FlowKey, FlowCounters> =
+            PerCpuHashMap::try_from(self.map("FLOWS")?).map_err(map_err("FLOWS"))?;
         let mut sums = KernelSums::default();
-        for entry in egress.iter() {
-            let (key, per_cpu) = entry.map_err(map_err("EGRESS"))?;
-            sums.egress.push((key, sum_counters(&per_cpu)));
+        for entry in flows.iter() {
+            let (key, per_cpu) = entry.map_err(map_err("FLOWS"))?;
+            sums.flows.push((key, sum_counters(&per_cpu)));
         }
         let overflow: PerCpuHashMap<&MapData, u32, FlowCounters> =
-            PerCpuHashMap::try_from(self.map("EGRESS_OVERFLOW")?)
-                .map_err(map_err("EGRESS_OVERFLOW"))?;
+            PerCpuHashMap::try_from(self.map("FLOW_OVERFLOW")?)
+                .map_err(map_err("FLOW_OVERFLOW"))?;
         for entry in overflow.iter() {
-            let (tgid, per_cpu) = entry.map_err(map_err("EGRESS_OVERFLOW"))?;
-            sums.egress_overflow.push((tgid, sum_counters(&per_cpu)));
+            let (tgid, per_cpu) = entry.map_err(map_err("FLOW_OVERFLOW"))?;
+            sums.flow_overflow.push((tgid, sum_counters(&per_cpu)));
         }
         let unattributed: PerCpuArray<&MapData, FlowCounters> =
-            PerCpuArray::try_from(self.map("EGRESS_UNATTRIBUTED")?)
-                .map_err(map_err("EGRESS_UNATTRIBUTED"))?;
-        let slot = unattributed
-            .get(&0, 0)
-            .map_err(map_err("EGRESS_UNATTRIBUTED"))?;
-        sums.egress_unattributed = sum_counters(&slot);
+            PerCpuArray::try_from(self.map("UNATTRIBUTED")?).map_err(map_err("UNATTRIBUTED"))?;
+        let slot = unattributed.get(&0, 0).map_err(map_err("UNATTRIBUTED"))?;
+        sums.unattributed = sum_counters(&slot);
         read_counter_array(
             self.map("KERNEL_ERRORS")?,
             "KERNEL_ERRORS",
@@ -224,9 +243,33 @@ fn sum_counters(per_cpu: &[FlowCounters]) -> FlowCounters {
     per_cpu
         .iter()
         .fold(FlowCounters::default(), |acc, c| FlowCounters {
-            bytes: acc.bytes + c.bytes,
+            sent: acc.sent + c.sent,
             sends: acc.sends + c.sends,
+            received: acc.received + c.received,
+            recvs: acc.recvs + c.recvs,
         })
+}
+
+/// `net.ipv4.ip_local_port_range` (it also governs IPv6); the kernel's default when unreadable.
+fn ephemeral_ports() -> PortRange {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let parsed = std::fs::read_to_string(PATH).ok().and_then(|text| {
+        let mut ports = text.split_whitespace().map(str::parse::<u16>);
+        Some(PortRange {
+            low: ports.next()?.ok()?,
+            high: ports.next()?.ok()?,
+        })
+    });
+    parsed.unwrap_or_else(|| {
+        tracing::warn!(
+            path = PATH,
+            "unreadable; assuming the kernel default 32768-60999"
+        );
+        PortRange {
+            low: 32_768,
+            high: 60_999,
+        }
+    })
 }
 
 fn read_counter_array(
@@ -252,14 +295,16 @@ fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
     let layout = KernelLayout {
         skc_daddr: offset("sock_common", "skc_daddr")?,
         skc_dport: offset("sock_common", "skc_dport")?,
+        skc_num: offset("sock_common", "skc_num")?,
         skc_family: offset("sock_common", "skc_family")?,
         skc_v6_daddr: offset("sock_common", "skc_v6_daddr")?,
         sk_protocol: offset("sock", "sk_protocol")?,
-        _pad: [0; 3],
+        _pad: [0; 2],
     };
     for (field, at, size) in [
         ("skc_daddr", layout.skc_daddr, 4),
         ("skc_dport", layout.skc_dport, 2),
+        ("skc_num", layout.skc_num, 2),
         ("skc_family", layout.skc_family, 2),
     ] {
         if at + size > SOCK_HEAD_LEN {

@@ -9,6 +9,11 @@
 //!                                        close, print `sent N`, stay alive until stdin closes
 //!   exfil-traffic send udp ADDR COUNT SIZE [send|sendmmsg]
 //!                                        connected UDP socket, COUNT datagrams of SIZE bytes
+//!   exfil-traffic serve ADDR REQ RESP    listen, print `port N`, accept one connection, read
+//!                                        REQ bytes, answer RESP bytes, print `served`, stay
+//!                                        alive until stdin closes
+//!   exfil-traffic fetch ADDR REQ RESP    connect, send REQ bytes, read the answer to EOF,
+//!                                        print `received N`, stay alive until stdin closes
 //!   exfil-traffic sendto COUNT SIZE ADDR...
 //!                                        one unconnected UDP socket, COUNT datagrams of SIZE
 //!                                        bytes to each ADDR in turn, addressed with each send
@@ -45,6 +50,16 @@ fn main() -> anyhow::Result<()> {
             arg(2)?.parse().context("SIZE")?,
             &addrs,
         );
+    }
+    if let mode @ ("serve" | "fetch") = arg(0)? {
+        let addr: SocketAddr = arg(1)?.parse().context("ADDR")?;
+        let request: u64 = arg(2)?.parse().context("REQ")?;
+        let response: u64 = arg(3)?.parse().context("RESP")?;
+        return if mode == "serve" {
+            serve(addr, request, response)
+        } else {
+            fetch(addr, request, response)
+        };
     }
     let addr: SocketAddr = arg(2)?.parse().context("ADDR")?;
     match (arg(0)?, arg(1)?) {
@@ -117,6 +132,37 @@ fn send_tcp(addr: SocketAddr, bytes: u64, via: &str) -> anyhow::Result<()> {
     let mut rest = Vec::new();
     conn.read_to_end(&mut rest)?;
     say(&format!("sent {bytes}"))?;
+    hold()
+}
+
+fn serve(addr: SocketAddr, request: u64, response: u64) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    say(&format!("port {}", listener.local_addr()?.port()))?;
+    let (mut conn, _) = listener.accept()?;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut buf = vec![0u8; usize::try_from(request)?];
+    conn.read_exact(&mut buf)?;
+    write_all(&mut conn, response)?;
+    conn.shutdown(Shutdown::Write)?;
+    // Wait for the client's close, so that every byte of the answer was read.
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)?;
+    say("served")?;
+    hold()
+}
+
+fn fetch(addr: SocketAddr, request: u64, response: u64) -> anyhow::Result<()> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect {addr}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write_all(&mut conn, request)?;
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)?;
+    if answer.len() as u64 != response {
+        bail!("expected {response} bytes, got {}", answer.len());
+    }
+    drop(conn);
+    say(&format!("received {}", answer.len()))?;
     hold()
 }
 
