@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use sensor_common::{
     FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, PortRange, UdpDest,
@@ -56,9 +56,18 @@ pub(crate) static KERNEL_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entrie
 #[map]
 pub(crate) static KERNEL_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_COUNT, 0);
 
-/// The agent's own thread group id, so that it never counts its own traffic.
-#[unsafe(no_mangle)]
-pub(crate) static OWN_TGID: Global<u32> = Global::new(0);
+/// The running agent's thread group id, so that it never counts its own traffic. A map, not
+/// a load-time constant: pinned programs outlive the agent that loaded them, and each new
+/// agent writes its own id here at start. Key: index 0; written by the agent; read by every
+/// program that counts.
+#[map]
+pub(crate) static AGENT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether `tgid` is the running agent.
+#[inline(always)]
+pub(crate) fn is_agent(tgid: u32) -> bool {
+    AGENT.get(0).is_some_and(|agent| *agent == tgid)
+}
 
 /// Field offsets of the running kernel, read by the agent from BTF.
 #[unsafe(no_mangle)]

@@ -20,7 +20,7 @@ use sensor_common::{
 
 use crate::{
     flow::{ReadError, account, oriented, socket_endpoint},
-    maps::{KERNEL_ERRORS, OWN_TGID, UDP_DEST, bump},
+    maps::{KERNEL_ERRORS, UDP_DEST, bump, is_agent},
 };
 
 /// include/linux/socket.h: a peek does not consume data; the real read follows.
@@ -42,7 +42,7 @@ fn try_sock_send_length(ctx: &RawTracePointContext) -> Result<(), ReadError> {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid == OWN_TGID.load() {
+    if is_agent(tgid) {
         return Ok(());
     }
     let sk = ctx.arg::<u64>(0) as *const u8;
@@ -77,7 +77,7 @@ fn try_sock_recv_length(ctx: &RawTracePointContext) -> Result<(), ReadError> {
         return Ok(());
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == OWN_TGID.load() {
+    if is_agent(tgid) {
         return Ok(());
     }
     let sk = ctx.arg::<u64>(0) as *const u8;

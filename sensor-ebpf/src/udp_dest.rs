@@ -12,7 +12,7 @@ use sensor_common::{FAMILY_IPV4, MAP_UDP_DEST, PROG_UDP_SENDMSG, UdpDest};
 
 use crate::{
     flow::address_family,
-    maps::{KERNEL_DROPS, KERNEL_ERRORS, OWN_TGID, UDP_DEST, bump},
+    maps::{KERNEL_DROPS, KERNEL_ERRORS, UDP_DEST, bump, is_agent},
 };
 
 /// Let the send through (a cgroup sock_addr program's verdict).
@@ -62,7 +62,7 @@ pub fn udp_sendmsg6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn remember(dest: UdpDest) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == OWN_TGID.load() {
+    if is_agent((pid_tgid >> 32) as u32) {
         return;
     }
     match UDP_DEST.insert(pid_tgid, dest, 0) {

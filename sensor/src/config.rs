@@ -52,6 +52,7 @@ pub struct HttpConfig {
 pub struct KernelConfig {
     pub btf: PathBuf,
     pub flow_map_entries: u32,
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -82,6 +83,7 @@ impl Default for KernelConfig {
         Self {
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
             flow_map_entries: 65_536,
+            pin_dir: PathBuf::from("/sys/fs/bpf/exfil-sensor"),
         }
     }
 }

@@ -37,6 +37,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let sensor = Sensor::load(&KernelOptions {
         btf: config.kernel.btf.clone(),
         flow_map_entries: config.kernel.flow_map_entries,
+        pin_dir: config.kernel.pin_dir.clone(),
     })?;
     for status in sensor.probes() {
         match &status.state {

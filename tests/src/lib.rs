@@ -258,6 +258,9 @@ pub struct Agent {
     pub api_socket: PathBuf,
     metrics: SocketAddr,
     config: PathBuf,
+    /// Its own pin directory in bpffs, so no test inherits another's totals; removed (which
+    /// detaches the pinned programs) after the agent stops.
+    pin_dir: PathBuf,
     /// The agent's stderr; printed when a test fails, removed otherwise.
     log: PathBuf,
 }
@@ -270,7 +273,8 @@ impl Agent {
         Self::start_with("")
     }
 
-    /// An agent whose config has `extra` TOML appended (sections other than agent and http).
+    /// An agent whose config has `extra` TOML appended: keys of `[kernel]` first, then any
+    /// other sections but `[agent]` and `[http]`.
     pub fn start_with(extra: &str) -> anyhow::Result<Self> {
         let bin = agent_bin();
         if !bin.exists() {
@@ -279,8 +283,11 @@ impl Agent {
                 bin.display()
             );
         }
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir();
-        let tag = std::process::id();
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/exfil-e2e-{tag}"));
         let api_socket = dir.join(format!("exfil-e2e-{tag}.sock"));
         let config = dir.join(format!("exfil-e2e-{tag}.toml"));
         // A free loopback port: bound here, released, handed to the agent.
@@ -288,30 +295,51 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "[agent]\npoll_interval = \"{}ms\"\n[http]\nlisten = \"{metrics}\"\n{extra}",
-                POLL.as_millis()
+                "[agent]\npoll_interval = \"{}ms\"\n[http]\nlisten = \"{metrics}\"\n\
+                 [kernel]\npin_dir = \"{}\"\n{extra}",
+                POLL.as_millis(),
+                pin_dir.display()
             ),
         )?;
         let log = dir.join(format!("exfil-e2e-{tag}.log"));
-        let child = Command::new(&bin)
-            .stderr(std::fs::File::create(&log)?)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--api-socket")
-            .arg(&api_socket)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = Self::spawn(&config, &api_socket, &log)?;
         let mut agent = Self {
             child,
             api_socket,
             metrics,
             config,
+            pin_dir,
             log,
         };
         agent.wait_healthy(Duration::from_secs(20))?;
         Ok(agent)
+    }
+
+    fn spawn(config: &Path, api_socket: &Path, log: &Path) -> anyhow::Result<Child> {
+        let bin = agent_bin();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        Command::new(&bin)
+            .stderr(log)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--api-socket")
+            .arg(api_socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))
+    }
+
+    /// `kill -9` the agent, then start a new one on the same config and pins.
+    pub fn kill_and_restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        std::thread::sleep(down_for);
+        self.child = Self::spawn(&self.config, &self.api_socket, &self.log)?;
+        self.wait_healthy(Duration::from_secs(20))
     }
 
     fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
@@ -430,6 +458,7 @@ impl Drop for Agent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_file(&self.api_socket);
         if std::thread::panicking() {

@@ -13,8 +13,7 @@ fn a_full_map_keeps_every_byte_and_counts_the_drops() {
     const SIZE: u64 = 333;
     const MAP_ENTRIES: u64 = 64;
     let ns = NetNs::outside().expect("namespace");
-    let agent =
-        Agent::start_with(&format!("[kernel]\nflow_map_entries = {MAP_ENTRIES}\n")).expect("agent");
+    let agent = Agent::start_with(&format!("flow_map_entries = {MAP_ENTRIES}\n")).expect("agent");
     let drops_before = agent
         .metric("exfil_sensor_kernel_drops_total{map=\"flows\"}")
         .expect("drops");

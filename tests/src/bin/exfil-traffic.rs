@@ -4,7 +4,7 @@
 //!                                        print `received N`
 //!   exfil-traffic sink udp ADDR          bind, print `port N`, count datagrams until 2 s idle,
 //!                                        print `received N`
-//!   exfil-traffic send tcp ADDR BYTES [write|sendfile|splice|uring]
+//!   exfil-traffic send tcp ADDR BYTES [write|sendfile|splice|uring|slow]
 //!                                        connect, send by that path, wait for the sink to
 //!                                        close, print `sent N`, stay alive until stdin closes
 //!   exfil-traffic send udp ADDR COUNT SIZE [send|sendmmsg]
@@ -121,6 +121,7 @@ fn send_tcp(addr: SocketAddr, bytes: u64, via: &str) -> anyhow::Result<()> {
         .with_context(|| format!("connect {addr}"))?;
     match via {
         "write" => write_all(&mut conn, bytes)?,
+        "slow" => write_slowly(&mut conn, bytes)?,
         "sendfile" => sendfile(&conn, &payload_file(bytes)?, bytes)?,
         "splice" => splice(&conn, &payload_file(bytes)?, bytes)?,
         "uring" => uring_send(&conn, bytes)?,
@@ -164,6 +165,25 @@ fn fetch(addr: SocketAddr, request: u64, response: u64) -> anyhow::Result<()> {
     drop(conn);
     say(&format!("received {}", answer.len()))?;
     hold()
+}
+
+/// 64 KiB every 5 ms (about 13 MB/s), printing `started` after the first chunk, so that a
+/// test can act while the upload is under way.
+fn write_slowly(conn: &mut TcpStream, bytes: u64) -> anyhow::Result<()> {
+    let chunk = vec![0x51u8; CHUNK];
+    let mut left = bytes;
+    let mut first = true;
+    while left > 0 {
+        let n = usize::try_from(left.min(CHUNK as u64))?;
+        conn.write_all(&chunk[..n])?;
+        left -= n as u64;
+        if first {
+            say("started")?;
+            first = false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 fn write_all(conn: &mut TcpStream, bytes: u64) -> anyhow::Result<()> {

@@ -1,0 +1,84 @@
+//! What the programs need to know about the running kernel, read at start: struct field
+//! offsets from BTF, and the ephemeral port range.
+
+use sensor_common::{KernelLayout, PortRange, SOCK_HEAD_LEN};
+
+use super::btf::Btf;
+
+/// Field offsets of this kernel, from BTF. An error names the type that lacked a field.
+pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
+    let offset = |strukt: &str, member: &str| -> Result<u16, String> {
+        let offset = btf
+            .member_offset(strukt, member)
+            .map_err(|e| e.to_string())?;
+        u16::try_from(offset).map_err(|_| format!("{strukt}.{member} at {offset} is too far"))
+    };
+    let layout = KernelLayout {
+        skc_daddr: offset("sock_common", "skc_daddr")?,
+        skc_dport: offset("sock_common", "skc_dport")?,
+        skc_num: offset("sock_common", "skc_num")?,
+        skc_family: offset("sock_common", "skc_family")?,
+        skc_v6_daddr: offset("sock_common", "skc_v6_daddr")?,
+        sk_protocol: offset("sock", "sk_protocol")?,
+        _pad: [0; 2],
+    };
+    for (field, at, size) in [
+        ("skc_daddr", layout.skc_daddr, 4),
+        ("skc_dport", layout.skc_dport, 2),
+        ("skc_num", layout.skc_num, 2),
+        ("skc_family", layout.skc_family, 2),
+    ] {
+        if at + size > SOCK_HEAD_LEN {
+            return Err(format!(
+                "sock_common.{field} at {at} lies outside the first {SOCK_HEAD_LEN} bytes the \
+                 socket programs read"
+            ));
+        }
+    }
+    Ok(layout)
+}
+
+/// `net.ipv4.ip_local_port_range` (it also governs IPv6); the kernel's default when unreadable.
+pub fn ephemeral_ports() -> PortRange {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let parsed = std::fs::read_to_string(PATH).ok().and_then(|text| {
+        let mut ports = text.split_whitespace().map(str::parse::<u16>);
+        Some(PortRange {
+            low: ports.next()?.ok()?,
+            high: ports.next()?.ok()?,
+        })
+    });
+    parsed.unwrap_or_else(|| {
+        tracing::warn!(
+            path = PATH,
+            "unreadable; assuming the kernel default 32768-60999"
+        );
+        PortRange {
+            low: 32_768,
+            high: 60_999,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn the_running_kernel_fits_the_socket_programs() {
+        let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux")).expect("kernel BTF");
+        let layout = kernel_layout(&btf).expect("layout");
+        // struct sock_common's head has not moved since Linux 2.6 (include/net/sock.h).
+        assert_eq!(
+            (
+                layout.skc_daddr,
+                layout.skc_dport,
+                layout.skc_num,
+                layout.skc_family
+            ),
+            (0, 12, 14, 16)
+        );
+    }
+}

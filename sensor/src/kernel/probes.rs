@@ -1,0 +1,218 @@
+//! The probe table, and attaching each probe: raw tracepoints (pinned, so they keep counting
+//! between agents) and cgroup hooks. A probe that cannot attach is skipped with its reason.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint,
+        links::{FdLink, PinnedLink},
+    },
+};
+
+use super::{btf::Btf, pin::Pins};
+
+/// Whether one probe is attached, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeState {
+    Attached,
+    Skipped(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeStatus {
+    /// What users see in logs and in `exfil_sensor_probe_attached{probe}`: `sock:sock_send_length`.
+    pub probe: &'static str,
+    /// Without a required probe the sensor misses bytes; without an optional one it misses
+    /// detail (where unconnected UDP went, who opened a connection), never volume.
+    pub required: bool,
+    pub state: ProbeState,
+}
+
+/// A probe: which program goes where.
+pub struct Probe {
+    pub probe: &'static str,
+    pub program: &'static str,
+    pub required: bool,
+    pub hook: Hook,
+}
+
+pub enum Hook {
+    /// A raw tracepoint, and the prototype (from BTF) the program was written for.
+    RawTracepoint {
+        name: &'static str,
+        params: &'static [&'static str],
+    },
+    /// A cgroup sock_addr program (its attach type is in the object), on the cgroup2 root so
+    /// that it sees every process, alongside other programs there.
+    CgroupSockAddr,
+}
+
+/// TP_PROTO(struct sock *sk, int ret, int flags), after the context pointer; also
+/// `inet_sock_set_state`'s (sk, oldstate, newstate) once `const` is set aside.
+const SOCK_INT_INT: &[&str] = &["void *", "struct sock *", "int", "int"];
+
+pub const PROBES: &[Probe] = &[
+    Probe {
+        probe: "sock:sock_send_length",
+        program: "sock_send_length",
+        required: true,
+        hook: Hook::RawTracepoint {
+            name: "sock_send_length",
+            params: SOCK_INT_INT,
+        },
+    },
+    Probe {
+        probe: "sock:sock_recv_length",
+        program: "sock_recv_length",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "sock_recv_length",
+            params: SOCK_INT_INT,
+        },
+    },
+    Probe {
+        probe: "sock:inet_sock_set_state",
+        program: "inet_sock_set_state",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "inet_sock_set_state",
+            params: SOCK_INT_INT,
+        },
+    },
+    Probe {
+        probe: "cgroup:sendmsg4",
+        program: "udp_sendmsg4",
+        required: false,
+        hook: Hook::CgroupSockAddr,
+    },
+    Probe {
+        probe: "cgroup:sendmsg6",
+        program: "udp_sendmsg6",
+        required: false,
+        hook: Hook::CgroupSockAddr,
+    },
+];
+
+/// What attaching needs to know about the host and the pins.
+pub struct AttachContext<'a> {
+    pub btf: &'a Btf,
+    pub cgroup2: Option<&'a Path>,
+    pub pins: &'a Pins,
+    /// The pinned links were made by this very build: keep them instead of attaching again.
+    pub keep_pinned_links: bool,
+}
+
+pub fn attach(ebpf: &mut Ebpf, cx: &AttachContext<'_>, probe: &Probe) -> Result<(), String> {
+    match &probe.hook {
+        Hook::RawTracepoint { name, params } => {
+            attach_raw_tracepoint(ebpf, cx, probe, name, params)
+        }
+        Hook::CgroupSockAddr => attach_cgroup(ebpf, cx, probe),
+    }
+}
+
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    cx: &AttachContext<'_>,
+    probe: &Probe,
+    name: &str,
+    params: &[&str],
+) -> Result<(), String> {
+    match cx.btf.raw_tracepoint_params(name) {
+        None => return Err(format!("the kernel has no tracepoint {name}")),
+        Some(found) if found != params => {
+            return Err(format!(
+                "tracepoint {name} takes ({}), the program expects ({})",
+                found.join(", "),
+                params.join(", ")
+            ));
+        }
+        Some(_) => {}
+    }
+    let pin_path = cx.pins.link_path(probe.program);
+    if cx.keep_pinned_links && PinnedLink::from_pin(&pin_path).is_ok() {
+        // The same program, attached by an earlier agent of this build: it never stopped
+        // counting, and attaching it again would count every byte twice.
+        return Ok(());
+    }
+    let program = program(ebpf, probe)?;
+    let raw: &mut RawTracePoint = program
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    raw.load().map_err(|e| refused(probe, &e))?;
+    let link_id = raw
+        .attach(name)
+        .map_err(|e| format!("attaching to {name}: {}", chain(&e)))?;
+    let link: FdLink = raw.take_link(link_id).map_err(|e| chain(&e))?.into();
+    pin_replacing(link, &pin_path)
+}
+
+/// Pins a new link where an older build's may be: the new one is pinned beside it first and
+/// then renamed over it, so that the tracepoint is never left without a program (for a moment
+/// both count: over, never under).
+fn pin_replacing(link: FdLink, path: &Path) -> Result<(), String> {
+    // bpffs refuses names with a dot (kernel/bpf/inode.c, bpf_lookup).
+    let mut staged = path.as_os_str().to_owned();
+    staged.push("_new");
+    let staged = std::path::PathBuf::from(staged);
+    let _ = std::fs::remove_file(&staged);
+    let pinned = link
+        .pin(&staged)
+        .map_err(|e| format!("pinning {}: {}", staged.display(), chain(&e)))?;
+    std::fs::rename(&staged, path).map_err(|e| format!("pinning {}: {e}", path.display()))?;
+    // The pin now holds the link; this process's handle may go.
+    drop(pinned);
+    Ok(())
+}
+
+fn attach_cgroup(ebpf: &mut Ebpf, cx: &AttachContext<'_>, probe: &Probe) -> Result<(), String> {
+    let root = cx
+        .cgroup2
+        .ok_or("no cgroup2 hierarchy is mounted (see /proc/mounts)")?;
+    let dir = std::fs::File::open(root)
+        .map_err(|e| format!("opening the cgroup2 root {}: {e}", root.display()))?;
+    let program = program(ebpf, probe)?;
+    let sock_addr: &mut CgroupSockAddr = program
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    sock_addr.load().map_err(|e| refused(probe, &e))?;
+    // A BPF link (kernel ≥ 5.7) always runs alongside other programs on the cgroup; the kernel
+    // refuses attach flags on link creation, so the mode must be `Single`. aya 0.14 cannot
+    // pin a cgroup link, so this one lives as long as the agent.
+    sock_addr
+        .attach(&dir, CgroupAttachMode::Single)
+        .map_err(|e| {
+            format!(
+                "attaching to the cgroup2 root {}: {}",
+                root.display(),
+                chain(&e)
+            )
+        })?;
+    Ok(())
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    probe: &Probe,
+) -> Result<&'a mut aya::programs::Program, String> {
+    ebpf.program_mut(probe.program)
+        .ok_or_else(|| format!("program {} is not in the eBPF object", probe.program))
+}
+
+fn refused(probe: &Probe, e: &ProgramError) -> String {
+    format!("the verifier refused {}: {}", probe.program, chain(e))
+}
+
+/// An error and its causes on one line: aya's errors keep the errno in their source.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

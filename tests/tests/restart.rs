@@ -1,0 +1,68 @@
+//! Pinned maps and programs: the kernel counts while no agent runs, and a restarted agent,
+//! even after `kill -9`, continues the same totals without a lost byte.
+
+use std::time::Duration;
+
+use exfil_tests::{Agent, NetNs, POLL, require_root, socket_addr, traffic};
+
+#[test]
+fn kill_9_mid_upload_loses_no_byte() {
+    require_root();
+    const BYTES: u64 = 20_971_543; // 20 MiB and 23 bytes, about 1.6 s at the slow pace
+    let ns = NetNs::outside().expect("namespace");
+    let mut agent = Agent::start().expect("agent");
+    let traffic = traffic!();
+    let (mut sink, port) = traffic.sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let target = socket_addr(ns.peer_ip, port);
+    let mut sender = traffic
+        .send(&["send", "tcp", &target, &BYTES.to_string(), "slow"])
+        .expect("sender");
+    assert_eq!(
+        sender.expect_line::<String>("started").expect("started"),
+        ""
+    );
+    // The first agent has seen part of the upload...
+    let seen = agent
+        .settled(sender.pid(), ns.peer_ip, port, "tcp", |f| f.bytes_sent > 0)
+        .expect("API")
+        .expect("a flow while the upload runs");
+    assert!(
+        seen.bytes_sent < BYTES,
+        "killed mid-upload: {}",
+        seen.bytes_sent
+    );
+
+    // ...then dies without a word, and the upload goes on while no agent runs.
+    agent
+        .kill_and_restart(Duration::from_millis(400))
+        .expect("restart");
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), BYTES);
+    assert_eq!(
+        sink.expect_line::<u64>("received").expect("received"),
+        BYTES
+    );
+
+    let flow = agent
+        .settled_flow(sender.pid(), ns.peer_ip, port, "tcp", BYTES)
+        .expect("API")
+        .expect("the flow after the restart");
+    assert_eq!(
+        flow.bytes_sent, BYTES,
+        "every byte, before, during and after the restart"
+    );
+
+    // The programs outlived the first agent; they must not count the second one either.
+    let metrics = agent.metrics_addr();
+    for _ in 0..10 {
+        exfil_tests::http_get_tcp(metrics, "/metrics").expect("scrape");
+    }
+    std::thread::sleep(POLL * 3);
+    let own: Vec<_> = agent
+        .flows()
+        .expect("API")
+        .into_iter()
+        .filter(|f| f.pid == agent.pid())
+        .collect();
+    assert_eq!(own, vec![], "the restarted agent counted itself");
+    sender.finish().expect("sender exits cleanly");
+}
