@@ -7,7 +7,7 @@
 
 /// Layout version of the shared map types. Bumped on any change to a key or value type, so
 /// that a future agent can tell pinned maps of an older layout from its own.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
 pub const FAMILY_IPV4: u8 = 4;
@@ -84,6 +84,35 @@ pub struct UdpDest {
 }
 const _: () = assert!(core::mem::size_of::<UdpDest>() == 32);
 
+/// `ProcessEvent::kind` values.
+pub const EVENT_EXEC: u8 = 1;
+pub const EVENT_FORK: u8 = 2;
+pub const EVENT_EXIT: u8 = 3;
+
+/// Bytes of an exec's file name kept in a [`ProcessEvent`] (longer names are cut).
+pub const EXEC_FILENAME_LEN: usize = 256;
+
+/// A process began (fork), became another program (exec) or ended (exit): the rare events
+/// that let the agent name a process after it is gone. Sent over the `PROCESS_EVENTS` ring
+/// buffer; never one per byte, read or send.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// The process (thread group id).
+    pub tgid: u32,
+    /// For a fork, the parent's tgid; else 0.
+    pub ppid: u32,
+    pub _pad2: u32,
+    /// The cgroup v2 id (the inode of its directory), which names the systemd unit.
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    /// For an exec, the file name as passed to execve, NUL-terminated; else empty.
+    pub filename: [u8; EXEC_FILENAME_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 296);
+
 /// Bytes at the head of `struct sock_common` that the send program reads in one helper call;
 /// `skc_daddr`, `skc_dport`, `skc_num` and `skc_family` must lie inside (they have sat in the first 18
 /// bytes since Linux 2.6; the agent checks the running kernel's BTF before loading).
@@ -102,39 +131,48 @@ pub struct KernelLayout {
     pub skc_v6_daddr: u16,
     /// `struct sock` byte offset of `sk_protocol`.
     pub sk_protocol: u16,
-    pub _pad: [u16; 2],
+    /// `struct task_struct` byte offsets of `pid` and `tgid`.
+    pub task_pid: u16,
+    pub task_tgid: u16,
+    /// `struct linux_binprm` byte offset of `filename`.
+    pub bprm_filename: u16,
+    pub _pad: [u16; 3],
 }
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 24);
 
 /// Index of each program in the `KERNEL_ERRORS` per-CPU array.
 pub const PROG_SOCK_SEND_LENGTH: u32 = 0;
 pub const PROG_UDP_SENDMSG: u32 = 1;
 pub const PROG_SOCK_RECV_LENGTH: u32 = 2;
 pub const PROG_INET_SOCK_SET_STATE: u32 = 3;
+pub const PROG_PROCESS: u32 = 4;
 /// Number of programs with an error slot; the array's size.
-pub const PROG_COUNT: u32 = 4;
+pub const PROG_COUNT: u32 = 5;
 /// Program names, in index order, as exported in `exfil_sensor_kernel_errors_total{program}`.
 pub const PROG_NAMES: [&str; PROG_COUNT as usize] = [
     "sock_send_length",
     "udp_sendmsg",
     "sock_recv_length",
     "inet_sock_set_state",
+    "process",
 ];
 
 /// Index of each map in the `KERNEL_DROPS` per-CPU array: inserts refused because it was full.
 pub const MAP_FLOWS: u32 = 0;
 pub const MAP_UDP_DEST: u32 = 1;
 pub const MAP_FLOW_OVERFLOW: u32 = 2;
+pub const MAP_PROCESS_EVENTS: u32 = 3;
 /// Number of maps with a drop slot; the array's size.
-pub const MAP_COUNT: u32 = 3;
+pub const MAP_COUNT: u32 = 4;
 /// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
-pub const MAP_NAMES: [&str; MAP_COUNT as usize] = ["flows", "udp_dest", "flow_overflow"];
+pub const MAP_NAMES: [&str; MAP_COUNT as usize] =
+    ["flows", "udp_dest", "flow_overflow", "process_events"];
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{FlowCounters, FlowKey, KernelLayout, PortRange, UdpDest};
+    use super::{FlowCounters, FlowKey, KernelLayout, PortRange, ProcessEvent, UdpDest};
 
-    // SAFETY: all five are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // SAFETY: all six are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
     // fields, so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
@@ -145,4 +183,6 @@ mod user {
     unsafe impl aya::Pod for UdpDest {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PortRange {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ProcessEvent {}
 }

@@ -10,6 +10,7 @@
 mod flow;
 mod maps;
 mod net_send;
+mod process;
 mod sock_state;
 mod udp_dest;
 

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
     FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, PortRange, UdpDest,
@@ -45,6 +45,13 @@ pub(crate) static UDP_DEST: HashMap<u64, UdpDest> = HashMap::with_max_entries(16
 #[map]
 pub(crate) static SOCK_ROLE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Process exec, fork and exit events ([`sensor_common::ProcessEvent`]), for naming
+/// processes after they are gone. Written by the `process` programs; drained by the agent at
+/// every poll. 256 KiB: about 880 events between two polls; a full buffer drops the event
+/// and counts it (`process_events`), never a byte of the sums.
+#[map]
+pub(crate) static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
 /// Errors per program (a failed kernel read, say), indexed by `sensor_common::PROG_*`.
 /// Value: count per CPU. Written by every program; exported as
 /// `exfil_sensor_kernel_errors_total{program}`.
@@ -80,7 +87,10 @@ pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     skc_family: 16,
     skc_v6_daddr: 56,
     sk_protocol: 532,
-    _pad: [0; 2],
+    task_pid: 1264,
+    task_tgid: 1268,
+    bprm_filename: 96,
+    _pad: [0; 3],
 });
 
 /// The ephemeral port range, read by the agent from `net.ipv4.ip_local_port_range`.

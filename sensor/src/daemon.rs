@@ -11,7 +11,11 @@ use tokio::sync::watch;
 
 use crate::{
     config::Config,
-    flow::{FlowTable, identity::ProcFs},
+    flow::{
+        FlowTable,
+        identity::ProcFs,
+        process::{Identities, ProcessTable},
+    },
     http::{self, View},
     kernel::{KernelOptions, ProbeState, Sensor},
     metrics::Metrics,
@@ -34,7 +38,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let unix = http::bind_unix(&config.http.api_socket)?;
     let _socket_guard = RemoveOnDrop(config.http.api_socket.clone());
 
-    let sensor = Sensor::load(&KernelOptions {
+    let mut sensor = Sensor::load(&KernelOptions {
         btf: config.kernel.btf.clone(),
         flow_map_entries: config.kernel.flow_map_entries,
         pin_dir: config.kernel.pin_dir.clone(),
@@ -56,7 +60,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let interval = config.agent.poll_interval;
     let poller = std::thread::Builder::new()
         .name("poll".into())
-        .spawn(move || poll_loop(&sensor, &mut metrics, &view_tx, interval, &stop_rx))
+        .spawn(move || poll_loop(&mut sensor, &mut metrics, &view_tx, interval, &stop_rx))
         .context("starting the poll thread")?;
 
     tracing::info!(
@@ -98,24 +102,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// Reads the kernel every `interval` until `stop` fires, then once more so the last bytes
 /// are published.
 fn poll_loop(
-    sensor: &Sensor,
+    sensor: &mut Sensor,
     metrics: &mut Metrics,
     view: &watch::Sender<Arc<View>>,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
     let proc_fs = ProcFs::new("/proc");
+    let mut processes = ProcessTable::new(crate::kernel::host::cgroup2_root());
     let mut table = FlowTable::default();
     let mut stopping = false;
     loop {
         let started = Instant::now();
+        // Events first: a process that sent and exited since the last poll is named by them.
+        processes.apply(SystemTime::now(), &sensor.drain_process_events());
+        let identities = Identities {
+            live: &proc_fs,
+            events: &processes,
+        };
         match sensor.read() {
             Ok(sums) => {
                 table.apply(
                     SystemTime::now(),
                     &sums.flows,
                     &sums.flow_overflow,
-                    &proc_fs,
+                    &identities,
                 );
                 metrics.observe(&table, &sums, started.elapsed());
                 view.send_replace(Arc::new(View {

@@ -242,6 +242,7 @@ pub fn agent_bin() -> PathBuf {
 pub struct Flow {
     pub pid: u32,
     pub comm: String,
+    pub exe: String,
     pub service: String,
     pub destination: String,
     pub port: u16,
@@ -276,6 +277,11 @@ impl Agent {
     /// An agent whose config has `extra` TOML appended: keys of `[kernel]` first, then any
     /// other sections but `[agent]` and `[http]`.
     pub fn start_with(extra: &str) -> anyhow::Result<Self> {
+        Self::start_polling(POLL, extra)
+    }
+
+    /// An agent that reads the kernel every `poll`, with `extra` config as above.
+    pub fn start_polling(poll: Duration, extra: &str) -> anyhow::Result<Self> {
         let bin = agent_bin();
         if !bin.exists() {
             bail!(
@@ -297,7 +303,7 @@ impl Agent {
             format!(
                 "[agent]\npoll_interval = \"{}ms\"\n[http]\nlisten = \"{metrics}\"\n\
                  [kernel]\npin_dir = \"{}\"\n{extra}",
-                POLL.as_millis(),
+                poll.as_millis(),
                 pin_dir.display()
             ),
         )?;
@@ -507,4 +513,77 @@ fn http_get(
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("no status in {head:?}"))?;
     Ok((status, body.to_owned()))
+}
+
+/// A systemd-style service cgroup, `system.slice/NAME`, made in the cgroup2 hierarchy and in
+/// the v1 `name=systemd` one when it exists (both found in /proc/mounts), so that
+/// `/proc/PID/cgroup` of a process placed in it reads as under systemd. Removed on drop.
+pub struct ServiceCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl ServiceCgroup {
+    pub fn create(unit: &str) -> anyhow::Result<Self> {
+        let mounts = std::fs::read_to_string("/proc/mounts")?;
+        let roots: Vec<PathBuf> = mounts
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let systemd_v1 = f.get(2) == Some(&"cgroup")
+                    && f.get(3)
+                        .is_some_and(|o| o.split(',').any(|o| o == "name=systemd"));
+                (f.get(2) == Some(&"cgroup2") || systemd_v1).then(|| PathBuf::from(f[1]))
+            })
+            .collect();
+        if !roots
+            .iter()
+            .any(|r| mounts.contains(&format!("{} cgroup2", r.display())))
+        {
+            bail!("no cgroup2 hierarchy in /proc/mounts");
+        }
+        let mut made = Self { dirs: Vec::new() };
+        for root in roots {
+            let dir = root.join("system.slice").join(unit);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            made.dirs.push(dir);
+        }
+        Ok(made)
+    }
+
+    /// Makes `cmd`'s process start inside the cgroup (it moves itself before exec).
+    pub fn place(&self, cmd: &mut Command) -> anyhow::Result<()> {
+        use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
+        let procs: Vec<std::ffi::CString> = self
+            .dirs
+            .iter()
+            .map(|d| std::ffi::CString::new(d.join("cgroup.procs").as_os_str().as_bytes()))
+            .collect::<Result<_, _>>()?;
+        // SAFETY: between fork and exec only open/write/close on prepared strings, all
+        // async-signal-safe; "0" moves the writing process itself.
+        unsafe {
+            cmd.pre_exec(move || {
+                for path in &procs {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ServiceCgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }

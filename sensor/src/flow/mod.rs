@@ -1,6 +1,7 @@
 //! Flows: the kernel's per-(process, destination) sums, with the process named.
 
 pub mod identity;
+pub mod process;
 
 use std::{
     collections::HashMap,

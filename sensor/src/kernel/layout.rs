@@ -20,7 +20,10 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
         skc_family: offset("sock_common", "skc_family")?,
         skc_v6_daddr: offset("sock_common", "skc_v6_daddr")?,
         sk_protocol: offset("sock", "sk_protocol")?,
-        _pad: [0; 2],
+        task_pid: offset("task_struct", "pid")?,
+        task_tgid: offset("task_struct", "tgid")?,
+        bprm_filename: offset("linux_binprm", "filename")?,
+        _pad: [0; 3],
     };
     for (field, at, size) in [
         ("skc_daddr", layout.skc_daddr, 4),

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT};
+use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, ProcessEvent};
 use thiserror::Error;
 
 pub use self::probes::{ProbeState, ProbeStatus};
@@ -72,6 +72,7 @@ pub struct KernelSums {
 pub struct Sensor {
     ebpf: Ebpf,
     probes: Vec<ProbeStatus>,
+    process_events: RingBuf<MapData>,
 }
 
 impl Sensor {
@@ -144,7 +145,16 @@ impl Sensor {
             })
             .collect();
         pins.retire_other_builds()?;
-        Ok(Self { ebpf, probes })
+        let process_events = RingBuf::try_from(
+            ebpf.take_map("PROCESS_EVENTS")
+                .ok_or(KernelError::MissingMap("PROCESS_EVENTS"))?,
+        )
+        .map_err(map_err("PROCESS_EVENTS"))?;
+        Ok(Self {
+            ebpf,
+            probes,
+            process_events,
+        })
     }
 
     /// The compatibility table: each probe, attached or skipped with the reason.
@@ -179,6 +189,19 @@ impl Sensor {
         )?;
         read_counter_array(self.map("KERNEL_DROPS")?, "KERNEL_DROPS", &mut sums.drops)?;
         Ok(sums)
+    }
+
+    /// Every process event the kernel queued since the last call, oldest first.
+    pub fn drain_process_events(&mut self) -> Vec<ProcessEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.process_events.next() {
+            if item.len() >= std::mem::size_of::<ProcessEvent>() {
+                // SAFETY: the programs write whole ProcessEvents, a plain-old-data type; the
+                // length was checked and the read does not assume alignment.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+        }
+        events
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {

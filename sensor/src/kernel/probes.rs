@@ -82,6 +82,38 @@ pub const PROBES: &[Probe] = &[
         },
     },
     Probe {
+        probe: "sched:sched_process_exec",
+        program: "sched_process_exec",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "sched_process_exec",
+            params: &[
+                "void *",
+                "struct task_struct *",
+                "pid_t",
+                "struct linux_binprm *",
+            ],
+        },
+    },
+    Probe {
+        probe: "sched:sched_process_fork",
+        program: "sched_process_fork",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "sched_process_fork",
+            params: &["void *", "struct task_struct *", "struct task_struct *"],
+        },
+    },
+    Probe {
+        probe: "sched:sched_process_exit",
+        program: "sched_process_exit",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "sched_process_exit",
+            params: &["void *", "struct task_struct *", "bool"],
+        },
+    },
+    Probe {
         probe: "cgroup:sendmsg4",
         program: "udp_sendmsg4",
         required: false,

@@ -393,8 +393,12 @@ fn pace(i: u64) {
     }
 }
 
-/// Stays alive (so the agent can name this process) until the test closes stdin.
+/// Stays alive (so the agent can name this process) until the test closes stdin; exits at
+/// once when `EXFIL_TRAFFIC_NO_HOLD` is set, to play a process gone before the agent looks.
 fn hold() -> anyhow::Result<()> {
+    if std::env::var_os("EXFIL_TRAFFIC_NO_HOLD").is_some() {
+        return Ok(());
+    }
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(())
