@@ -7,7 +7,7 @@
 
 /// Layout version of the shared map types. Bumped on any change to a key or value type, so
 /// that a future agent can tell pinned maps of an older layout from its own.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
 pub const FAMILY_IPV4: u8 = 4;
@@ -84,6 +84,32 @@ pub struct UdpDest {
 }
 const _: () = assert!(core::mem::size_of::<UdpDest>() == 32);
 
+/// One process reading one file: the key of the file-read map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub tgid: u32,
+    /// The file's device, the kernel's `dev_t` encoding (`major << 20 | minor`).
+    pub dev: u32,
+    pub ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<FileKey>() == 16);
+
+/// What one process read of one file. Not per CPU: the run state must follow a process's
+/// reads from whichever CPU they come.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileRead {
+    /// The current sequential run: its first page, and the page after the last one counted.
+    pub run_start: u64,
+    pub next: u64,
+    /// Bytes read: each page of a run once, the file's last page clipped to its size.
+    pub bytes: u64,
+    /// Read calls (or page faults) that added bytes.
+    pub reads: u64,
+}
+const _: () = assert!(core::mem::size_of::<FileRead>() == 32);
+
 /// `ProcessEvent::kind` values.
 pub const EVENT_EXEC: u8 = 1;
 pub const EVENT_FORK: u8 = 2;
@@ -136,9 +162,18 @@ pub struct KernelLayout {
     pub task_tgid: u16,
     /// `struct linux_binprm` byte offset of `filename`.
     pub bprm_filename: u16,
+    /// `struct address_space` byte offset of `host`; `struct inode` of `i_ino`, `i_sb`,
+    /// `i_size`; `struct super_block` of `s_dev`.
+    pub mapping_host: u16,
+    pub inode_ino: u16,
+    pub inode_sb: u16,
+    pub inode_size: u16,
+    pub sb_dev: u16,
+    /// log2 of the page size (12 for 4 KiB pages).
+    pub page_shift: u16,
     pub _pad: [u16; 3],
 }
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 24);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 36);
 
 /// Index of each program in the `KERNEL_ERRORS` per-CPU array.
 pub const PROG_SOCK_SEND_LENGTH: u32 = 0;
@@ -146,8 +181,9 @@ pub const PROG_UDP_SENDMSG: u32 = 1;
 pub const PROG_SOCK_RECV_LENGTH: u32 = 2;
 pub const PROG_INET_SOCK_SET_STATE: u32 = 3;
 pub const PROG_PROCESS: u32 = 4;
+pub const PROG_FILE_READ: u32 = 5;
 /// Number of programs with an error slot; the array's size.
-pub const PROG_COUNT: u32 = 5;
+pub const PROG_COUNT: u32 = 6;
 /// Program names, in index order, as exported in `exfil_sensor_kernel_errors_total{program}`.
 pub const PROG_NAMES: [&str; PROG_COUNT as usize] = [
     "sock_send_length",
@@ -155,6 +191,7 @@ pub const PROG_NAMES: [&str; PROG_COUNT as usize] = [
     "sock_recv_length",
     "inet_sock_set_state",
     "process",
+    "file_read",
 ];
 
 /// Index of each map in the `KERNEL_DROPS` per-CPU array: inserts refused because it was full.
@@ -162,17 +199,25 @@ pub const MAP_FLOWS: u32 = 0;
 pub const MAP_UDP_DEST: u32 = 1;
 pub const MAP_FLOW_OVERFLOW: u32 = 2;
 pub const MAP_PROCESS_EVENTS: u32 = 3;
+pub const MAP_FILE_READS: u32 = 4;
 /// Number of maps with a drop slot; the array's size.
-pub const MAP_COUNT: u32 = 4;
+pub const MAP_COUNT: u32 = 5;
 /// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
-pub const MAP_NAMES: [&str; MAP_COUNT as usize] =
-    ["flows", "udp_dest", "flow_overflow", "process_events"];
+pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
+    "flows",
+    "udp_dest",
+    "flow_overflow",
+    "process_events",
+    "file_reads",
+];
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{FlowCounters, FlowKey, KernelLayout, PortRange, ProcessEvent, UdpDest};
+    use super::{
+        FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, PortRange, ProcessEvent, UdpDest,
+    };
 
-    // SAFETY: all six are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // SAFETY: all eight are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
     // fields, so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
@@ -185,4 +230,8 @@ mod user {
     unsafe impl aya::Pod for PortRange {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ProcessEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FileKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FileRead {}
 }

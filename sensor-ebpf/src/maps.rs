@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, PortRange, UdpDest,
+    FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, PortRange,
+    UdpDest,
 };
 
 /// Bytes sent and received per (process, remote address, port, protocol, direction).
@@ -44,6 +45,18 @@ pub(crate) static UDP_DEST: HashMap<u64, UdpDest> = HashMap::with_max_entries(16
 /// evicted from it falls back to the port rule.
 #[map]
 pub(crate) static SOCK_ROLE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Bytes each process read from each file, with the run state that counts each page once.
+/// Key [`FileKey`], value [`FileRead`]. Written by the `file_read` programs; read by the agent.
+/// Max entries: set from `kernel.file_map_entries` at load. Not an LRU: it holds counts.
+#[map]
+pub(crate) static FILE_READS: HashMap<FileKey, FileRead> = HashMap::with_max_entries(65_536, 0);
+
+/// Bytes a process read while [`FILE_READS`] was full, without their file. Key: tgid; value:
+/// bytes per CPU. Written by the `file_read` programs; read by the agent.
+#[map]
+pub(crate) static FILE_OVERFLOW: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(4_096, 0);
 
 /// Process exec, fork and exit events ([`sensor_common::ProcessEvent`]), for naming
 /// processes after they are gone. Written by the `process` programs; drained by the agent at
@@ -90,6 +103,12 @@ pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     task_pid: 1264,
     task_tgid: 1268,
     bprm_filename: 96,
+    mapping_host: 0,
+    inode_ino: 64,
+    inode_sb: 40,
+    inode_size: 80,
+    sb_dev: 16,
+    page_shift: 12,
     _pad: [0; 3],
 });
 

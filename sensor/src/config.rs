@@ -52,6 +52,7 @@ pub struct HttpConfig {
 pub struct KernelConfig {
     pub btf: PathBuf,
     pub flow_map_entries: u32,
+    pub file_map_entries: u32,
     pub pin_dir: PathBuf,
 }
 
@@ -83,6 +84,7 @@ impl Default for KernelConfig {
         Self {
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
             flow_map_entries: 65_536,
+            file_map_entries: 65_536,
             pin_dir: PathBuf::from("/sys/fs/bpf/exfil-sensor"),
         }
     }
@@ -140,6 +142,13 @@ impl Config {
             return Err(invalid(
                 "kernel.flow_map_entries",
                 self.kernel.flow_map_entries.to_string(),
+                "must be between 1 and 16777216",
+            ));
+        }
+        if !(1..=1 << 24).contains(&self.kernel.file_map_entries) {
+            return Err(invalid(
+                "kernel.file_map_entries",
+                self.kernel.file_map_entries.to_string(),
                 "must be between 1 and 16777216",
             ));
         }

@@ -13,6 +13,7 @@ use crate::{
     config::Config,
     flow::{
         FlowTable,
+        files::FileTable,
         identity::ProcFs,
         process::{Identities, ProcessTable},
     },
@@ -41,6 +42,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut sensor = Sensor::load(&KernelOptions {
         btf: config.kernel.btf.clone(),
         flow_map_entries: config.kernel.flow_map_entries,
+        file_map_entries: config.kernel.file_map_entries,
         pin_dir: config.kernel.pin_dir.clone(),
     })?;
     for status in sensor.probes() {
@@ -111,6 +113,7 @@ fn poll_loop(
     let proc_fs = ProcFs::new("/proc");
     let mut processes = ProcessTable::new(crate::kernel::host::cgroup2_root());
     let mut table = FlowTable::default();
+    let mut files = FileTable::default();
     let mut stopping = false;
     loop {
         let started = Instant::now();
@@ -128,10 +131,12 @@ fn poll_loop(
                     &sums.flow_overflow,
                     &identities,
                 );
+                files.apply(&sums.file_reads, &sums.file_overflow, &identities);
                 metrics.observe(&table, &sums, started.elapsed());
                 view.send_replace(Arc::new(View {
                     probes: sensor.probes().to_vec(),
                     flows: table.records(),
+                    files: files.records(),
                 }));
             }
             Err(e) => tracing::error!(error = %e, "reading the kernel maps failed"),

@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use crate::{
-    flow::FlowRecord,
+    flow::{FlowRecord, files::FileRecord},
     kernel::{ProbeState, ProbeStatus},
     metrics::Metrics,
 };
@@ -48,6 +48,7 @@ pub enum HttpError {
 pub struct View {
     pub probes: Vec<ProbeStatus>,
     pub flows: Vec<FlowRecord>,
+    pub files: Vec<FileRecord>,
 }
 
 #[derive(Clone)]
@@ -110,6 +111,7 @@ pub fn api_router(view: watch::Receiver<Arc<View>>, registry: Registry) -> Route
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/flows", get(flows))
+        .route("/api/v1/files", get(files))
         .with_state(AppState { view, registry })
 }
 
@@ -155,6 +157,11 @@ fn health(probes: &[ProbeStatus]) -> (bool, String) {
     } else {
         (false, skipped)
     }
+}
+
+async fn files(State(state): State<AppState>) -> impl IntoResponse {
+    let view = Arc::clone(&state.view.borrow());
+    Json(view.files.clone())
 }
 
 async fn flows(State(state): State<AppState>) -> impl IntoResponse {

@@ -253,6 +253,17 @@ pub struct Flow {
     pub bytes_received: u64,
 }
 
+/// One row of `/api/v1/files`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct FileRow {
+    pub pid: u32,
+    pub comm: String,
+    pub device: String,
+    pub inode: u64,
+    pub path: Option<String>,
+    pub bytes_read: u64,
+}
+
 /// The real agent, with its API on a private socket; SIGTERM and reaped on drop.
 pub struct Agent {
     child: Child,
@@ -377,6 +388,14 @@ impl Agent {
     /// Where the agent serves `/metrics`.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics
+    }
+
+    pub fn files(&self) -> anyhow::Result<Vec<FileRow>> {
+        let (status, body) = self.get("/api/v1/files")?;
+        if status != 200 {
+            bail!("/api/v1/files answered {status}: {body}");
+        }
+        serde_json::from_str(&body).context("parsing /api/v1/files")
     }
 
     /// The value of one series of the agent's `/metrics`, e.g.

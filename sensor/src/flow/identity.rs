@@ -22,6 +22,20 @@ impl Process {
     }
 }
 
+/// Each process as first seen, so that a table row keeps its name after the process is gone.
+#[derive(Default)]
+pub struct Names {
+    by_pid: std::collections::HashMap<u32, std::sync::Arc<Process>>,
+}
+
+impl Names {
+    pub fn get(&mut self, pid: u32, source: &dyn ProcessSource) -> std::sync::Arc<Process> {
+        std::sync::Arc::clone(self.by_pid.entry(pid).or_insert_with(|| {
+            std::sync::Arc::new(source.process(pid).unwrap_or_else(Process::gone))
+        }))
+    }
+}
+
 /// Where process facts come from: `/proc` live, a fake tree in tests.
 pub trait ProcessSource {
     fn process(&self, pid: u32) -> Option<Process>;

@@ -1,5 +1,6 @@
 //! Flows: the kernel's per-(process, destination) sums, with the process named.
 
+pub mod files;
 pub mod identity;
 pub mod process;
 
@@ -15,7 +16,7 @@ use sensor_common::{
 };
 use serde::Serialize;
 
-use self::identity::{Process, ProcessSource};
+use self::identity::{Names, Process, ProcessSource};
 
 /// `FlowKey::family` of a process's overflow row: bytes it sent while the kernel's egress map
 /// was full, counted without their destination. The kernel never uses this value.
@@ -88,7 +89,7 @@ pub struct FlowRecord {
 #[derive(Default)]
 pub struct FlowTable {
     flows: HashMap<FlowKey, FlowEntry>,
-    processes: HashMap<u32, Arc<Process>>,
+    names: Names,
 }
 
 impl FlowTable {
@@ -122,9 +123,7 @@ impl FlowTable {
                 }
                 continue;
             }
-            let process = Arc::clone(self.processes.entry(key.tgid).or_insert_with(|| {
-                Arc::new(source.process(key.tgid).unwrap_or_else(Process::gone))
-            }));
+            let process = self.names.get(key.tgid, source);
             self.flows.insert(
                 *key,
                 FlowEntry {

@@ -23,6 +23,12 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
         task_pid: offset("task_struct", "pid")?,
         task_tgid: offset("task_struct", "tgid")?,
         bprm_filename: offset("linux_binprm", "filename")?,
+        mapping_host: offset("address_space", "host")?,
+        inode_ino: offset("inode", "i_ino")?,
+        inode_sb: offset("inode", "i_sb")?,
+        inode_size: offset("inode", "i_size")?,
+        sb_dev: offset("super_block", "s_dev")?,
+        page_shift: page_shift()?,
         _pad: [0; 3],
     };
     for (field, at, size) in [
@@ -39,6 +45,16 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
         }
     }
     Ok(layout)
+}
+
+/// log2 of the page size, for turning page indexes into bytes.
+fn page_shift() -> Result<u16, String> {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    match u64::try_from(size) {
+        Ok(size) if size.is_power_of_two() => Ok(size.trailing_zeros() as u16),
+        _ => Err(format!("the page size {size} is not a power of two")),
+    }
 }
 
 /// `net.ipv4.ip_local_port_range` (it also governs IPv6); the kernel's default when unreadable.
@@ -83,5 +99,6 @@ mod tests {
             ),
             (0, 12, 14, 16)
         );
+        assert_eq!(layout.page_shift, 12, "4 KiB pages on x86_64");
     }
 }

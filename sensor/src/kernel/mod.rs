@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use sensor_common::{FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, ProcessEvent};
+use sensor_common::{
+    FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, ProcessEvent,
+};
 use thiserror::Error;
 
 pub use self::probes::{ProbeState, ProbeStatus};
@@ -50,6 +52,7 @@ pub struct KernelOptions {
     /// The kernel's BTF (`/sys/kernel/btf/vmlinux`, or a separate file).
     pub btf: PathBuf,
     pub flow_map_entries: u32,
+    pub file_map_entries: u32,
     /// Where maps and links are pinned in bpffs, to outlive the agent.
     pub pin_dir: PathBuf,
 }
@@ -62,6 +65,10 @@ pub struct KernelSums {
     pub flow_overflow: Vec<(u32, FlowCounters)>,
     /// Bytes that found no room in the per-process overflow map either.
     pub unattributed: FlowCounters,
+    /// Per (process, file): bytes read.
+    pub file_reads: Vec<(FileKey, FileRead)>,
+    /// Per process, bytes read while the file map was full.
+    pub file_overflow: Vec<(u32, u64)>,
     /// Per program, in `sensor_common::PROG_NAMES` order.
     pub errors: [u64; PROG_COUNT as usize],
     /// Per map, in `sensor_common::MAP_NAMES` order.
@@ -105,7 +112,9 @@ impl Sensor {
             .map_max_entries("FLOWS", options.flow_map_entries)
             // An overflow slot per process that could be sending: a sixteenth of the flows,
             // at least 1024.
-            .map_max_entries("FLOW_OVERFLOW", (options.flow_map_entries / 16).max(1024));
+            .map_max_entries("FLOW_OVERFLOW", (options.flow_map_entries / 16).max(1024))
+            .map_max_entries("FILE_READS", options.file_map_entries)
+            .map_max_entries("FILE_OVERFLOW", (options.file_map_entries / 16).max(1024));
         let map_paths: Vec<(&str, PathBuf)> =
             PINNED_MAPS.iter().map(|m| (*m, pins.map_path(m))).collect();
         for (map, path) in &map_paths {
@@ -188,6 +197,18 @@ impl Sensor {
             &mut sums.errors,
         )?;
         read_counter_array(self.map("KERNEL_DROPS")?, "KERNEL_DROPS", &mut sums.drops)?;
+        let files: HashMap<&MapData, FileKey, FileRead> =
+            HashMap::try_from(self.map("FILE_READS")?).map_err(map_err("FILE_READS"))?;
+        for entry in files.iter() {
+            sums.file_reads.push(entry.map_err(map_err("FILE_READS"))?);
+        }
+        let file_overflow: PerCpuHashMap<&MapData, u32, u64> =
+            PerCpuHashMap::try_from(self.map("FILE_OVERFLOW")?)
+                .map_err(map_err("FILE_OVERFLOW"))?;
+        for entry in file_overflow.iter() {
+            let (tgid, per_cpu) = entry.map_err(map_err("FILE_OVERFLOW"))?;
+            sums.file_overflow.push((tgid, per_cpu.iter().sum()));
+        }
         Ok(sums)
     }
 

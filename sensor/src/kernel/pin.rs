@@ -22,6 +22,8 @@ pub const PINNED_MAPS: &[&str] = &[
     "SOCK_ROLE",
     "UDP_DEST",
     "AGENT",
+    "FILE_READS",
+    "FILE_OVERFLOW",
 ];
 
 #[derive(Debug, Error)]

@@ -53,6 +53,14 @@ pub enum Hook {
 /// `inet_sock_set_state`'s (sk, oldstate, newstate) once `const` is set aside.
 const SOCK_INT_INT: &[&str] = &["void *", "struct sock *", "int", "int"];
 
+/// (struct address_space *mapping, pgoff_t index, pgoff_t last_index).
+const MAPPING_RANGE: &[&str] = &[
+    "void *",
+    "struct address_space *",
+    "long unsigned int",
+    "long unsigned int",
+];
+
 pub const PROBES: &[Probe] = &[
     Probe {
         probe: "sock:sock_send_length",
@@ -111,6 +119,33 @@ pub const PROBES: &[Probe] = &[
         hook: Hook::RawTracepoint {
             name: "sched_process_exit",
             params: &["void *", "struct task_struct *", "bool"],
+        },
+    },
+    Probe {
+        probe: "filemap:mm_filemap_get_pages",
+        program: "mm_filemap_get_pages",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "mm_filemap_get_pages",
+            params: MAPPING_RANGE,
+        },
+    },
+    Probe {
+        probe: "filemap:mm_filemap_map_pages",
+        program: "mm_filemap_map_pages",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "mm_filemap_map_pages",
+            params: MAPPING_RANGE,
+        },
+    },
+    Probe {
+        probe: "filemap:mm_filemap_fault",
+        program: "mm_filemap_fault",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "mm_filemap_fault",
+            params: &["void *", "struct address_space *", "long unsigned int"],
         },
     },
     Probe {

@@ -14,6 +14,9 @@
 //!                                        alive until stdin closes
 //!   exfil-traffic fetch ADDR REQ RESP    connect, send REQ bytes, read the answer to EOF,
 //!                                        print `received N`, stay alive until stdin closes
+//!   exfil-traffic read FILE CHUNK [read|pread|mmap]
+//!                                        read all of FILE, CHUNK bytes a call (or page by
+//!                                        page through a mapping), print `read N`, stay alive
 //!   exfil-traffic sendto COUNT SIZE ADDR...
 //!                                        one unconnected UDP socket, COUNT datagrams of SIZE
 //!                                        bytes to each ADDR in turn, addressed with each send
@@ -49,6 +52,13 @@ fn main() -> anyhow::Result<()> {
             arg(1)?.parse().context("COUNT")?,
             arg(2)?.parse().context("SIZE")?,
             &addrs,
+        );
+    }
+    if arg(0)? == "read" {
+        return read_file(
+            arg(1)?,
+            arg(2)?.parse().context("CHUNK")?,
+            args.get(3).map_or("read", String::as_str),
         );
     }
     if let mode @ ("serve" | "fetch") = arg(0)? {
@@ -391,6 +401,59 @@ fn pace(i: u64) {
     if i % 50 == 49 {
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+fn read_file(path: &str, chunk: usize, via: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut file = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
+    let size = usize::try_from(file.metadata()?.len())?;
+    let mut buf = vec![0u8; chunk.max(1)];
+    let mut total = 0usize;
+    match via {
+        "read" => loop {
+            match file.read(&mut buf)? {
+                0 => break,
+                n => total += n,
+            }
+        },
+        "pread" => {
+            while total < size {
+                match file.read_at(&mut buf, total as u64)? {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+        }
+        "mmap" => {
+            // SAFETY: a private read-only mapping of a file we opened, released below.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                bail!("mmap: {}", std::io::Error::last_os_error());
+            }
+            let bytes = base.cast::<u8>();
+            let mut sum = 0u64;
+            for offset in (0..size).step_by(4096).chain(std::iter::once(size - 1)) {
+                // SAFETY: offset < size, inside the mapping.
+                sum = sum.wrapping_add(u64::from(unsafe { bytes.add(offset).read_volatile() }));
+            }
+            std::hint::black_box(sum);
+            // SAFETY: unmapping what we mapped.
+            unsafe { libc::munmap(base, size) };
+            total = size;
+        }
+        other => bail!("unknown read path {other}"),
+    }
+    say(&format!("read {total}"))?;
+    hold()
 }
 
 /// Stays alive (so the agent can name this process) until the test closes stdin; exits at

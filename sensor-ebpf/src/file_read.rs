@@ -1,0 +1,124 @@
+//! File reads: bytes each process reads from each file, through the page cache.
+//!
+//! `mm_filemap_get_pages(struct address_space *mapping, pgoff_t index, pgoff_t last_index)`
+//! fires in `filemap_read` (mm/filemap.c) for buffered `read`/`pread`/`readv` and the file
+//! side of `sendfile`/`splice`; `mm_filemap_map_pages` and `mm_filemap_fault` for `mmap`.
+//! They report page ranges, not bytes, and overlap: 1,000-byte reads report page 0 four
+//! times, and one large read reports its remaining range once per batch ([768,1023],
+//! [799,1023], ...). So each page of a sequential run counts once (a range that starts
+//! inside the run counts only what lies past it), and the file's last page counts only up to
+//! the file's size: a 10,000,019-byte file read in 1,000-byte calls counts 10,000,019.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use sensor_common::{FileKey, FileRead, MAP_FILE_READS, PROG_FILE_READ};
+
+use crate::{
+    flow::{ReadError, read_kernel},
+    maps::{FILE_OVERFLOW, FILE_READS, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, bump, is_agent},
+};
+
+#[raw_tracepoint(tracepoint = "mm_filemap_get_pages")]
+pub fn mm_filemap_get_pages(ctx: RawTracePointContext) -> i32 {
+    pages(&ctx, ctx.arg::<u64>(2));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "mm_filemap_map_pages")]
+pub fn mm_filemap_map_pages(ctx: RawTracePointContext) -> i32 {
+    pages(&ctx, ctx.arg::<u64>(2));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "mm_filemap_fault")]
+pub fn mm_filemap_fault(ctx: RawTracePointContext) -> i32 {
+    pages(&ctx, ctx.arg::<u64>(1));
+    0
+}
+
+/// Pages `arg(1)..=last` of the mapping in `arg(0)` were read.
+#[inline(always)]
+fn pages(ctx: &RawTracePointContext, last: u64) {
+    let first = ctx.arg::<u64>(1);
+    let mapping = ctx.arg::<u64>(0) as *const u8;
+    if try_pages(mapping, first, last).is_err() {
+        bump(&KERNEL_ERRORS, PROG_FILE_READ);
+    }
+}
+
+fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_agent(tgid) {
+        return Ok(());
+    }
+    let layout = LAYOUT.load();
+    let inode: u64 = read_kernel(mapping, layout.mapping_host)?;
+    let inode = inode as *const u8;
+    let size: i64 = read_kernel(inode, layout.inode_size)?;
+    if size <= 0 {
+        return Ok(());
+    }
+    let shift = u64::from(layout.page_shift & 0x1f);
+    let size = size as u64;
+    let last_page = (size - 1) >> shift;
+    // Pages past the end of the file hold nothing the reader got.
+    let last = if last < last_page { last } else { last_page };
+    if first > last {
+        return Ok(());
+    }
+    let sb: u64 = read_kernel(inode, layout.inode_sb)?;
+    let key = FileKey {
+        tgid,
+        dev: read_kernel(sb as *const u8, layout.sb_dev)?,
+        ino: read_kernel(inode, layout.inode_ino)?,
+    };
+    let span = |from: u64| {
+        let whole = (last - from + 1) << shift;
+        if last == last_page {
+            // The last page holds only the file's tail.
+            whole - ((1u64 << shift) - (size - (last_page << shift)))
+        } else {
+            whole
+        }
+    };
+    if let Some(state) = FILE_READS.get_ptr_mut(key) {
+        // SAFETY: a live entry; a race between two threads of one process reading one file
+        // at the same instant can misplace a run boundary, never corrupt memory.
+        let state = unsafe { &mut *state };
+        let from = if first >= state.run_start && first <= state.next {
+            // Within or right after the run: only what lies past it is new.
+            state.next
+        } else {
+            state.run_start = first;
+            first
+        };
+        if from <= last {
+            state.bytes += span(from);
+            state.reads += 1;
+            state.next = last + 1;
+        }
+        return Ok(());
+    }
+    let read = FileRead {
+        run_start: first,
+        next: last + 1,
+        bytes: span(first),
+        reads: 1,
+    };
+    if FILE_READS
+        .insert(key, read, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        bump(&KERNEL_DROPS, MAP_FILE_READS);
+        match FILE_OVERFLOW.get_ptr_mut(tgid) {
+            // SAFETY: this CPU's value of a live entry.
+            Some(bytes) => unsafe { *bytes += read.bytes },
+            None => {
+                let _ = FILE_OVERFLOW.insert(tgid, read.bytes, 0);
+            }
+        }
+    }
+    Ok(())
+}
