@@ -66,3 +66,33 @@ fn kill_9_mid_upload_loses_no_byte() {
     assert_eq!(own, vec![], "the restarted agent counted itself");
     sender.finish().expect("sender exits cleanly");
 }
+
+/// The kept programs write process events to the pinned ring buffer, which the restarted
+/// agent drains: a process that exits at once after the restart is still named.
+#[test]
+fn process_events_reach_a_restarted_agent() {
+    require_root();
+    let ns = NetNs::outside().expect("namespace");
+    let mut agent = Agent::start_polling(Duration::from_secs(2), "").expect("agent");
+    agent
+        .kill_and_restart(Duration::from_millis(100))
+        .expect("restart");
+    let (_sink, port) = traffic!().sink(&ns, "udp", ns.peer_ip).expect("sink");
+    let mut sender = std::process::Command::new(env!("CARGO_BIN_EXE_exfil-traffic"))
+        .args(["send", "udp", &socket_addr(ns.peer_ip, port), "10", "1013"])
+        .env("EXFIL_TRAFFIC_NO_HOLD", "1")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sender");
+    let pid = sender.id();
+    assert!(sender.wait().expect("wait").success());
+    let flow = agent
+        .settled_flow(pid, ns.peer_ip, port, "udp", 10_130)
+        .expect("API")
+        .expect("a flow for the exited sender");
+    assert_eq!(flow.bytes_sent, 10_130);
+    assert_eq!(
+        flow.comm, "exfil-traffic",
+        "named from the pinned ring buffer's events"
+    );
+}

@@ -256,3 +256,25 @@ fn read_counter_array(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pinned programs keep writing to the maps they were loaded with; a map left unpinned
+    /// would be a fresh, unread one for the next agent (a ring buffer nobody drains).
+    #[test]
+    fn every_map_the_programs_write_is_pinned() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the built object parses");
+        let mut maps: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with('.')) // .rodata: read-only load-time data
+            .collect();
+        maps.sort_unstable();
+        let mut pinned = PINNED_MAPS.to_vec();
+        pinned.sort_unstable();
+        assert_eq!(maps, pinned);
+    }
+}

@@ -12,8 +12,11 @@ use std::path::{Path, PathBuf};
 use sensor_common::MAP_LAYOUT_VERSION;
 use thiserror::Error;
 
-/// Maps that carry totals or state across agents. The per-call and read-only ones are not.
+/// Every map the programs write: pinned programs outlive the agent that loaded them, and keep
+/// writing to the maps they were loaded with, so a later agent must open those same maps
+/// (a ring buffer of its own would never see an event). Only read-only data is not pinned.
 pub const PINNED_MAPS: &[&str] = &[
+    "PROCESS_EVENTS",
     "FLOWS",
     "FLOW_OVERFLOW",
     "UNATTRIBUTED",
