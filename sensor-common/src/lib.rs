@@ -7,7 +7,7 @@
 
 /// Layout version of the shared map types. Bumped on any change to a key or value type, so
 /// that a future agent can tell pinned maps of an older layout from its own.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
 pub const FAMILY_IPV4: u8 = 4;
@@ -110,6 +110,35 @@ pub struct FileRead {
 }
 const _: () = assert!(core::mem::size_of::<FileRead>() == 32);
 
+/// Path components a [`FilePathEvent`] carries, and bytes kept of each (longer are cut).
+pub const PATH_DEPTH: usize = 16;
+pub const PATH_NAME_LEN: usize = 64;
+
+/// The path of a file, sent once on the first read of its (device, inode): the dentry
+/// names from the file up to its filesystem's root, NUL-terminated each. The agent adds the
+/// mount point. Sent over the `FILE_PATHS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilePathEvent {
+    pub dev: u32,
+    /// Components filled, the file's own name first; the last is the root ("/") unless the
+    /// walk stopped at `PATH_DEPTH`.
+    pub depth: u32,
+    pub ino: u64,
+    pub names: [[u8; PATH_NAME_LEN]; PATH_DEPTH],
+}
+const _: () = assert!(core::mem::size_of::<FilePathEvent>() == 16 + PATH_DEPTH * PATH_NAME_LEN);
+
+/// Key of the map of files whose path was sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<FileId>() == 16);
+
 /// `ProcessEvent::kind` values.
 pub const EVENT_EXEC: u8 = 1;
 pub const EVENT_FORK: u8 = 2;
@@ -171,9 +200,16 @@ pub struct KernelLayout {
     pub sb_dev: u16,
     /// log2 of the page size (12 for 4 KiB pages).
     pub page_shift: u16,
-    pub _pad: [u16; 3],
+    /// `struct inode` of `i_dentry`; `struct dentry` of `d_u.d_alias`, `d_parent`, `d_name`;
+    /// `struct qstr` of `name`.
+    pub inode_dentry: u16,
+    pub dentry_alias: u16,
+    pub dentry_parent: u16,
+    pub dentry_name: u16,
+    pub qstr_name: u16,
+    pub _pad: [u16; 2],
 }
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 36);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 44);
 
 /// Index of each program in the `KERNEL_ERRORS` per-CPU array.
 pub const PROG_SOCK_SEND_LENGTH: u32 = 0;
@@ -200,8 +236,9 @@ pub const MAP_UDP_DEST: u32 = 1;
 pub const MAP_FLOW_OVERFLOW: u32 = 2;
 pub const MAP_PROCESS_EVENTS: u32 = 3;
 pub const MAP_FILE_READS: u32 = 4;
+pub const MAP_FILE_PATHS: u32 = 5;
 /// Number of maps with a drop slot; the array's size.
-pub const MAP_COUNT: u32 = 5;
+pub const MAP_COUNT: u32 = 6;
 /// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
 pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
     "flows",
@@ -209,15 +246,17 @@ pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
     "flow_overflow",
     "process_events",
     "file_reads",
+    "file_paths",
 ];
 
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, PortRange, ProcessEvent, UdpDest,
+        FileId, FileKey, FilePathEvent, FileRead, FlowCounters, FlowKey, KernelLayout, PortRange,
+        ProcessEvent, UdpDest,
     };
 
-    // SAFETY: all eight are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // SAFETY: all ten are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
     // fields, so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
@@ -234,4 +273,8 @@ mod user {
     unsafe impl aya::Pod for FileKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FileRead {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FilePathEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FileId {}
 }

@@ -10,14 +10,22 @@
 //! the file's size: a 10,000,019-byte file read in 1,000-byte calls counts 10,000,019.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
+    macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use sensor_common::{FileKey, FileRead, MAP_FILE_READS, PROG_FILE_READ};
+use sensor_common::{
+    FileId, FileKey, FilePathEvent, FileRead, KernelLayout, MAP_FILE_PATHS, MAP_FILE_READS,
+    PATH_DEPTH, PROG_FILE_READ,
+};
 
 use crate::{
     flow::{ReadError, read_kernel},
-    maps::{FILE_OVERFLOW, FILE_READS, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, bump, is_agent},
+    maps::{
+        FILE_OVERFLOW, FILE_PATHS, FILE_READS, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, PATH_SENT,
+        bump, is_agent,
+    },
 };
 
 #[raw_tracepoint(tracepoint = "mm_filemap_get_pages")]
@@ -74,6 +82,7 @@ fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError>
         dev: read_kernel(sb as *const u8, layout.sb_dev)?,
         ino: read_kernel(inode, layout.inode_ino)?,
     };
+    send_path_once(inode, key.dev, key.ino, &layout)?;
     let span = |from: u64| {
         let whole = (last - from + 1) << shift;
         if last == last_page {
@@ -120,5 +129,66 @@ fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError>
             }
         }
     }
+    Ok(())
+}
+
+/// Sends the file's path the first time any process reads it (as far as [`PATH_SENT`]
+/// remembers): the names from its dentry up to its filesystem's root, at most `PATH_DEPTH`.
+#[inline(always)]
+fn send_path_once(
+    inode: *const u8,
+    dev: u32,
+    ino: u64,
+    layout: &KernelLayout,
+) -> Result<(), ReadError> {
+    let id = FileId { dev, _pad: 0, ino };
+    if PATH_SENT.get_ptr(id).is_some() {
+        return Ok(());
+    }
+    let _ = PATH_SENT.insert(id, 1, 0);
+    // i_dentry.first: one of the inode's dentries (hard links have several; any will do).
+    let alias: u64 = read_kernel(inode, layout.inode_dentry)?;
+    if alias == 0 {
+        return Ok(()); // unlinked while open: no name left to send
+    }
+    let Some(mut entry) = FILE_PATHS.reserve::<FilePathEvent>(0) else {
+        bump(&KERNEL_DROPS, MAP_FILE_PATHS);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    let mut dentry = alias - u64::from(layout.dentry_alias);
+    let mut depth = 0u32;
+    let mut walked = Ok(());
+    for i in 0..PATH_DEPTH {
+        let name = read_kernel::<u64>(dentry as *const u8, layout.dentry_name + layout.qstr_name);
+        let parent = read_kernel::<u64>(dentry as *const u8, layout.dentry_parent);
+        let (Ok(name), Ok(parent)) = (name, parent) else {
+            walked = Err(ReadError);
+            break;
+        };
+        // SAFETY: `event` is our reserved slot; the helper bounds the copy to the array.
+        let copied =
+            unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*event).names[i]) };
+        if copied.is_err() {
+            walked = Err(ReadError);
+            break;
+        }
+        depth += 1;
+        if parent == dentry {
+            break; // the filesystem's root is its own parent
+        }
+        dentry = parent;
+    }
+    if walked.is_err() {
+        entry.discard(0);
+        return walked;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*event).dev = dev;
+        (*event).depth = depth;
+        (*event).ino = ino;
+    }
+    entry.submit(0);
     Ok(())
 }

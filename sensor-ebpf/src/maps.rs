@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, PortRange,
-    UdpDest,
+    FileId, FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT,
+    PortRange, UdpDest,
 };
 
 /// Bytes sent and received per (process, remote address, port, protocol, direction).
@@ -57,6 +57,18 @@ pub(crate) static FILE_READS: HashMap<FileKey, FileRead> = HashMap::with_max_ent
 #[map]
 pub(crate) static FILE_OVERFLOW: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(4_096, 0);
+
+/// Files whose path was sent on [`FILE_PATHS`]: key [`FileId`]. Written by the `file_read`
+/// programs; emptied by each agent at start, so that it learns the paths again. An LRU: a
+/// file evicted here only has its path sent once more.
+#[map]
+pub(crate) static PATH_SENT: LruHashMap<FileId, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+/// File paths ([`sensor_common::FilePathEvent`]), one per file on its first read. Written by
+/// the `file_read` programs; drained by the agent at every poll. 1 MiB: about 1,000 new files
+/// between two polls; a full buffer drops the path (counted as `file_paths`), never a byte.
+#[map]
+pub(crate) static FILE_PATHS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// Process exec, fork and exit events ([`sensor_common::ProcessEvent`]), for naming
 /// processes after they are gone. Written by the `process` programs; drained by the agent at
@@ -109,7 +121,12 @@ pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     inode_size: 80,
     sb_dev: 16,
     page_shift: 12,
-    _pad: [0; 3],
+    inode_dentry: 352,
+    dentry_alias: 176,
+    dentry_parent: 24,
+    dentry_name: 32,
+    qstr_name: 8,
+    _pad: [0; 2],
 });
 
 /// The ephemeral port range, read by the agent from `net.ipv4.ip_local_port_range`.

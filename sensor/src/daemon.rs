@@ -15,6 +15,7 @@ use crate::{
         FlowTable,
         files::FileTable,
         identity::ProcFs,
+        paths::Mounts,
         process::{Identities, ProcessTable},
     },
     http::{self, View},
@@ -119,6 +120,11 @@ fn poll_loop(
         let started = Instant::now();
         // Events first: a process that sent and exited since the last poll is named by them.
         processes.apply(SystemTime::now(), &sensor.drain_process_events());
+        let paths = sensor.drain_file_paths();
+        if !paths.is_empty() {
+            // A path's device may be newly mounted: read the mounts afresh when paths come.
+            files.learn_paths(&paths, &Mounts::read());
+        }
         let identities = Identities {
             live: &proc_fs,
             events: &processes,

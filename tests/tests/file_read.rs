@@ -57,6 +57,12 @@ fn read_exactly(via: &str, chunk: &str) {
     let row = find().expect("a row for the reader and the file");
     assert_eq!(row.bytes_read, SIZE, "{via}: {row:?}");
     assert_eq!(row.comm, "exfil-traffic");
+    let real = std::fs::canonicalize(&path).expect("canonical path");
+    assert_eq!(
+        row.path.as_deref(),
+        real.to_str(),
+        "the kernel's dentry walk"
+    );
     reader.finish().expect("reader exits cleanly");
     std::fs::remove_file(&path).expect("cleanup");
 }
@@ -74,4 +80,39 @@ fn pread_counts_the_file_size() {
 #[test]
 fn one_large_read_counts_the_file_size() {
     read_exactly("read", "16777216");
+}
+
+/// A process that reads a file and exits at once, before the agent first looks, still has
+/// the file's path and its byte count reported.
+#[test]
+fn a_reader_gone_before_the_poll_still_has_its_path() {
+    require_root();
+    let (path, device, inode) = test_file("read-and-exit.bin");
+    let agent = Agent::start_polling(Duration::from_secs(2), "").expect("agent");
+    let mut reader = std::process::Command::new(env!("CARGO_BIN_EXE_exfil-traffic"))
+        .args(["read", path.to_str().expect("utf-8"), "65536", "read"])
+        .env("EXFIL_TRAFFIC_NO_HOLD", "1")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("reader");
+    let pid = reader.id();
+    assert!(reader.wait().expect("wait").success());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let row = agent
+            .files()
+            .expect("API")
+            .into_iter()
+            .find(|f| f.pid == pid && f.device == device && f.inode == inode);
+        if row.as_ref().is_some_and(|r| r.path.is_some()) || Instant::now() > deadline {
+            break row.expect("a row for the exited reader");
+        }
+        std::thread::sleep(POLL);
+    };
+    let real = std::fs::canonicalize(&path).expect("canonical path");
+    assert_eq!(row.path.as_deref(), real.to_str());
+    assert_eq!(row.bytes_read, SIZE);
+    assert_eq!(row.comm, "exfil-traffic");
+    std::fs::remove_file(&path).expect("cleanup");
 }

@@ -2,10 +2,13 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use sensor_common::{FileKey, FileRead};
+use sensor_common::{FileKey, FilePathEvent, FileRead};
 use serde::Serialize;
 
-use super::identity::{Names, Process, ProcessSource};
+use super::{
+    identity::{Names, Process, ProcessSource},
+    paths::{Mounts, path_of},
+};
 
 /// One (process, file) as `/api/v1/files` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,6 +38,8 @@ pub struct FileTable {
     files: HashMap<FileKey, FileEntry>,
     overflow: HashMap<u32, (u64, Arc<Process>)>,
     names: Names,
+    /// (device, inode) → path, as the kernel's walks told.
+    paths: HashMap<(u32, u64), String>,
 }
 
 impl FileTable {
@@ -61,6 +66,14 @@ impl FileTable {
         }
     }
 
+    /// Takes the paths the kernel sent since the last poll.
+    pub fn learn_paths(&mut self, events: &[FilePathEvent], mounts: &Mounts) {
+        for event in events {
+            self.paths
+                .insert((event.dev, event.ino), path_of(event, mounts));
+        }
+    }
+
     /// The API view, largest readers first.
     pub fn records(&self) -> Vec<FileRecord> {
         let row = |pid: u32, p: &Process, device: String, inode, bytes_read, reads| FileRecord {
@@ -74,19 +87,16 @@ impl FileTable {
             bytes_read,
             reads,
         };
+        let path = |key: &FileKey| self.paths.get(&(key.dev, key.ino)).cloned();
         let mut records: Vec<FileRecord> = self
             .files
             .iter()
             .map(|(key, e)| {
                 let device = format!("{}:{}", key.dev >> 20, key.dev & 0xf_ffff);
-                row(
-                    key.tgid,
-                    &e.process,
-                    device,
-                    key.ino,
-                    e.read.bytes,
-                    e.read.reads,
-                )
+                let (bytes, reads) = (e.read.bytes, e.read.reads);
+                let mut record = row(key.tgid, &e.process, device, key.ino, bytes, reads);
+                record.path = path(key);
+                record
             })
             .chain(
                 self.overflow

@@ -2,6 +2,7 @@
 
 pub mod files;
 pub mod identity;
+pub mod paths;
 pub mod process;
 
 use std::{

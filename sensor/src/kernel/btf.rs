@@ -210,11 +210,39 @@ impl Btf {
             .by_id(id)
             .ok_or(BtfError::Malformed("struct id out of range"))?;
         self.find_member(ty, member, 0, 0)
-            .map(|bits| bits / 8)
+            .map(|(bits, _)| bits / 8)
             .ok_or_else(|| BtfError::NoMember {
                 strukt: strukt.to_owned(),
                 member: member.to_owned(),
             })
+    }
+
+    /// Byte offset of a member reached through named members: `["d_u", "d_alias"]` in
+    /// `struct dentry` is `offsetof(struct dentry, d_u.d_alias)`.
+    pub fn member_path_offset(&self, strukt: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let missing = || BtfError::NoMember {
+            strukt: strukt.to_owned(),
+            member: path.join("."),
+        };
+        let id = *self
+            .structs_by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let mut ty = self
+            .by_id(id)
+            .ok_or(BtfError::Malformed("struct id out of range"))?;
+        let mut bits = 0;
+        for (i, member) in path.iter().enumerate() {
+            let (at, type_id) = self.find_member(ty, member, 0, 0).ok_or_else(missing)?;
+            bits += at;
+            if i + 1 < path.len() {
+                ty = self
+                    .resolve(type_id)
+                    .filter(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
+                    .ok_or_else(missing)?;
+            }
+        }
+        Ok(bits / 8)
     }
 
     /// The parameter types of raw tracepoint `name`, from its `btf_trace_<name>` typedef
@@ -260,7 +288,14 @@ impl Btf {
         }
     }
 
-    fn find_member(&self, ty: &Type, member: &str, base_bits: u32, depth: u32) -> Option<u32> {
+    /// The bit offset and type of `member`, looking through anonymous members.
+    fn find_member(
+        &self,
+        ty: &Type,
+        member: &str,
+        base_bits: u32,
+        depth: u32,
+    ) -> Option<(u32, u32)> {
         if depth > 8 {
             return None;
         }
@@ -274,7 +309,7 @@ impl Btf {
                     return Some(found);
                 }
             } else if self.string(m.name) == member {
-                return Some(bits);
+                return Some((bits, m.type_id));
             }
         }
         None
@@ -359,6 +394,12 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "b").expect("b"), 4);
         assert_eq!(btf.member_offset("outer", "c").expect("c"), 4);
         assert_eq!(btf.member_offset("outer", "d").expect("d"), 8);
+        // A member's member, through a typedef'd anonymous union reached by name.
+        assert_eq!(btf.member_path_offset("outer", &["a"]).expect("a"), 0);
+        assert!(
+            btf.member_path_offset("outer", &["a", "b"]).is_err(),
+            "int has no members"
+        );
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
             .map_err(|e| e.to_string())?;
         u16::try_from(offset).map_err(|_| format!("{strukt}.{member} at {offset} is too far"))
     };
+    let path_offset = |strukt: &str, path: &[&str]| -> Result<u16, String> {
+        let offset = btf
+            .member_path_offset(strukt, path)
+            .map_err(|e| e.to_string())?;
+        u16::try_from(offset).map_err(|_| format!("{strukt}.{} is too far", path.join(".")))
+    };
     let layout = KernelLayout {
         skc_daddr: offset("sock_common", "skc_daddr")?,
         skc_dport: offset("sock_common", "skc_dport")?,
@@ -29,7 +35,12 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
         inode_size: offset("inode", "i_size")?,
         sb_dev: offset("super_block", "s_dev")?,
         page_shift: page_shift()?,
-        _pad: [0; 3],
+        inode_dentry: offset("inode", "i_dentry")?,
+        dentry_alias: path_offset("dentry", &["d_u", "d_alias"])?,
+        dentry_parent: offset("dentry", "d_parent")?,
+        dentry_name: offset("dentry", "d_name")?,
+        qstr_name: offset("qstr", "name")?,
+        _pad: [0; 2],
     };
     for (field, at, size) in [
         ("skc_daddr", layout.skc_daddr, 4),

@@ -14,7 +14,8 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT, ProcessEvent,
+    FileId, FileKey, FilePathEvent, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT,
+    PROG_COUNT, ProcessEvent,
 };
 use thiserror::Error;
 
@@ -80,6 +81,7 @@ pub struct Sensor {
     ebpf: Ebpf,
     probes: Vec<ProbeStatus>,
     process_events: RingBuf<MapData>,
+    file_paths: RingBuf<MapData>,
 }
 
 impl Sensor {
@@ -154,6 +156,12 @@ impl Sensor {
             })
             .collect();
         pins.retire_other_builds()?;
+        forget_sent_paths(&mut ebpf)?;
+        let file_paths = RingBuf::try_from(
+            ebpf.take_map("FILE_PATHS")
+                .ok_or(KernelError::MissingMap("FILE_PATHS"))?,
+        )
+        .map_err(map_err("FILE_PATHS"))?;
         let process_events = RingBuf::try_from(
             ebpf.take_map("PROCESS_EVENTS")
                 .ok_or(KernelError::MissingMap("PROCESS_EVENTS"))?,
@@ -163,6 +171,7 @@ impl Sensor {
             ebpf,
             probes,
             process_events,
+            file_paths,
         })
     }
 
@@ -214,20 +223,46 @@ impl Sensor {
 
     /// Every process event the kernel queued since the last call, oldest first.
     pub fn drain_process_events(&mut self) -> Vec<ProcessEvent> {
-        let mut events = Vec::new();
-        while let Some(item) = self.process_events.next() {
-            if item.len() >= std::mem::size_of::<ProcessEvent>() {
-                // SAFETY: the programs write whole ProcessEvents, a plain-old-data type; the
-                // length was checked and the read does not assume alignment.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-            }
-        }
-        events
+        drain(&mut self.process_events)
+    }
+
+    /// Every file path the kernel sent since the last call.
+    pub fn drain_file_paths(&mut self) -> Vec<FilePathEvent> {
+        drain(&mut self.file_paths)
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
         self.ebpf.map(name).ok_or(KernelError::MissingMap(name))
     }
+}
+
+/// Every record of a ring buffer the programs fill with whole `T`s.
+fn drain<T: aya::Pod>(ring: &mut RingBuf<MapData>) -> Vec<T> {
+    let mut records = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<T>() {
+            // SAFETY: T is plain old data (aya::Pod) and the length was checked; the read
+            // does not assume alignment.
+            records.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
+        }
+    }
+    records
+}
+
+/// Empties `PATH_SENT`, so that this agent, which knows no path yet, is sent each file's
+/// path on its next read.
+fn forget_sent_paths(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    let mut sent: HashMap<&mut MapData, FileId, u8> = HashMap::try_from(
+        ebpf.map_mut("PATH_SENT")
+            .ok_or(KernelError::MissingMap("PATH_SENT"))?,
+    )
+    .map_err(map_err("PATH_SENT"))?;
+    let ids: Vec<FileId> = sent.keys().filter_map(Result::ok).collect();
+    for id in ids {
+        // Gone already (evicted meanwhile) is as good as removed.
+        let _ = sent.remove(&id);
+    }
+    Ok(())
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> KernelError {

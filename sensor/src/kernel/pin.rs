@@ -27,6 +27,8 @@ pub const PINNED_MAPS: &[&str] = &[
     "AGENT",
     "FILE_READS",
     "FILE_OVERFLOW",
+    "PATH_SENT",
+    "FILE_PATHS",
 ];
 
 #[derive(Debug, Error)]

@@ -1,0 +1,164 @@
+//! File paths from the kernel's dentry walks: the names up to a filesystem's root, plus
+//! where that filesystem is mounted.
+
+use std::collections::HashMap;
+
+use sensor_common::{FilePathEvent, PATH_DEPTH};
+
+/// Mount points by device, from `/proc/self/mountinfo`: the first mount of each device's
+/// root (a bind mount of a subdirectory is not where the filesystem's root lies).
+#[derive(Debug, Default)]
+pub struct Mounts {
+    by_device: HashMap<(u32, u32), String>,
+}
+
+impl Mounts {
+    pub fn read() -> Self {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|text| Self::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// mountinfo lines: `ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS ...` (proc(5)).
+    pub fn parse(text: &str) -> Self {
+        let mut by_device = HashMap::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(device), Some(root), Some(mount_point)) =
+                (fields.get(2), fields.get(3), fields.get(4))
+            else {
+                continue;
+            };
+            let Some((major, minor)) = device.split_once(':') else {
+                continue;
+            };
+            let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else {
+                continue;
+            };
+            if *root == "/" {
+                by_device
+                    .entry((major, minor))
+                    .or_insert_with(|| unescape(mount_point));
+            }
+        }
+        Self { by_device }
+    }
+
+    fn mount_point(&self, dev: u32) -> Option<&str> {
+        self.by_device
+            .get(&(dev >> 20, dev & 0xf_ffff))
+            .map(String::as_str)
+    }
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let code = rest
+            .get(at + 1..at + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[at + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The absolute path of the file the event names. A walk cut at `PATH_DEPTH` starts with
+/// `…/`; a device with no known mount point is shown as `[major:minor]/path`.
+pub fn path_of(event: &FilePathEvent, mounts: &Mounts) -> String {
+    let depth = (event.depth as usize).min(PATH_DEPTH);
+    let names: Vec<String> = event.names[..depth]
+        .iter()
+        .map(|raw| {
+            let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+            String::from_utf8_lossy(&raw[..end]).into_owned()
+        })
+        .collect();
+    let reached_root = names.last().is_some_and(|n| n == "/");
+    let inner: Vec<&str> = names
+        .iter()
+        .rev()
+        .map(String::as_str)
+        .filter(|n| *n != "/")
+        .collect();
+    let inner = inner.join("/");
+    if !reached_root {
+        return format!("…/{inner}");
+    }
+    match mounts.mount_point(event.dev) {
+        Some("/") => format!("/{inner}"),
+        Some(mount_point) => format!("{mount_point}/{inner}"),
+        None => format!("[{}:{}]/{inner}", event.dev >> 20, event.dev & 0xf_ffff),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::PATH_NAME_LEN;
+
+    use super::*;
+
+    fn event(dev: u32, names: &[&str]) -> FilePathEvent {
+        let mut e = FilePathEvent {
+            dev,
+            depth: u32::try_from(names.len()).expect("few"),
+            ino: 1,
+            names: [[0; PATH_NAME_LEN]; PATH_DEPTH],
+        };
+        for (slot, name) in e.names.iter_mut().zip(names) {
+            slot[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        e
+    }
+
+    const MOUNTINFO: &str = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 254:16 / /var/mail rw - ext4 /dev/vdb rw
+31 22 254:16 /sub /srv/bind rw - ext4 /dev/vdb rw
+32 22 254:32 / /mnt/with\\040space rw - ext4 /dev/vdc rw
+";
+
+    #[test]
+    fn paths_join_mount_point_and_names() {
+        let mounts = Mounts::parse(MOUNTINFO);
+        let root_fs = 254 << 20; // 254:0
+        let mail = (254 << 20) | 16;
+        assert_eq!(
+            path_of(&event(root_fs, &["shadow", "etc", "/"]), &mounts),
+            "/etc/shadow"
+        );
+        assert_eq!(
+            path_of(
+                &event(mail, &["1700.M1.host", "cur", "alice", "/"]),
+                &mounts
+            ),
+            "/var/mail/alice/cur/1700.M1.host"
+        );
+        assert_eq!(
+            path_of(&event((254 << 20) | 32, &["f", "/"]), &mounts),
+            "/mnt/with space/f"
+        );
+        assert_eq!(
+            path_of(&event((7 << 20) | 3, &["f", "/"]), &mounts),
+            "[7:3]/f",
+            "unknown device"
+        );
+        assert_eq!(
+            path_of(&event(root_fs, &["f", "deep"]), &mounts),
+            "…/deep/f",
+            "a walk cut short"
+        );
+    }
+}
