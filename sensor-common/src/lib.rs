@@ -207,9 +207,16 @@ pub struct KernelLayout {
     pub dentry_parent: u16,
     pub dentry_name: u16,
     pub qstr_name: u16,
-    pub _pad: [u16; 2],
+    /// `struct kiocb` of `ki_filp`, `ki_pos`; `struct file` of `f_inode`; `struct iov_iter`
+    /// of `data_source`, `count` (O_DIRECT reads).
+    pub kiocb_filp: u16,
+    pub kiocb_pos: u16,
+    pub file_inode: u16,
+    pub iter_data_source: u16,
+    pub iter_count: u16,
+    pub _pad: [u16; 3],
 }
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 44);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 56);
 
 /// Index of each program in the `KERNEL_ERRORS` per-CPU array.
 pub const PROG_SOCK_SEND_LENGTH: u32 = 0;

@@ -8,6 +8,11 @@
 //! [799,1023], ...). So each page of a sequential run counts once (a range that starts
 //! inside the run counts only what lies past it), and the file's last page counts only up to
 //! the file's size: a 10,000,019-byte file read in 1,000-byte calls counts 10,000,019.
+//!
+//! `O_DIRECT` reads skip the page cache: `iomap_dio_rw_begin(struct kiocb *iocb, struct
+//! iov_iter *iter, unsigned int dio_flags, size_t done_before)` (fs/iomap/direct-io.c, the
+//! path of ext4, xfs and btrfs) gives the byte count, clipped to what lies before the end of
+//! the file so that a short read at the end counts what it got.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -76,13 +81,7 @@ fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError>
     if first > last {
         return Ok(());
     }
-    let sb: u64 = read_kernel(inode, layout.inode_sb)?;
-    let key = FileKey {
-        tgid,
-        dev: read_kernel(sb as *const u8, layout.sb_dev)?,
-        ino: read_kernel(inode, layout.inode_ino)?,
-    };
-    send_path_once(inode, key.dev, key.ino, &layout)?;
+    let key = file_key(tgid, inode, &layout)?;
     let span = |from: u64| {
         let whole = (last - from + 1) << shift;
         if last == last_page {
@@ -110,26 +109,97 @@ fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError>
         }
         return Ok(());
     }
-    let read = FileRead {
-        run_start: first,
-        next: last + 1,
-        bytes: span(first),
-        reads: 1,
-    };
-    if FILE_READS
-        .insert(key, read, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
-        bump(&KERNEL_DROPS, MAP_FILE_READS);
-        match FILE_OVERFLOW.get_ptr_mut(tgid) {
-            // SAFETY: this CPU's value of a live entry.
-            Some(bytes) => unsafe { *bytes += read.bytes },
-            None => {
-                let _ = FILE_OVERFLOW.insert(tgid, read.bytes, 0);
-            }
-        }
+    insert(
+        &key,
+        &FileRead {
+            run_start: first,
+            next: last + 1,
+            bytes: span(first),
+            reads: 1,
+        },
+    );
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "iomap_dio_rw_begin")]
+pub fn iomap_dio_rw_begin(ctx: RawTracePointContext) -> i32 {
+    let iocb = ctx.arg::<u64>(0) as *const u8;
+    let iter = ctx.arg::<u64>(1) as *const u8;
+    if try_direct(iocb, iter).is_err() {
+        bump(&KERNEL_ERRORS, PROG_FILE_READ);
+    }
+    0
+}
+
+fn try_direct(iocb: *const u8, iter: *const u8) -> Result<(), ReadError> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_agent(tgid) {
+        return Ok(());
+    }
+    let layout = LAYOUT.load();
+    // `data_source`: the iterator supplies data, i.e. this is a write.
+    if read_kernel::<u8>(iter, layout.iter_data_source)? != 0 {
+        return Ok(());
+    }
+    let count: u64 = read_kernel(iter, layout.iter_count)?;
+    let file: u64 = read_kernel(iocb, layout.kiocb_filp)?;
+    let inode: u64 = read_kernel(file as *const u8, layout.file_inode)?;
+    let inode = inode as *const u8;
+    let size: i64 = read_kernel(inode, layout.inode_size)?;
+    let pos: i64 = read_kernel(iocb, layout.kiocb_pos)?;
+    let left = if size > pos { (size - pos) as u64 } else { 0 };
+    let bytes = if count < left { count } else { left };
+    if bytes == 0 {
+        return Ok(());
+    }
+    let key = file_key(tgid, inode, &layout)?;
+    match FILE_READS.get_ptr_mut(key) {
+        // SAFETY: a live entry (see `try_pages` on races). Direct reads leave the page run
+        // alone: they never pass the page cache.
+        Some(state) => unsafe {
+            (*state).bytes += bytes;
+            (*state).reads += 1;
+        },
+        None => insert(
+            &key,
+            &FileRead {
+                run_start: 0,
+                next: 0,
+                bytes,
+                reads: 1,
+            },
+        ),
     }
     Ok(())
+}
+
+/// The key of `tgid` reading `inode`, sending the file's path if it is the first read.
+#[inline(always)]
+fn file_key(tgid: u32, inode: *const u8, layout: &KernelLayout) -> Result<FileKey, ReadError> {
+    let sb: u64 = read_kernel(inode, layout.inode_sb)?;
+    let key = FileKey {
+        tgid,
+        dev: read_kernel(sb as *const u8, layout.sb_dev)?,
+        ino: read_kernel(inode, layout.inode_ino)?,
+    };
+    send_path_once(inode, key.dev, key.ino, layout)?;
+    Ok(key)
+}
+
+/// A new (process, file) entry; when the map is full, the bytes count for the process alone.
+#[inline(always)]
+fn insert(key: &FileKey, read: &FileRead) {
+    if FILE_READS.insert(key, read, u64::from(BPF_NOEXIST)).is_ok() {
+        return;
+    }
+    bump(&KERNEL_DROPS, MAP_FILE_READS);
+    match FILE_OVERFLOW.get_ptr_mut(key.tgid) {
+        // SAFETY: this CPU's value of a live entry.
+        Some(bytes) => unsafe { *bytes += read.bytes },
+        None => {
+            let _ = FILE_OVERFLOW.insert(key.tgid, read.bytes, 0);
+        }
+    }
 }
 
 /// Sends the file's path the first time any process reads it (as far as [`PATH_SENT`]

@@ -126,7 +126,12 @@ pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     dentry_parent: 24,
     dentry_name: 32,
     qstr_name: 8,
-    _pad: [0; 2],
+    kiocb_filp: 0,
+    kiocb_pos: 8,
+    file_inode: 32,
+    iter_data_source: 2,
+    iter_count: 24,
+    _pad: [0; 3],
 });
 
 /// The ephemeral port range, read by the agent from `net.ipv4.ip_local_port_range`.

@@ -214,8 +214,13 @@ impl Traffic {
 
     /// A sender on this host, with the helper's arguments.
     pub fn send(&self, args: &[&str]) -> anyhow::Result<Proc> {
+        self.send_with(args, &[])
+    }
+
+    /// A sender on this host, with the helper's arguments and environment.
+    pub fn send_with(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(args);
+        cmd.args(args).envs(env.iter().copied());
         Proc::spawn(cmd, &format!("sender {}", args.join(" ")))
     }
 }

@@ -258,3 +258,49 @@ fn inbound_connection_is_keyed_by_the_local_port() {
     );
     server.finish().expect("server exits cleanly");
 }
+
+/// `sendfile` of a named file: the socket side counts what was sent and the file side what
+/// was read, both exactly, the file under its path.
+#[test]
+fn sendfile_counts_both_the_socket_and_the_file() {
+    use std::os::unix::fs::MetadataExt as _;
+    require_root();
+    const BYTES: u64 = 3_000_017;
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sendfile.bin");
+    std::fs::write(&path, vec![0x42u8; BYTES as usize]).expect("payload");
+    let meta = std::fs::metadata(&path).expect("stat");
+    let device = format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev()));
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start().expect("agent");
+    let traffic = traffic!();
+    let (mut sink, port) = traffic.sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let target = socket_addr(ns.peer_ip, port);
+    let payload = path.to_str().expect("utf-8");
+    let mut sender = traffic
+        .send_with(
+            &["send", "tcp", &target, &BYTES.to_string(), "sendfile"],
+            &[("EXFIL_TRAFFIC_PAYLOAD", payload)],
+        )
+        .expect("sender");
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), BYTES);
+    assert_eq!(
+        sink.expect_line::<u64>("received").expect("received"),
+        BYTES
+    );
+    let flow = agent
+        .settled_flow(sender.pid(), ns.peer_ip, port, "tcp", BYTES)
+        .expect("API")
+        .expect("a flow for the sender");
+    assert_eq!(flow.bytes_sent, BYTES);
+    let file = agent
+        .files()
+        .expect("API")
+        .into_iter()
+        .find(|f| f.pid == sender.pid() && f.device == device && f.inode == meta.ino())
+        .expect("a file row for the sender");
+    assert_eq!(file.bytes_read, BYTES);
+    let real = std::fs::canonicalize(&path).expect("canonical");
+    assert_eq!(file.path.as_deref(), real.to_str());
+    sender.finish().expect("sender exits cleanly");
+    std::fs::remove_file(&path).expect("cleanup");
+}

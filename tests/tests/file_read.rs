@@ -1,5 +1,5 @@
 //! File reads are counted exactly: a 10,000,019-byte file read whole counts 10,000,019 bytes
-//! for the reader, whether by small `read`s, `pread`s or one large read.
+//! for the reader, whether by small `read`s, `pread`s, one large read or `O_DIRECT` reads.
 //!
 //! Not here yet: `mmap`. A large folio mapped whole by a PMD raises neither
 //! `mm_filemap_map_pages` nor `mm_filemap_fault` (traced on 6.18: nothing for the first 2,048
@@ -75,6 +75,11 @@ fn read_in_1000_byte_calls_counts_the_file_size() {
 #[test]
 fn pread_counts_the_file_size() {
     read_exactly("pread", "1000");
+}
+
+#[test]
+fn o_direct_reads_count_the_file_size() {
+    read_exactly("direct", "1048576");
 }
 
 #[test]

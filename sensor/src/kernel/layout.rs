@@ -40,7 +40,12 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
         dentry_parent: offset("dentry", "d_parent")?,
         dentry_name: offset("dentry", "d_name")?,
         qstr_name: offset("qstr", "name")?,
-        _pad: [0; 2],
+        kiocb_filp: offset("kiocb", "ki_filp")?,
+        kiocb_pos: offset("kiocb", "ki_pos")?,
+        file_inode: offset("file", "f_inode")?,
+        iter_data_source: offset("iov_iter", "data_source")?,
+        iter_count: offset("iov_iter", "count")?,
+        _pad: [0; 3],
     };
     for (field, at, size) in [
         ("skc_daddr", layout.skc_daddr, 4),

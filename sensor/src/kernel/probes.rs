@@ -149,6 +149,21 @@ pub const PROBES: &[Probe] = &[
         },
     },
     Probe {
+        probe: "iomap:iomap_dio_rw_begin",
+        program: "iomap_dio_rw_begin",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "iomap_dio_rw_begin",
+            params: &[
+                "void *",
+                "struct kiocb *",
+                "struct iov_iter *",
+                "unsigned int",
+                "size_t",
+            ],
+        },
+    },
+    Probe {
         probe: "cgroup:sendmsg4",
         program: "udp_sendmsg4",
         required: false,

@@ -14,7 +14,7 @@
 //!                                        alive until stdin closes
 //!   exfil-traffic fetch ADDR REQ RESP    connect, send REQ bytes, read the answer to EOF,
 //!                                        print `received N`, stay alive until stdin closes
-//!   exfil-traffic read FILE CHUNK [read|pread|mmap]
+//!   exfil-traffic read FILE CHUNK [read|pread|mmap|direct]
 //!                                        read all of FILE, CHUNK bytes a call (or page by
 //!                                        page through a mapping), print `read N`, stay alive
 //!   exfil-traffic sendto COUNT SIZE ADDR...
@@ -207,8 +207,13 @@ fn write_all(conn: &mut TcpStream, bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A file of `bytes` bytes, already unlinked, for the file-to-socket paths.
+/// The file the file-to-socket paths send: `EXFIL_TRAFFIC_PAYLOAD` when set, else a new file
+/// of `bytes` bytes, already unlinked.
 fn payload_file(bytes: u64) -> anyhow::Result<std::fs::File> {
+    if let Some(path) = std::env::var_os("EXFIL_TRAFFIC_PAYLOAD") {
+        return std::fs::File::open(&path)
+            .with_context(|| format!("open {}", std::path::Path::new(&path).display()));
+    }
     let path = std::env::temp_dir().join(format!("exfil-payload-{}", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -450,10 +455,45 @@ fn read_file(path: &str, chunk: usize, via: &str) -> anyhow::Result<()> {
             unsafe { libc::munmap(base, size) };
             total = size;
         }
+        "direct" => total = read_direct(path, chunk)?,
         other => bail!("unknown read path {other}"),
     }
     say(&format!("read {total}"))?;
     hold()
+}
+
+/// Reads with O_DIRECT, past the page cache, into a page-aligned buffer (as O_DIRECT needs).
+fn read_direct(path: &str, chunk: usize) -> anyhow::Result<usize> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("open {path} with O_DIRECT"))?;
+    let layout = std::alloc::Layout::from_size_align(chunk.max(4096), 4096)?;
+    // SAFETY: a non-zero-sized layout; freed below.
+    let buf = unsafe { std::alloc::alloc(layout) };
+    if buf.is_null() {
+        bail!("no memory for {chunk} bytes");
+    }
+    let mut total = 0usize;
+    let result = loop {
+        // SAFETY: buf holds layout.size() bytes.
+        let n = unsafe { libc::read(file.as_raw_fd(), buf.cast(), layout.size()) };
+        match usize::try_from(n) {
+            Ok(0) => break Ok(total),
+            Ok(n) => total += n,
+            Err(_) => {
+                break Err(anyhow::anyhow!(
+                    "O_DIRECT read: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+    };
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    result
 }
 
 /// Stays alive (so the agent can name this process) until the test closes stdin; exits at
