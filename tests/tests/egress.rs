@@ -259,15 +259,13 @@ fn inbound_connection_is_keyed_by_the_local_port() {
     server.finish().expect("server exits cleanly");
 }
 
-/// `sendfile` of a named file: the socket side counts what was sent and the file side what
-/// was read, both exactly, the file under its path.
-#[test]
-fn sendfile_counts_both_the_socket_and_the_file() {
+/// A named file sent by `via` (`sendfile` or `splice`): the socket side counts what was sent
+/// and the file side what was read, both exactly, the file under its path.
+fn file_to_socket(via: &str, bytes: u64) {
     use std::os::unix::fs::MetadataExt as _;
     require_root();
-    const BYTES: u64 = 3_000_017;
-    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sendfile.bin");
-    std::fs::write(&path, vec![0x42u8; BYTES as usize]).expect("payload");
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{via}.bin"));
+    std::fs::write(&path, vec![0x42u8; usize::try_from(bytes).expect("small")]).expect("payload");
     let meta = std::fs::metadata(&path).expect("stat");
     let device = format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev()));
     let ns = NetNs::outside().expect("namespace");
@@ -278,29 +276,39 @@ fn sendfile_counts_both_the_socket_and_the_file() {
     let payload = path.to_str().expect("utf-8");
     let mut sender = traffic
         .send_with(
-            &["send", "tcp", &target, &BYTES.to_string(), "sendfile"],
+            &["send", "tcp", &target, &bytes.to_string(), via],
             &[("EXFIL_TRAFFIC_PAYLOAD", payload)],
         )
         .expect("sender");
-    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), BYTES);
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), bytes);
     assert_eq!(
         sink.expect_line::<u64>("received").expect("received"),
-        BYTES
+        bytes
     );
     let flow = agent
-        .settled_flow(sender.pid(), ns.peer_ip, port, "tcp", BYTES)
+        .settled_flow(sender.pid(), ns.peer_ip, port, "tcp", bytes)
         .expect("API")
         .expect("a flow for the sender");
-    assert_eq!(flow.bytes_sent, BYTES);
+    assert_eq!(flow.bytes_sent, bytes);
     let file = agent
         .files()
         .expect("API")
         .into_iter()
         .find(|f| f.pid == sender.pid() && f.device == device && f.inode == meta.ino())
         .expect("a file row for the sender");
-    assert_eq!(file.bytes_read, BYTES);
+    assert_eq!(file.bytes_read, bytes);
     let real = std::fs::canonicalize(&path).expect("canonical");
     assert_eq!(file.path.as_deref(), real.to_str());
     sender.finish().expect("sender exits cleanly");
     std::fs::remove_file(&path).expect("cleanup");
+}
+
+#[test]
+fn sendfile_counts_both_the_socket_and_the_file() {
+    file_to_socket("sendfile", 3_000_017);
+}
+
+#[test]
+fn splice_counts_both_the_socket_and_the_file() {
+    file_to_socket("splice", 2_000_003);
 }
