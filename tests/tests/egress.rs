@@ -1,7 +1,7 @@
 //! Egress is counted exactly on every send path, end to end: real kernel, real agent, a host
 //! in a namespace. Odd byte counts, so that an off-by-a-header error cannot hide.
 
-use exfil_tests::{Agent, NetNs, POLL, require_root, socket_addr, traffic};
+use exfil_tests::{Agent, NetNs, require_root, socket_addr, traffic};
 
 /// Uploads `bytes` over TCP by `via` from this host to `connect_ip` (a sink bound to
 /// `sink_ip` in the namespace) and checks that the API shows exactly `bytes` for the sender,
@@ -117,18 +117,7 @@ fn udp_sendmmsg_is_counted_exactly() {
 fn the_agent_does_not_count_itself() {
     require_root();
     let agent = Agent::start().expect("agent");
-    let metrics = agent.metrics_addr();
-    for _ in 0..20 {
-        let body = exfil_tests::http_get_tcp(metrics, "/metrics").expect("scrape");
-        assert!(body.contains("exfil_sensor_probe_attached{probe=\"sock:sock_send_length\"} 1"));
-    }
-    std::thread::sleep(POLL * 3);
-    let own: Vec<_> = agent
-        .flows()
-        .expect("API")
-        .into_iter()
-        .filter(|f| f.pid == agent.pid())
-        .collect();
+    let own = agent.own_flows_after_scrapes(20).expect("scrapes");
     assert_eq!(own, vec![], "the agent counted its own sends");
 }
 

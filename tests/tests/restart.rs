@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use exfil_tests::{Agent, NetNs, POLL, require_root, socket_addr, traffic};
+use exfil_tests::{Agent, NetNs, require_root, socket_addr, traffic};
 
 #[test]
 fn kill_9_mid_upload_loses_no_byte() {
@@ -52,17 +52,7 @@ fn kill_9_mid_upload_loses_no_byte() {
     );
 
     // The programs outlived the first agent; they must not count the second one either.
-    let metrics = agent.metrics_addr();
-    for _ in 0..10 {
-        exfil_tests::http_get_tcp(metrics, "/metrics").expect("scrape");
-    }
-    std::thread::sleep(POLL * 3);
-    let own: Vec<_> = agent
-        .flows()
-        .expect("API")
-        .into_iter()
-        .filter(|f| f.pid == agent.pid())
-        .collect();
+    let own = agent.own_flows_after_scrapes(10).expect("scrapes");
     assert_eq!(own, vec![], "the restarted agent counted itself");
     sender.finish().expect("sender exits cleanly");
 }

@@ -1,0 +1,290 @@
+//! The real agent under test: started with a private socket, port and pin directory.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::http::{http_get_tcp, http_get_unix};
+
+/// The agent binary: `EXFIL_SENSOR_BIN` (set by `cargo xtask test`), else the release build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("EXFIL_SENSOR_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/exfil-sensor"),
+        PathBuf::from,
+    )
+}
+
+/// One flow from `/api/v1/flows`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Flow {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub service: String,
+    pub destination: String,
+    pub port: u16,
+    pub protocol: String,
+    pub direction: String,
+    pub bytes_sent: u64,
+    pub sends: u64,
+    pub bytes_received: u64,
+}
+
+/// One row of `/api/v1/files`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct FileRow {
+    pub pid: u32,
+    pub comm: String,
+    pub device: String,
+    pub inode: u64,
+    pub path: Option<String>,
+    pub bytes_read: u64,
+}
+
+/// The real agent, with its API on a private socket; SIGTERM and reaped on drop.
+pub struct Agent {
+    child: Child,
+    pub api_socket: PathBuf,
+    metrics: SocketAddr,
+    config: PathBuf,
+    /// Its own pin directory in bpffs, so no test inherits another's totals; removed (which
+    /// detaches the pinned programs) after the agent stops.
+    pin_dir: PathBuf,
+    /// The agent's stderr; printed when a test fails, removed otherwise.
+    log: PathBuf,
+}
+
+/// How often the test agent polls; waits below are in multiples of it.
+pub const POLL: Duration = Duration::from_millis(200);
+
+impl Agent {
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with("")
+    }
+
+    /// An agent whose config has `extra` TOML appended: keys of `[kernel]` first, then any
+    /// other sections but `[agent]` and `[http]`.
+    pub fn start_with(extra: &str) -> anyhow::Result<Self> {
+        Self::start_polling(POLL, extra)
+    }
+
+    /// An agent that reads the kernel every `poll`, with `extra` config as above.
+    pub fn start_polling(poll: Duration, extra: &str) -> anyhow::Result<Self> {
+        let bin = agent_bin();
+        if !bin.exists() {
+            bail!(
+                "{} is missing: run the tests with `cargo xtask test`",
+                bin.display()
+            );
+        }
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir();
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/exfil-e2e-{tag}"));
+        let api_socket = dir.join(format!("exfil-e2e-{tag}.sock"));
+        let config = dir.join(format!("exfil-e2e-{tag}.toml"));
+        // A free loopback port: bound here, released, handed to the agent.
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\npoll_interval = \"{}ms\"\n[http]\nlisten = \"{metrics}\"\n\
+                 [kernel]\npin_dir = \"{}\"\n{extra}",
+                poll.as_millis(),
+                pin_dir.display()
+            ),
+        )?;
+        let log = dir.join(format!("exfil-e2e-{tag}.log"));
+        let child = Self::spawn(&config, &api_socket, &log)?;
+        let mut agent = Self {
+            child,
+            api_socket,
+            metrics,
+            config,
+            pin_dir,
+            log,
+        };
+        agent.wait_healthy(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    fn spawn(config: &Path, api_socket: &Path, log: &Path) -> anyhow::Result<Child> {
+        let bin = agent_bin();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        Command::new(&bin)
+            .stderr(log)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--api-socket")
+            .arg(api_socket)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))
+    }
+
+    /// `kill -9` the agent, then start a new one on the same config and pins.
+    pub fn kill_and_restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        std::thread::sleep(down_for);
+        self.child = Self::spawn(&self.config, &self.api_socket, &self.log)?;
+        self.wait_healthy(Duration::from_secs(20))
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                bail!("the agent exited during start-up with {status}:\n{log}");
+            }
+            if let Ok((200, _)) = self.get("/healthz") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let health = self
+                    .get("/healthz")
+                    .map(|(_, body)| body)
+                    .unwrap_or_default();
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                bail!("the agent was not healthy within {limit:?}: {health}\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Makes the agent send over TCP (it answers `scrapes` scrapes of `/metrics`), waits three
+    /// polls, and returns the flows counted for the agent itself: there must be none.
+    pub fn own_flows_after_scrapes(&self, scrapes: usize) -> anyhow::Result<Vec<Flow>> {
+        for _ in 0..scrapes {
+            let body = http_get_tcp(self.metrics, "/metrics")?;
+            if !body.contains("exfil_sensor_probe_attached{probe=\"sock:sock_send_length\"} 1") {
+                bail!("the send probe is not attached:\n{body}");
+            }
+        }
+        std::thread::sleep(POLL * 3);
+        let pid = self.pid();
+        Ok(self.flows()?.into_iter().filter(|f| f.pid == pid).collect())
+    }
+
+    pub fn files(&self) -> anyhow::Result<Vec<FileRow>> {
+        let (status, body) = self.get("/api/v1/files")?;
+        if status != 200 {
+            bail!("/api/v1/files answered {status}: {body}");
+        }
+        serde_json::from_str(&body).context("parsing /api/v1/files")
+    }
+
+    /// The value of one series of the agent's `/metrics`, e.g.
+    /// `exfil_sensor_kernel_drops_total{map="egress"}`.
+    pub fn metric(&self, series: &str) -> anyhow::Result<u64> {
+        let text = http_get_tcp(self.metrics, "/metrics")?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .with_context(|| format!("no series {series} in /metrics"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{series} is not an integer"))
+    }
+
+    /// `GET path` over the API socket: (status, body).
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get_unix(&self.api_socket, path)
+    }
+
+    pub fn flows(&self) -> anyhow::Result<Vec<Flow>> {
+        let (status, body) = self.get("/api/v1/flows")?;
+        if status != 200 {
+            bail!("/api/v1/flows answered {status}: {body}");
+        }
+        serde_json::from_str(&body).context("parsing /api/v1/flows")
+    }
+
+    /// The flow of `pid` to `destination:port` once its count has stopped moving: waits until
+    /// it has sent `expected` bytes (or 10 s pass), then two more polls, and returns what the
+    /// API says.
+    pub fn settled_flow(
+        &self,
+        pid: u32,
+        destination: &str,
+        port: u16,
+        protocol: &str,
+        expected: u64,
+    ) -> anyhow::Result<Option<Flow>> {
+        self.settled(pid, destination, port, protocol, |f| {
+            f.bytes_sent >= expected
+        })
+    }
+
+    /// Like [`Agent::settled_flow`], waiting until `done` holds for the flow.
+    pub fn settled(
+        &self,
+        pid: u32,
+        destination: &str,
+        port: u16,
+        protocol: &str,
+        done: impl Fn(&Flow) -> bool,
+    ) -> anyhow::Result<Option<Flow>> {
+        let find = || -> anyhow::Result<Option<Flow>> {
+            Ok(self.flows()?.into_iter().find(|f| {
+                f.pid == pid
+                    && f.destination == destination
+                    && f.port == port
+                    && f.protocol == protocol
+            }))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if find()?.is_some_and(|f| done(&f)) {
+                break;
+            }
+            std::thread::sleep(POLL / 2);
+        }
+        std::thread::sleep(POLL * 2);
+        find()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.api_socket);
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!(
+                "--- agent log ({}):\n{log}--- end of agent log",
+                self.log.display()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,181 @@
+//! The test host's own set-up: root, network namespaces, service cgroups.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// Panics with a clear message unless the tests run as root: they load BPF programs and
+/// create network namespaces. `cargo xtask test` runs them; there is no skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "the end-to-end tests load BPF programs and need root (uid is {uid}); run `cargo xtask test` as root"
+    );
+}
+
+pub(crate) fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A network namespace joined to this host by a veth pair. Deleted (with its veth pair) on
+/// drop.
+pub struct NetNs {
+    pub name: String,
+    /// This host's end: 198.51.100.1 and 2001:db8::1.
+    pub host_ip: &'static str,
+    pub host_ip6: &'static str,
+    /// The namespace's end: 198.51.100.2 (also 198.51.100.3) and 2001:db8::2.
+    pub peer_ip: &'static str,
+    pub peer_ip_2: &'static str,
+    pub peer_ip6: &'static str,
+}
+
+impl NetNs {
+    /// The "outside world" (documentation ranges, RFC 5737 and RFC 3849).
+    pub fn outside() -> anyhow::Result<Self> {
+        Self::create("exfil-e2e")
+    }
+
+    fn create(name: &str) -> anyhow::Result<Self> {
+        // A namespace left by a killed earlier run would hold the same addresses.
+        let _ = run("ip", &["netns", "del", name]);
+        run("ip", &["netns", "add", name])?;
+        let ns = Self {
+            name: name.to_owned(),
+            host_ip: "198.51.100.1",
+            host_ip6: "2001:db8::1",
+            peer_ip: "198.51.100.2",
+            peer_ip_2: "198.51.100.3",
+            peer_ip6: "2001:db8::2",
+        };
+        let host_if = format!("{name}-h");
+        let peer_if = format!("{name}-p");
+        run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", name,
+            ],
+        )?;
+        let v4 = format!("{}/24", ns.host_ip);
+        run("ip", &["addr", "add", &v4, "dev", &host_if])?;
+        // nodad: usable at once, without duplicate address detection's delay.
+        let v6 = format!("{}/64", ns.host_ip6);
+        run("ip", &["addr", "add", &v6, "dev", &host_if, "nodad"])?;
+        run("ip", &["link", "set", &host_if, "up"])?;
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", name, "ip"];
+            all.extend_from_slice(args);
+            run("ip", &all)
+        };
+        for ip in [ns.peer_ip, ns.peer_ip_2] {
+            in_ns(&["addr", "add", &format!("{ip}/24"), "dev", &peer_if])?;
+        }
+        let v6 = format!("{}/64", ns.peer_ip6);
+        in_ns(&["addr", "add", &v6, "dev", &peer_if, "nodad"])?;
+        in_ns(&["link", "set", &peer_if, "up"])?;
+        in_ns(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A systemd-style service cgroup, `system.slice/NAME`, made in the cgroup2 hierarchy and in
+/// the v1 `name=systemd` one when it exists (both found in /proc/mounts), so that
+/// `/proc/PID/cgroup` of a process placed in it reads as under systemd. Removed on drop.
+pub struct ServiceCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl ServiceCgroup {
+    pub fn create(unit: &str) -> anyhow::Result<Self> {
+        let mounts = std::fs::read_to_string("/proc/mounts")?;
+        let roots: Vec<PathBuf> = mounts
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let systemd_v1 = f.get(2) == Some(&"cgroup")
+                    && f.get(3)
+                        .is_some_and(|o| o.split(',').any(|o| o == "name=systemd"));
+                (f.get(2) == Some(&"cgroup2") || systemd_v1).then(|| PathBuf::from(f[1]))
+            })
+            .collect();
+        if !roots
+            .iter()
+            .any(|r| mounts.contains(&format!("{} cgroup2", r.display())))
+        {
+            bail!("no cgroup2 hierarchy in /proc/mounts");
+        }
+        let mut made = Self { dirs: Vec::new() };
+        for root in roots {
+            let dir = root.join("system.slice").join(unit);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            made.dirs.push(dir);
+        }
+        Ok(made)
+    }
+
+    /// Makes `cmd`'s process start inside the cgroup (it moves itself before exec).
+    pub fn place(&self, cmd: &mut Command) -> anyhow::Result<()> {
+        use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
+        let procs: Vec<std::ffi::CString> = self
+            .dirs
+            .iter()
+            .map(|d| std::ffi::CString::new(d.join("cgroup.procs").as_os_str().as_bytes()))
+            .collect::<Result<_, _>>()?;
+        // SAFETY: between fork and exec only open/write/close on prepared strings, all
+        // async-signal-safe; "0" moves the writing process itself.
+        unsafe {
+            cmd.pre_exec(move || {
+                for path in &procs {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ServiceCgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
