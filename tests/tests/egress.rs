@@ -40,6 +40,26 @@ fn tcp_write_is_counted_exactly() {
 }
 
 #[test]
+fn tcp_writev_is_counted_exactly() {
+    let ns_ip = "198.51.100.2";
+    tcp_upload("writev", ns_ip, ns_ip, ns_ip, 1_100_011);
+}
+
+#[test]
+fn tcp_sendmsg_is_counted_exactly() {
+    let ns_ip = "198.51.100.2";
+    tcp_upload("sendmsg", ns_ip, ns_ip, ns_ip, 1_300_021);
+}
+
+/// MPTCP passes `sock_sendmsg` once, on the MPTCP socket (its subflows send below it):
+/// counted once, as TCP.
+#[test]
+fn mptcp_is_counted_once_as_tcp() {
+    let ns_ip = "198.51.100.2";
+    tcp_upload("mptcp", ns_ip, ns_ip, ns_ip, 1_700_009);
+}
+
+#[test]
 fn tcp_sendfile_is_counted_exactly() {
     let ns_ip = "198.51.100.2";
     tcp_upload("sendfile", ns_ip, ns_ip, ns_ip, 3_000_017);
@@ -300,4 +320,23 @@ fn sendfile_counts_both_the_socket_and_the_file() {
 #[test]
 fn splice_counts_both_the_socket_and_the_file() {
     file_to_socket("splice", 2_000_003);
+}
+
+/// Unix-domain sockets (every daemon's own plumbing) pass the same tracepoint; they are not
+/// egress and leave no flow.
+#[test]
+fn unix_domain_sockets_are_not_counted() {
+    require_root();
+    let agent = Agent::start().expect("agent");
+    let mut sender = traffic!().send(&["unix", "5000011"]).expect("sender");
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), 5_000_011);
+    std::thread::sleep(exfil_tests::POLL * 3);
+    let flows: Vec<_> = agent
+        .flows()
+        .expect("API")
+        .into_iter()
+        .filter(|f| f.pid == sender.pid())
+        .collect();
+    assert_eq!(flows, vec![]);
+    sender.finish().expect("sender exits cleanly");
 }

@@ -1,5 +1,6 @@
 //! File reads are counted exactly: a 10,000,019-byte file read whole counts 10,000,019 bytes
-//! for the reader, whether by small `read`s, `pread`s, one large read or `O_DIRECT` reads.
+//! for the reader, whether by small `read`s, `readv`s, `pread`s, one large read or `O_DIRECT`
+//! reads.
 //!
 //! Not here yet: `mmap`. A large folio mapped whole by a PMD raises neither
 //! `mm_filemap_map_pages` nor `mm_filemap_fault` (traced on 6.18: nothing for the first 2,048
@@ -70,6 +71,11 @@ fn read_exactly(via: &str, chunk: &str) {
 #[test]
 fn read_in_1000_byte_calls_counts_the_file_size() {
     read_exactly("read", "1000");
+}
+
+#[test]
+fn readv_counts_the_file_size() {
+    read_exactly("readv", "3000");
 }
 
 #[test]

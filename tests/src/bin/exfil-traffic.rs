@@ -4,7 +4,7 @@
 //!                                        print `received N`
 //!   exfil-traffic sink udp ADDR          bind, print `port N`, count datagrams until 2 s idle,
 //!                                        print `received N`
-//!   exfil-traffic send tcp ADDR BYTES [write|sendfile|splice|uring|slow]
+//!   exfil-traffic send tcp ADDR BYTES [write|writev|sendmsg|sendfile|splice|uring|slow|mptcp]
 //!                                        connect, send by that path, wait for the sink to
 //!                                        close, print `sent N`, stay alive until stdin closes
 //!   exfil-traffic send udp ADDR COUNT SIZE [send|sendmmsg]
@@ -14,9 +14,11 @@
 //!                                        alive until stdin closes
 //!   exfil-traffic fetch ADDR REQ RESP    connect, send REQ bytes, read the answer to EOF,
 //!                                        print `received N`, stay alive until stdin closes
-//!   exfil-traffic read FILE CHUNK [read|pread|mmap|direct]
+//!   exfil-traffic read FILE CHUNK [read|pread|readv|mmap|direct]
 //!                                        read all of FILE, CHUNK bytes a call (or page by
 //!                                        page through a mapping), print `read N`, stay alive
+//!   exfil-traffic unix BYTES             send BYTES over a Unix-domain socket pair, print
+//!                                        `sent N`, stay alive until stdin closes
 //!   exfil-traffic sendto COUNT SIZE ADDR...
 //!                                        one unconnected UDP socket, COUNT datagrams of SIZE
 //!                                        bytes to each ADDR in turn, addressed with each send
@@ -53,6 +55,26 @@ fn main() -> anyhow::Result<()> {
             arg(2)?.parse().context("SIZE")?,
             &addrs,
         );
+    }
+    if arg(0)? == "unix" {
+        let bytes: u64 = arg(1)?.parse().context("BYTES")?;
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair()?;
+        let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+            std::io::copy(&mut b, &mut std::io::sink())
+        });
+        let chunk = vec![0u8; CHUNK];
+        let mut left = bytes;
+        while left > 0 {
+            let n = usize::try_from(left.min(CHUNK as u64))?;
+            a.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        drop(a);
+        let got = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        say(&format!("sent {got}"))?;
+        return hold();
     }
     if arg(0)? == "read" {
         return read_file(
@@ -127,10 +149,15 @@ fn sink_udp(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn send_tcp(addr: SocketAddr, bytes: u64, via: &str) -> anyhow::Result<()> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connect {addr}"))?;
+    let mut conn = if via == "mptcp" {
+        connect_mptcp(addr)?
+    } else {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("connect {addr}"))?
+    };
     match via {
-        "write" => write_all(&mut conn, bytes)?,
+        "write" | "mptcp" => write_all(&mut conn, bytes)?,
+        "writev" | "sendmsg" => gather(&conn, bytes, via)?,
         "slow" => write_slowly(&mut conn, bytes)?,
         "sendfile" => sendfile(&conn, &payload_file(bytes)?, bytes)?,
         "splice" => splice(&conn, &payload_file(bytes)?, bytes)?,
@@ -144,6 +171,41 @@ fn send_tcp(addr: SocketAddr, bytes: u64, via: &str) -> anyhow::Result<()> {
     conn.read_to_end(&mut rest)?;
     say(&format!("sent {bytes}"))?;
     hold()
+}
+
+/// Sends `bytes` as two-part gathers (a 1,000-byte head and the rest of a 64 KiB chunk),
+/// by `writev` or by `sendmsg`.
+fn gather(conn: &TcpStream, bytes: u64, via: &str) -> anyhow::Result<()> {
+    let chunk = vec![0x2bu8; CHUNK];
+    let mut left = usize::try_from(bytes)?;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        let head = n.min(1_000);
+        let mut iov = [
+            libc::iovec {
+                iov_base: chunk.as_ptr().cast_mut().cast(),
+                iov_len: head,
+            },
+            libc::iovec {
+                iov_base: chunk[head..].as_ptr().cast_mut().cast(),
+                iov_len: n - head,
+            },
+        ];
+        // SAFETY: the iovecs point into `chunk`, alive for the call.
+        let sent = unsafe {
+            if via == "writev" {
+                libc::writev(conn.as_raw_fd(), iov.as_ptr(), 2)
+            } else {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = 2;
+                libc::sendmsg(conn.as_raw_fd(), &raw const msg, 0)
+            }
+        };
+        // A short gather is fine: the rest goes in the next call.
+        left -= check(sent, via)?;
+    }
+    Ok(())
 }
 
 fn serve(addr: SocketAddr, request: u64, response: u64) -> anyhow::Result<()> {
@@ -194,6 +256,42 @@ fn write_slowly(conn: &mut TcpStream, bytes: u64) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
+}
+
+/// An MPTCP connection (IPPROTO_MPTCP; it falls back to plain TCP with a peer that does not
+/// speak it, as the sink does), as a TcpStream: the socket calls are the same.
+fn connect_mptcp(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    const IPPROTO_MPTCP: libc::c_int = 262;
+    let SocketAddr::V4(v4) = addr else {
+        bail!("mptcp mode takes an IPv4 address");
+    };
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, IPPROTO_MPTCP) };
+    if fd < 0 {
+        bail!("MPTCP socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own from here on.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sin is a valid sockaddr_in of the given length.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&raw const sin).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        bail!("MPTCP connect {addr}: {}", std::io::Error::last_os_error());
+    }
+    Ok(stream)
 }
 
 fn write_all(conn: &mut TcpStream, bytes: u64) -> anyhow::Result<()> {
@@ -417,6 +515,18 @@ fn read_file(path: &str, chunk: usize, via: &str) -> anyhow::Result<()> {
     match via {
         "read" => loop {
             match file.read(&mut buf)? {
+                0 => break,
+                n => total += n,
+            }
+        },
+        "readv" => loop {
+            let half = buf.len() / 2;
+            let (first, second) = buf.split_at_mut(half);
+            let mut slices = [
+                std::io::IoSliceMut::new(first),
+                std::io::IoSliceMut::new(second),
+            ];
+            match file.read_vectored(&mut slices)? {
                 0 => break,
                 n => total += n,
             }
