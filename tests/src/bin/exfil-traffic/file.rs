@@ -1,0 +1,134 @@
+//! Files: the payload of the file-to-socket paths, and reading a file by every path.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::fd::AsRawFd as _,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{CHUNK, hold, say};
+
+/// The file the file-to-socket paths send: `EXFIL_TRAFFIC_PAYLOAD` when set, else a new file
+/// of `bytes` bytes, already unlinked.
+pub(crate) fn payload_file(bytes: u64) -> anyhow::Result<std::fs::File> {
+    if let Some(path) = std::env::var_os("EXFIL_TRAFFIC_PAYLOAD") {
+        return std::fs::File::open(&path)
+            .with_context(|| format!("open {}", std::path::Path::new(&path).display()));
+    }
+    let path = std::env::temp_dir().join(format!("exfil-payload-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    let chunk = vec![0x3cu8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(CHUNK as u64))?;
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(file)
+}
+
+pub(crate) fn read_file(path: &str, chunk: usize, via: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut file = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
+    let size = usize::try_from(file.metadata()?.len())?;
+    let mut buf = vec![0u8; chunk.max(1)];
+    let mut total = 0usize;
+    match via {
+        "read" => loop {
+            match file.read(&mut buf)? {
+                0 => break,
+                n => total += n,
+            }
+        },
+        "readv" => loop {
+            let half = buf.len() / 2;
+            let (first, second) = buf.split_at_mut(half);
+            let mut slices = [
+                std::io::IoSliceMut::new(first),
+                std::io::IoSliceMut::new(second),
+            ];
+            match file.read_vectored(&mut slices)? {
+                0 => break,
+                n => total += n,
+            }
+        },
+        "pread" => {
+            while total < size {
+                match file.read_at(&mut buf, total as u64)? {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+        }
+        "mmap" => {
+            // SAFETY: a private read-only mapping of a file we opened, released below.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                bail!("mmap: {}", std::io::Error::last_os_error());
+            }
+            let bytes = base.cast::<u8>();
+            let mut sum = 0u64;
+            for offset in (0..size).step_by(4096).chain(std::iter::once(size - 1)) {
+                // SAFETY: offset < size, inside the mapping.
+                sum = sum.wrapping_add(u64::from(unsafe { bytes.add(offset).read_volatile() }));
+            }
+            std::hint::black_box(sum);
+            // SAFETY: unmapping what we mapped.
+            unsafe { libc::munmap(base, size) };
+            total = size;
+        }
+        "direct" => total = read_direct(path, chunk)?,
+        other => bail!("unknown read path {other}"),
+    }
+    say(&format!("read {total}"))?;
+    hold()
+}
+
+/// Reads with O_DIRECT, past the page cache, into a page-aligned buffer (as O_DIRECT needs).
+pub(crate) fn read_direct(path: &str, chunk: usize) -> anyhow::Result<usize> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("open {path} with O_DIRECT"))?;
+    let layout = std::alloc::Layout::from_size_align(chunk.max(4096), 4096)?;
+    // SAFETY: a non-zero-sized layout; freed below.
+    let buf = unsafe { std::alloc::alloc(layout) };
+    if buf.is_null() {
+        bail!("no memory for {chunk} bytes");
+    }
+    let mut total = 0usize;
+    let result = loop {
+        // SAFETY: buf holds layout.size() bytes.
+        let n = unsafe { libc::read(file.as_raw_fd(), buf.cast(), layout.size()) };
+        match usize::try_from(n) {
+            Ok(0) => break Ok(total),
+            Ok(n) => total += n,
+            Err(_) => {
+                break Err(anyhow::anyhow!(
+                    "O_DIRECT read: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+    };
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    result
+}
