@@ -1,5 +1,6 @@
 //! `cargo xtask setup|run|test`: everything a fresh machine needs, from one command.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -29,6 +30,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure what the sensor costs against sensor-off and a bpftrace peer, interleaved;
+    /// writes BENCHMARKS.md and target/bench/results.json (root only).
+    Bench {
+        /// 2 rounds, short runs: a few minutes.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Setup, unit tests, then the end-to-end tests against the real kernel (root only).
     Test {
         /// Only the unit tests (no root needed).
@@ -43,6 +51,9 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Run { args } => run(&args),
         Task::Test { unit } => test(unit),
+        Task::Bench { quick } => require_root("bench")
+            .and_then(|()| setup::run())
+            .and_then(|()| bench::run(quick)),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -8,8 +8,16 @@ use anyhow::{Context as _, bail};
 /// bpf-linker releases after this need a system LLVM this machine does not have.
 const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Debian packages the tests and tools use: `ip` for test namespaces, bpftool to inspect
-/// programs (ns per run), socat for hand checks.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "bpftool", "socat"];
+/// programs (ns per run), socat for hand checks; iperf3 and bpftrace (the peer the
+/// benchmarks compare against) and util-linux's fincore for `cargo xtask bench`.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "socat",
+    "iperf3",
+    "bpftrace",
+    "util-linux",
+];
 
 /// Everything: the build tools, and what running the sensor and its tests needs (root).
 pub fn run() -> anyhow::Result<()> {
