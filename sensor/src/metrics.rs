@@ -151,20 +151,21 @@ impl Metrics {
     /// Brings every counter up to the kernel's running totals. Counters only ever grow.
     pub fn observe(&mut self, table: &FlowTable, sums: &KernelSums, poll: Duration) {
         for (key, process, counters) in table.iter() {
-            let (series, done) = match self.exported.get(key) {
-                Some((series, done)) => (series.clone(), *done),
-                None => {
-                    let series = self.assign_series(key, &process.service);
-                    (series, 0)
-                }
-            };
-            if counters.sent > done {
+            let (series, done) = self.exported.entry(*key).or_insert_with(|| {
+                let series = assign_series(
+                    &mut self.series_of_service,
+                    self.per_service,
+                    key,
+                    &process.service,
+                );
+                (series, 0)
+            });
+            if counters.sent > *done {
                 self.egress
-                    .with_label_values(&series)
-                    .inc_by(counters.sent - done);
+                    .with_label_values(series.as_slice())
+                    .inc_by(counters.sent - *done);
+                *done = counters.sent;
             }
-            self.exported
-                .insert(*key, (series, counters.sent.max(done)));
         }
         add_deltas(
             &self.kernel_errors,
@@ -187,38 +188,6 @@ impl Metrics {
             .set(i64::try_from(table.len()).unwrap_or(i64::MAX));
     }
 
-    /// A flow's series: its own while its service has room, else `destination="other"`.
-    fn assign_series(&mut self, key: &FlowKey, service: &str) -> Series {
-        if destination(key).is_none() {
-            // Overflow: bytes of this service whose destination the kernel could not keep.
-            let other = || "other".to_owned();
-            return [service.to_owned(), other(), other(), other()];
-        }
-        let own: Series = [
-            service.to_owned(),
-            destination_text(key),
-            key.port.to_string(),
-            protocol_name(key.protocol).to_owned(),
-        ];
-        let taken = self
-            .series_of_service
-            .entry(service.to_owned())
-            .or_default();
-        if taken.contains(&own) {
-            return own;
-        }
-        if taken.len() < self.per_service {
-            taken.insert(own.clone());
-            return own;
-        }
-        [
-            service.to_owned(),
-            "other".to_owned(),
-            "other".to_owned(),
-            protocol_name(key.protocol).to_owned(),
-        ]
-    }
-
     /// The text exposition format, as `/metrics` serves it.
     pub fn render(registry: &Registry) -> String {
         let mut out = Vec::new();
@@ -228,6 +197,40 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// A flow's series: its own while its service has room, else `destination="other"`.
+fn assign_series(
+    series_of_service: &mut HashMap<String, HashSet<Series>>,
+    per_service: usize,
+    key: &FlowKey,
+    service: &str,
+) -> Series {
+    if destination(key).is_none() {
+        // Overflow: bytes of this service whose destination the kernel could not keep.
+        let other = || "other".to_owned();
+        return [service.to_owned(), other(), other(), other()];
+    }
+    let own: Series = [
+        service.to_owned(),
+        destination_text(key),
+        key.port.to_string(),
+        protocol_name(key.protocol).to_owned(),
+    ];
+    let taken = series_of_service.entry(service.to_owned()).or_default();
+    if taken.contains(&own) {
+        return own;
+    }
+    if taken.len() < per_service {
+        taken.insert(own.clone());
+        return own;
+    }
+    [
+        service.to_owned(),
+        "other".to_owned(),
+        "other".to_owned(),
+        protocol_name(key.protocol).to_owned(),
+    ]
 }
 
 fn add_deltas(vec: &IntCounterVec, names: &[&str], now: &[u64], last: &mut [u64]) {

@@ -78,11 +78,15 @@ pub fn systemd_unit(cgroup: &str) -> Option<String> {
             let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
             (controllers == "name=systemd" || controllers.is_empty()).then_some(path)
         })
-        .find_map(|path| {
-            path.rsplit('/')
-                .find(|part| part.ends_with(".service") || part.ends_with(".scope"))
-                .map(str::to_owned)
-        })
+        .find_map(unit_in_path)
+}
+
+/// The deepest component of a cgroup path that names a systemd service or scope:
+/// `/system.slice/postfix@-.service` → `postfix@-.service`.
+pub fn unit_in_path(path: &str) -> Option<String> {
+    path.rsplit('/')
+        .find(|part| part.ends_with(".service") || part.ends_with(".scope"))
+        .map(str::to_owned)
 }
 
 #[cfg(test)]

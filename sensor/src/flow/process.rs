@@ -10,7 +10,7 @@ use std::{
 
 use sensor_common::{EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ProcessEvent};
 
-use super::identity::{Process, ProcessSource, systemd_unit};
+use super::identity::{Process, ProcessSource, unit_in_path};
 
 /// How long an exited process stays known, for flows counted before it exited.
 const KEEP_EXITED: Duration = Duration::from_secs(600);
@@ -155,8 +155,7 @@ impl CgroupNames {
         let mut found = HashMap::new();
         walk(root, root, 0, &mut found);
         for (inode, path) in found {
-            self.units
-                .insert(inode, systemd_unit(&format!("0::{path}\n")));
+            self.units.insert(inode, unit_in_path(&path));
         }
         // Remember misses too: a cgroup that is gone stays gone.
         self.units.entry(id).or_insert(None).clone()
