@@ -7,7 +7,7 @@
 
 /// Layout version of the shared map types. Bumped on any change to a key or value type, so
 /// that a future agent can tell pinned maps of an older layout from its own.
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
 /// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
 pub const FAMILY_IPV4: u8 = 4;
@@ -107,8 +107,24 @@ pub struct FileRead {
     pub bytes: u64,
     /// Read calls (or page faults) that added bytes.
     pub reads: u64,
+    /// The [`AgentState::generation`] that last had this file's path sent (or found sent):
+    /// a new agent knows no path, so each entry's next read checks once more.
+    pub path_generation: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FileRead>() == 32);
+const _: () = assert!(core::mem::size_of::<FileRead>() == 40);
+
+/// The running agent, as the programs see it in the `AGENT` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentState {
+    /// Its thread group id: the programs never count its own reads and sends.
+    pub tgid: u32,
+    /// One more than the previous agent's: a [`FileRead`] of an older generation has its
+    /// path sent again, for this agent that has not seen it.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<AgentState>() == 8);
 
 /// Path components a [`FilePathEvent`] carries, and bytes kept of each (longer are cut).
 pub const PATH_DEPTH: usize = 16;
@@ -172,6 +188,11 @@ const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 296);
 /// `skc_daddr`, `skc_dport`, `skc_num` and `skc_family` must lie inside (they have sat in the first 18
 /// bytes since Linux 2.6; the agent checks the running kernel's BTF before loading).
 pub const SOCK_HEAD_LEN: u16 = 24;
+
+/// Bytes of `struct inode` that the file programs read in one helper call, from the lowest of
+/// `i_sb`, `i_ino` and `i_size` (which have sat within 48 bytes of each other since Linux
+/// 3.x; the agent checks the running kernel's BTF before loading).
+pub const INODE_SPAN_LEN: u16 = 64;
 
 /// Where, in the kernel running us, the fields the programs read live. Filled by the agent
 /// from BTF and passed as the `LAYOUT` global.
@@ -259,13 +280,15 @@ pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        FileId, FileKey, FilePathEvent, FileRead, FlowCounters, FlowKey, KernelLayout, PortRange,
-        ProcessEvent, UdpDest,
+        AgentState, FileId, FileKey, FilePathEvent, FileRead, FlowCounters, FlowKey, KernelLayout,
+        PortRange, ProcessEvent, UdpDest,
     };
 
-    // SAFETY: all ten are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // SAFETY: all eleven are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
     // fields, so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AgentState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowCounters {}
     // SAFETY: as above.

@@ -21,15 +21,15 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    FileId, FileKey, FilePathEvent, FileRead, KernelLayout, MAP_FILE_PATHS, MAP_FILE_READS,
-    PATH_DEPTH, PROG_FILE_READ,
+    FileId, FileKey, FilePathEvent, FileRead, INODE_SPAN_LEN, KernelLayout, MAP_FILE_PATHS,
+    MAP_FILE_READS, PATH_DEPTH, PROG_FILE_READ,
 };
 
 use crate::{
-    flow::{ReadError, read_kernel},
+    flow::{ReadError, bytes_at, read_kernel},
     maps::{
         FILE_OVERFLOW, FILE_PATHS, FILE_READS, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, PATH_SENT,
-        bump, is_agent,
+        agent, bump,
     },
 };
 
@@ -63,25 +63,26 @@ fn pages(ctx: &RawTracePointContext, last: u64) {
 
 fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
+    let agent = agent();
+    if agent.tgid == tgid {
         return Ok(());
     }
     let layout = LAYOUT.load();
     let inode: u64 = read_kernel(mapping, layout.mapping_host)?;
     let inode = inode as *const u8;
-    let size: i64 = read_kernel(inode, layout.inode_size)?;
-    if size <= 0 {
+    let fields = inode_fields(inode, &layout)?;
+    if fields.size <= 0 {
         return Ok(());
     }
     let shift = u64::from(layout.page_shift & 0x1f);
-    let size = size as u64;
+    let size = fields.size as u64;
     let last_page = (size - 1) >> shift;
     // Pages past the end of the file hold nothing the reader got.
     let last = if last < last_page { last } else { last_page };
     if first > last {
         return Ok(());
     }
-    let key = file_key(tgid, inode, &layout)?;
+    let key = fields.key(tgid, &layout)?;
     let span = |from: u64| {
         let whole = (last - from + 1) << shift;
         if last == last_page {
@@ -107,8 +108,9 @@ fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError>
             state.reads += 1;
             state.next = last + 1;
         }
-        return Ok(());
+        return path_for_agent(state, inode, &key, agent.generation, &layout);
     }
+    send_path_once(inode, &key, &layout)?;
     insert(
         &key,
         &FileRead {
@@ -116,6 +118,8 @@ fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError>
             next: last + 1,
             bytes: span(first),
             reads: 1,
+            path_generation: agent.generation,
+            _pad: 0,
         },
     );
     Ok(())
@@ -133,7 +137,8 @@ pub fn iomap_dio_rw_begin(ctx: RawTracePointContext) -> i32 {
 
 fn try_direct(iocb: *const u8, iter: *const u8) -> Result<(), ReadError> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
+    let agent = agent();
+    if agent.tgid == tgid {
         return Ok(());
     }
     let layout = LAYOUT.load();
@@ -145,45 +150,88 @@ fn try_direct(iocb: *const u8, iter: *const u8) -> Result<(), ReadError> {
     let file: u64 = read_kernel(iocb, layout.kiocb_filp)?;
     let inode: u64 = read_kernel(file as *const u8, layout.file_inode)?;
     let inode = inode as *const u8;
-    let size: i64 = read_kernel(inode, layout.inode_size)?;
+    let fields = inode_fields(inode, &layout)?;
     let pos: i64 = read_kernel(iocb, layout.kiocb_pos)?;
-    let left = if size > pos { (size - pos) as u64 } else { 0 };
+    let left = if fields.size > pos {
+        (fields.size - pos) as u64
+    } else {
+        0
+    };
     let bytes = if count < left { count } else { left };
     if bytes == 0 {
         return Ok(());
     }
-    let key = file_key(tgid, inode, &layout)?;
-    match FILE_READS.get_ptr_mut(key) {
+    let key = fields.key(tgid, &layout)?;
+    if let Some(state) = FILE_READS.get_ptr_mut(key) {
         // SAFETY: a live entry (see `try_pages` on races). Direct reads leave the page run
         // alone: they never pass the page cache.
-        Some(state) => unsafe {
-            (*state).bytes += bytes;
-            (*state).reads += 1;
-        },
-        None => insert(
-            &key,
-            &FileRead {
-                run_start: 0,
-                next: 0,
-                bytes,
-                reads: 1,
-            },
-        ),
+        let state = unsafe { &mut *state };
+        state.bytes += bytes;
+        state.reads += 1;
+        return path_for_agent(state, inode, &key, agent.generation, &layout);
     }
+    send_path_once(inode, &key, &layout)?;
+    insert(
+        &key,
+        &FileRead {
+            run_start: 0,
+            next: 0,
+            bytes,
+            reads: 1,
+            path_generation: agent.generation,
+            _pad: 0,
+        },
+    );
     Ok(())
 }
 
-/// The key of `tgid` reading `inode`, sending the file's path if it is the first read.
+/// The `struct inode` fields every read needs, from one helper call.
+struct InodeFields {
+    sb: u64,
+    ino: u64,
+    size: i64,
+}
+
+const SPAN: usize = INODE_SPAN_LEN as usize;
+
 #[inline(always)]
-fn file_key(tgid: u32, inode: *const u8, layout: &KernelLayout) -> Result<FileKey, ReadError> {
-    let sb: u64 = read_kernel(inode, layout.inode_sb)?;
-    let key = FileKey {
-        tgid,
-        dev: read_kernel(sb as *const u8, layout.sb_dev)?,
-        ino: read_kernel(inode, layout.inode_ino)?,
-    };
-    send_path_once(inode, key.dev, key.ino, layout)?;
-    Ok(key)
+fn inode_fields(inode: *const u8, layout: &KernelLayout) -> Result<InodeFields, ReadError> {
+    let base = layout.inode_sb.min(layout.inode_ino).min(layout.inode_size);
+    let span: [u8; SPAN] = read_kernel(inode, base)?;
+    Ok(InodeFields {
+        sb: u64::from_ne_bytes(bytes_at(&span, layout.inode_sb.wrapping_sub(base))?),
+        ino: u64::from_ne_bytes(bytes_at(&span, layout.inode_ino.wrapping_sub(base))?),
+        size: i64::from_ne_bytes(bytes_at(&span, layout.inode_size.wrapping_sub(base))?),
+    })
+}
+
+impl InodeFields {
+    /// The map key of `tgid` reading this inode.
+    #[inline(always)]
+    fn key(&self, tgid: u32, layout: &KernelLayout) -> Result<FileKey, ReadError> {
+        Ok(FileKey {
+            tgid,
+            dev: read_kernel(self.sb as *const u8, layout.sb_dev)?,
+            ino: self.ino,
+        })
+    }
+}
+
+/// An entry counted before this agent started has its path sent once more: the agent that
+/// learnt it is gone. One compare on every read after that.
+#[inline(always)]
+fn path_for_agent(
+    state: &mut FileRead,
+    inode: *const u8,
+    key: &FileKey,
+    generation: u32,
+    layout: &KernelLayout,
+) -> Result<(), ReadError> {
+    if state.path_generation != generation {
+        send_path_once(inode, key, layout)?;
+        state.path_generation = generation;
+    }
+    Ok(())
 }
 
 /// A new (process, file) entry; when the map is full, the bytes count for the process alone.
@@ -205,12 +253,8 @@ fn insert(key: &FileKey, read: &FileRead) {
 /// Sends the file's path the first time any process reads it (as far as [`PATH_SENT`]
 /// remembers): the names from its dentry up to its filesystem's root, at most `PATH_DEPTH`.
 #[inline(always)]
-fn send_path_once(
-    inode: *const u8,
-    dev: u32,
-    ino: u64,
-    layout: &KernelLayout,
-) -> Result<(), ReadError> {
+fn send_path_once(inode: *const u8, key: &FileKey, layout: &KernelLayout) -> Result<(), ReadError> {
+    let (dev, ino) = (key.dev, key.ino);
     let id = FileId { dev, _pad: 0, ino };
     if PATH_SENT.get_ptr(id).is_some() {
         return Ok(());

@@ -14,11 +14,11 @@ use crate::maps::{
 // include/linux/socket.h and include/uapi/linux/in.h
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
+pub(crate) const IPPROTO_TCP: u16 = 6;
 const IPPROTO_UDP: u16 = 17;
 /// An MPTCP socket's data passes `sock_sendmsg`/`sock_recvmsg` once (its subflows below
 /// them): count it as TCP.
-const IPPROTO_MPTCP: u16 = 262;
+pub(crate) const IPPROTO_MPTCP: u16 = 262;
 
 const HEAD: usize = SOCK_HEAD_LEN as usize;
 
@@ -29,7 +29,14 @@ pub(crate) struct ReadError;
 pub(crate) struct Endpoint {
     pub(crate) key: FlowKey,
     pub(crate) local_port: u16,
+    /// What `inet_sock_set_state` saw of this TCP socket opening (a `DIRECTION_*`), or
+    /// [`ROLE_UNKNOWN`]. Not an `Option`: the verifier refuses the undefined payload of a
+    /// `None` that LLVM is free to copy around.
+    pub(crate) role: u8,
 }
+
+/// `Endpoint::role` of a socket `inet_sock_set_state` did not see open.
+const ROLE_UNKNOWN: u8 = 0;
 
 /// The remote end of `sk` for process `tgid`, or `None` for sockets that are not TCP or UDP
 /// over IP (Unix-domain sockets, every daemon's own plumbing, end here after one read).
@@ -38,18 +45,26 @@ pub(crate) fn socket_endpoint(sk: *const u8, tgid: u32) -> Result<Option<Endpoin
     let layout = LAYOUT.load();
     // One helper call for addresses, ports and family: they share the head of sock_common.
     let head: [u8; HEAD] = read_kernel(sk, 0)?;
-    let family = u16::from_ne_bytes(head_bytes(&head, layout.skc_family)?);
+    let family = u16::from_ne_bytes(bytes_at(&head, layout.skc_family)?);
     if family != AF_INET && family != AF_INET6 {
         return Ok(None);
     }
-    let protocol = match read_kernel::<u16>(sk, layout.sk_protocol)? {
-        IPPROTO_TCP | IPPROTO_MPTCP => PROTO_TCP,
-        IPPROTO_UDP => PROTO_UDP,
-        _ => return Ok(None),
+    // A TCP socket seen opening has its role on record, and needs no protocol read.
+    // SAFETY: a value of a live map entry, copied at once.
+    let role = SOCK_ROLE
+        .get_ptr(sk as u64)
+        .map_or(ROLE_UNKNOWN, |role| unsafe { *role });
+    let protocol = match role {
+        ROLE_UNKNOWN => match read_kernel::<u16>(sk, layout.sk_protocol)? {
+            IPPROTO_TCP | IPPROTO_MPTCP => PROTO_TCP,
+            IPPROTO_UDP => PROTO_UDP,
+            _ => return Ok(None),
+        },
+        _ => PROTO_TCP,
     };
     let mut key = FlowKey {
         tgid,
-        port: u16::from_be_bytes(head_bytes(&head, layout.skc_dport)?),
+        port: u16::from_be_bytes(bytes_at(&head, layout.skc_dport)?),
         family: FAMILY_IPV4,
         protocol,
         addr: [0; 16],
@@ -57,13 +72,17 @@ pub(crate) fn socket_endpoint(sk: *const u8, tgid: u32) -> Result<Option<Endpoin
         _pad: [0; 7],
     };
     if family == AF_INET {
-        key.addr[..4].copy_from_slice(&head_bytes::<4>(&head, layout.skc_daddr)?);
+        key.addr[..4].copy_from_slice(&bytes_at::<4, HEAD>(&head, layout.skc_daddr)?);
     } else {
         let v6: [u8; 16] = read_kernel(sk, layout.skc_v6_daddr)?;
         set_ipv6(&mut key, v6);
     }
-    let local_port = u16::from_ne_bytes(head_bytes(&head, layout.skc_num)?);
-    Ok(Some(Endpoint { key, local_port }))
+    let local_port = u16::from_ne_bytes(bytes_at(&head, layout.skc_num)?);
+    Ok(Some(Endpoint {
+        key,
+        local_port,
+        role,
+    }))
 }
 
 /// Puts an IPv6 address in the key; a v4-mapped one (::ffff:a.b.c.d) is the IPv4 address it
@@ -90,18 +109,15 @@ pub(crate) fn address_family(v6: [u8; 16]) -> (u8, [u8; 16]) {
 /// rule (a fixed local port talking to an ephemeral remote one is a service answering).
 /// An inbound flow is keyed by the local port, so clients' ephemeral ports never split it.
 #[inline(always)]
-pub(crate) fn oriented(endpoint: Endpoint, sk: *const u8) -> FlowKey {
+pub(crate) fn oriented(endpoint: Endpoint) -> FlowKey {
     let Endpoint {
         mut key,
         local_port,
+        role,
     } = endpoint;
-    let seen = if key.protocol == PROTO_TCP {
-        // SAFETY: a value of a live map entry, copied at once.
-        SOCK_ROLE.get_ptr(sk as u64).map(|role| unsafe { *role })
+    key.direction = if role != ROLE_UNKNOWN {
+        role
     } else {
-        None
-    };
-    key.direction = seen.unwrap_or_else(|| {
         let ports = EPHEMERAL_PORTS.load();
         let ephemeral = |port: u16| port >= ports.low && port <= ports.high;
         if !ephemeral(local_port) && ephemeral(key.port) {
@@ -109,7 +125,7 @@ pub(crate) fn oriented(endpoint: Endpoint, sk: *const u8) -> FlowKey {
         } else {
             DIRECTION_OUTBOUND
         }
-    });
+    };
     if key.direction == DIRECTION_INBOUND {
         key.port = local_port;
     }
@@ -123,13 +139,17 @@ pub(crate) fn read_kernel<T>(base: *const u8, offset: u16) -> Result<T, ReadErro
         .map_err(|_| ReadError)
 }
 
-/// `N` bytes of the sock_common head at `offset`. The offset is a frozen read-only global, so
-/// the verifier knows it; the check keeps the access inside the buffer for any value.
+/// `N` bytes of `buf` (a struct's span read in one helper call) at `offset`. The offset comes
+/// from a frozen read-only global, so the verifier knows it; the check keeps the access inside
+/// the buffer for any value.
 #[inline(always)]
-fn head_bytes<const N: usize>(head: &[u8; HEAD], offset: u16) -> Result<[u8; N], ReadError> {
+pub(crate) fn bytes_at<const N: usize, const L: usize>(
+    buf: &[u8; L],
+    offset: u16,
+) -> Result<[u8; N], ReadError> {
     let start = usize::from(offset);
     let mut out = [0u8; N];
-    out.copy_from_slice(head.get(start..start + N).ok_or(ReadError)?);
+    out.copy_from_slice(buf.get(start..start + N).ok_or(ReadError)?);
     Ok(out)
 }
 

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    FileId, FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT, PROG_COUNT,
-    PortRange, UdpDest,
+    AgentState, FileId, FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT,
+    PROG_COUNT, PortRange, UdpDest,
 };
 
 /// Bytes sent and received per (process, remote address, port, protocol, direction).
@@ -88,17 +88,24 @@ pub(crate) static KERNEL_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entrie
 #[map]
 pub(crate) static KERNEL_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_COUNT, 0);
 
-/// The running agent's thread group id, so that it never counts its own traffic. A map, not
-/// a load-time constant: pinned programs outlive the agent that loaded them, and each new
-/// agent writes its own id here at start. Key: index 0; written by the agent; read by every
-/// program that counts.
+/// The running agent ([`AgentState`]): its thread group id, so that it never counts its own
+/// traffic, and its generation, so that it is sent the paths of files read before it started.
+/// A map, not a load-time constant: pinned programs outlive the agent that loaded them, and
+/// each new agent writes itself here at start. Key: index 0; written by the agent; read by
+/// every program that counts (an array lookup the JIT inlines).
 #[map]
-pub(crate) static AGENT: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static AGENT: Array<AgentState> = Array::with_max_entries(1, 0);
+
+/// The running agent, or a zero state before the first one wrote itself.
+#[inline(always)]
+pub(crate) fn agent() -> AgentState {
+    AGENT.get(0).copied().unwrap_or_default()
+}
 
 /// Whether `tgid` is the running agent.
 #[inline(always)]
 pub(crate) fn is_agent(tgid: u32) -> bool {
-    AGENT.get(0).is_some_and(|agent| *agent == tgid)
+    agent().tgid == tgid
 }
 
 /// Field offsets of the running kernel, read by the agent from BTF.

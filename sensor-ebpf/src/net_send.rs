@@ -58,7 +58,7 @@ fn try_sock_send_length(ctx: &RawTracePointContext) -> Result<(), ReadError> {
         received: 0,
         recvs: 0,
     };
-    account(&oriented(endpoint, sk), &delta);
+    account(&oriented(endpoint), &delta);
     Ok(())
 }
 
@@ -90,7 +90,7 @@ fn try_sock_recv_length(ctx: &RawTracePointContext) -> Result<(), ReadError> {
         received: ret as u64,
         recvs: 1,
     };
-    account(&oriented(endpoint, sk), &delta);
+    account(&oriented(endpoint), &delta);
     Ok(())
 }
 

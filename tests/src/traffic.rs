@@ -53,6 +53,15 @@ impl Proc {
             .map_err(|_| anyhow::anyhow!("{}: cannot parse {rest:?}", self.what))
     }
 
+    /// Tells a holding helper to go on (one line on its stdin).
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().context("stdin already closed")?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
     /// Closes stdin (a holding sender then exits) and waits for the exit.
     pub fn finish(mut self) -> anyhow::Result<()> {
         drop(self.stdin.take());

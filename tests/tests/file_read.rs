@@ -127,3 +127,54 @@ fn a_reader_gone_before_the_poll_still_has_its_path() {
     assert_eq!(row.comm, "exfil-traffic");
     std::fs::remove_file(&path).expect("cleanup");
 }
+
+/// A restarted agent knows no path: a file a process started reading under the previous
+/// agent has its path sent again on the process's next read, and its bytes continue.
+#[test]
+fn a_file_read_across_a_restart_keeps_its_path() {
+    require_root();
+    let (path, device, inode) = test_file("read-across-restart.bin");
+    let mut agent = Agent::start().expect("agent");
+    let mut reader = traffic!()
+        .send(&["read", path.to_str().expect("utf-8"), "4096", "halves"])
+        .expect("reader");
+    assert_eq!(reader.expect_line::<u64>("half").expect("half"), SIZE / 2);
+    let pid = reader.pid();
+    let row = |agent: &Agent| {
+        agent
+            .files()
+            .expect("API")
+            .into_iter()
+            .find(|f| f.pid == pid && f.device == device && f.inode == inode)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && row(&agent).is_none_or(|r| r.path.is_none()) {
+        std::thread::sleep(POLL);
+    }
+    assert!(
+        row(&agent).is_some_and(|r| r.path.is_some()),
+        "the first agent saw the file"
+    );
+
+    agent
+        .kill_and_restart(Duration::from_millis(100))
+        .expect("restart");
+    reader.resume().expect("resume");
+    assert_eq!(reader.expect_line::<u64>("read").expect("read"), SIZE);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && row(&agent).is_none_or(|r| r.path.is_none() || r.bytes_read < SIZE)
+    {
+        std::thread::sleep(POLL);
+    }
+    let row = row(&agent).expect("a row under the restarted agent");
+    let real = std::fs::canonicalize(&path).expect("canonical path");
+    assert_eq!(
+        row.path.as_deref(),
+        real.to_str(),
+        "sent again to the new agent"
+    );
+    assert_eq!(row.bytes_read, SIZE, "both halves, across the restart");
+    reader.finish().expect("reader exits cleanly");
+    std::fs::remove_file(&path).expect("cleanup");
+}

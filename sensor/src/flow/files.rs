@@ -137,6 +137,8 @@ mod tests {
             next: 2_442,
             bytes,
             reads: 10_001,
+            path_generation: 1,
+            _pad: 0,
         };
         table.apply(&[(key, read(4_096))], &[], &Reader);
         table.apply(&[(key, read(10_000_019))], &[(42, 777)], &Reader);

@@ -1,7 +1,7 @@
 //! What the programs need to know about the running kernel, read at start: struct field
 //! offsets from BTF, and the ephemeral port range.
 
-use sensor_common::{KernelLayout, PortRange, SOCK_HEAD_LEN};
+use sensor_common::{INODE_SPAN_LEN, KernelLayout, PortRange, SOCK_HEAD_LEN};
 
 use super::btf::Btf;
 
@@ -57,6 +57,20 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
             return Err(format!(
                 "sock_common.{field} at {at} lies outside the first {SOCK_HEAD_LEN} bytes the \
                  socket programs read"
+            ));
+        }
+    }
+    let inode = [
+        ("i_sb", layout.inode_sb, 8),
+        ("i_ino", layout.inode_ino, 8),
+        ("i_size", layout.inode_size, 8),
+    ];
+    let base = inode.iter().map(|(_, at, _)| *at).min().unwrap_or(0);
+    for (field, at, size) in inode {
+        if at - base + size > INODE_SPAN_LEN {
+            return Err(format!(
+                "inode.{field} at {at}: i_sb, i_ino and i_size must lie within the \
+                 {INODE_SPAN_LEN} bytes the file programs read in one call"
             ));
         }
     }

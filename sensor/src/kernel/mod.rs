@@ -14,8 +14,8 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    FileId, FileKey, FilePathEvent, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT,
-    PROG_COUNT, ProcessEvent,
+    AgentState, FileId, FileKey, FilePathEvent, FileRead, FlowCounters, FlowKey, KernelLayout,
+    MAP_COUNT, PROG_COUNT, ProcessEvent,
 };
 use thiserror::Error;
 
@@ -124,14 +124,7 @@ impl Sensor {
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         // Before any program runs (or keeps running) under this agent: it must not count itself.
-        let mut agent: Array<&mut MapData, u32> = Array::try_from(
-            ebpf.map_mut("AGENT")
-                .ok_or(KernelError::MissingMap("AGENT"))?,
-        )
-        .map_err(map_err("AGENT"))?;
-        agent
-            .set(0, std::process::id(), 0)
-            .map_err(map_err("AGENT"))?;
+        announce_agent(&mut ebpf)?;
         if reuse != Reuse::Fresh {
             tracing::info!(pins = %options.pin_dir.display(), "continuing the pinned totals");
         }
@@ -156,7 +149,6 @@ impl Sensor {
             })
             .collect();
         pins.retire_other_builds()?;
-        forget_sent_paths(&mut ebpf)?;
         let file_paths = RingBuf::try_from(
             ebpf.take_map("FILE_PATHS")
                 .ok_or(KernelError::MissingMap("FILE_PATHS"))?,
@@ -249,8 +241,36 @@ fn drain<T: aya::Pod>(ring: &mut RingBuf<MapData>) -> Vec<T> {
     records
 }
 
-/// Empties `PATH_SENT`, so that this agent, which knows no path yet, is sent each file's
-/// path on its next read.
+/// Writes this agent into `AGENT`: its tgid at once, so that the programs stop counting it,
+/// then, once `PATH_SENT` is empty, a generation one past the previous agent's, so that each
+/// file read before this agent started has its path sent on its next read.
+fn announce_agent(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    let tgid = std::process::id();
+    let previous = {
+        let mut agent = agent_map(ebpf)?;
+        let previous = agent.get(&0, 0).map_err(map_err("AGENT"))?;
+        agent
+            .set(0, AgentState { tgid, ..previous }, 0)
+            .map_err(map_err("AGENT"))?;
+        previous
+    };
+    forget_sent_paths(ebpf)?;
+    let state = AgentState {
+        tgid,
+        generation: previous.generation.wrapping_add(1),
+    };
+    agent_map(ebpf)?.set(0, state, 0).map_err(map_err("AGENT"))
+}
+
+fn agent_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, AgentState>, KernelError> {
+    Array::try_from(
+        ebpf.map_mut("AGENT")
+            .ok_or(KernelError::MissingMap("AGENT"))?,
+    )
+    .map_err(map_err("AGENT"))
+}
+
+/// Empties `PATH_SENT`: this agent knows no path yet.
 fn forget_sent_paths(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     let mut sent: HashMap<&mut MapData, FileId, u8> = HashMap::try_from(
         ebpf.map_mut("PATH_SENT")

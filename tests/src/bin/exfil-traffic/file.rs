@@ -58,6 +58,25 @@ pub(crate) fn read_file(path: &str, chunk: usize, via: &str) -> anyhow::Result<(
                 n => total += n,
             }
         },
+        // The first half, a pause until told to go on (a line on stdin), then the rest.
+        "halves" => {
+            let half = size / 2;
+            while total < half {
+                let want = buf.len().min(half - total);
+                match file.read(&mut buf[..want])? {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+            say(&format!("half {total}"))?;
+            hold()?;
+            loop {
+                match file.read(&mut buf)? {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+        }
         "pread" => {
             while total < size {
                 match file.read_at(&mut buf, total as u64)? {
