@@ -1,21 +1,14 @@
 //! exfil-sensor: counts the bytes each process reads from files and sends to each remote
 //! destination, in kernel maps, and serves them to Prometheus and to incident responders.
 
-mod cli;
-mod config;
-mod daemon;
-mod flow;
-mod http;
-mod kernel;
-mod metrics;
-
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 
-use crate::{
+use sensor::{
     cli::{Cli, Command, ConfigCommand, LogFormat},
-    config::Config,
+    config::{self, Config},
+    daemon,
 };
 
 fn main() -> ExitCode {

@@ -37,6 +37,20 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The bench's UDP load generator (run by `bench` inside its namespace).
+    #[command(hide = true)]
+    Flood {
+        #[arg(long)]
+        destinations: u32,
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// Setup, unit tests, then the end-to-end tests against the real kernel (root only).
     Test {
         /// Only the unit tests (no root needed).
@@ -51,6 +65,19 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Run { args } => run(&args),
         Task::Test { unit } => test(unit),
+        Task::Flood {
+            destinations,
+            rate,
+            seconds,
+            threads,
+            size,
+        } => bench::flood::run(bench::flood::Flood {
+            destinations,
+            rate,
+            seconds,
+            threads,
+            size,
+        }),
         Task::Bench { quick } => require_root("bench")
             .and_then(|()| setup::run())
             .and_then(|()| bench::run(quick)),

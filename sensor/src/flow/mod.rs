@@ -141,6 +141,10 @@ impl FlowTable {
         self.flows.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
     /// Each flow's key, process and running totals.
     pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &Process, &FlowCounters)> {
         self.flows

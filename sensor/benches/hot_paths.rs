@@ -1,0 +1,101 @@
+//! Micro-benchmarks of the agent's pure hot paths, run by `cargo bench -p sensor`:
+//! folding one poll's kernel totals into the flow table, and exporting them as metrics.
+//! (The journal's encode and decode join here once the journal exists.)
+
+use std::{hint::black_box, time::SystemTime};
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use sensor::{
+    flow::{
+        FlowTable,
+        identity::{Process, ProcessSource},
+    },
+    kernel::KernelSums,
+    metrics::Metrics,
+};
+use sensor_common::{DIRECTION_OUTBOUND, FAMILY_IPV4, FlowCounters, FlowKey, PROTO_UDP};
+
+/// Process `pid` belongs to service `pid % SERVICES`.
+const SERVICES: u32 = 100;
+
+struct Services;
+impl ProcessSource for Services {
+    fn process(&self, pid: u32) -> Option<Process> {
+        Some(Process {
+            comm: "sender".into(),
+            exe: "/usr/bin/sender".into(),
+            service: format!("svc-{}.service", pid % SERVICES),
+        })
+    }
+}
+
+/// `n` flows spread over the services' processes, each with `sent` bytes.
+fn sums(n: u32, sent: u64) -> Vec<(FlowKey, FlowCounters)> {
+    (0..n)
+        .map(|i| {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&[198, 51, (i >> 8) as u8, i as u8]);
+            let key = FlowKey {
+                tgid: 1_000 + i % (SERVICES * 2),
+                port: 10_000 + (i % 500) as u16,
+                family: FAMILY_IPV4,
+                protocol: PROTO_UDP,
+                addr,
+                direction: DIRECTION_OUTBOUND,
+                _pad: [0; 7],
+            };
+            let counters = FlowCounters {
+                sent: sent + u64::from(i),
+                sends: sent / 64,
+                received: 0,
+                recvs: 0,
+            };
+            (key, counters)
+        })
+        .collect()
+}
+
+fn table(flows: &[(FlowKey, FlowCounters)]) -> FlowTable {
+    let mut table = FlowTable::default();
+    table.apply(SystemTime::UNIX_EPOCH, flows, &[], &Services);
+    table
+}
+
+/// One poll of a steady table: every flow known, every counter moved.
+fn poll(c: &mut Criterion) {
+    for n in [10_000, 100_000] {
+        let before = sums(n, 1_000);
+        let after = sums(n, 2_000);
+        c.bench_function(&format!("flow table: one poll, {n} flows"), |b| {
+            b.iter_batched_ref(
+                || table(&before),
+                |table| table.apply(SystemTime::UNIX_EPOCH, black_box(&after), &[], &Services),
+                BatchSize::LargeInput,
+            );
+        });
+    }
+}
+
+/// Exporting a poll and rendering `/metrics` with every service at its destination cap
+/// (20 own series plus `other`): 100 services, 100,000 flows behind them.
+fn metrics(c: &mut Criterion) {
+    let flows = sums(100_000, 1_000);
+    let table = table(&flows);
+    let mut metrics = Metrics::new(20);
+    let kernel = KernelSums::default();
+    metrics.observe(&table, &kernel, std::time::Duration::ZERO);
+    let moved = self::table(&sums(100_000, 2_000));
+    c.bench_function(
+        "metrics: export one poll, 100k known flows at the cap",
+        |b| {
+            b.iter(|| metrics.observe(black_box(&moved), &kernel, std::time::Duration::ZERO));
+        },
+    );
+    let registry = metrics.registry();
+    c.bench_function("metrics: render /metrics at the cap (2,100 series)", |b| {
+        b.iter(|| black_box(Metrics::render(&registry)));
+    });
+}
+
+criterion_group!(benches, poll, metrics);
+criterion_main!(benches);
