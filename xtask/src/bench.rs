@@ -328,14 +328,29 @@ impl Drop for Running {
         let (Self::Sensor(child) | Self::Peer(child)) = self else {
             return;
         };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-        }
-        let _ = child.wait();
+        stop(child);
         // The sensor's programs are pinned: remove them, or "off" would still run them.
         let _ = std::fs::remove_dir_all(PIN_DIR);
     }
+}
+
+/// SIGINT, then SIGKILL if the child is still there 5 s later (bpftrace has been seen to miss
+/// a SIGINT on this VM, and a bench must not hang on it).
+fn stop(child: &mut Child) {
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn wait_healthy() -> anyhow::Result<()> {

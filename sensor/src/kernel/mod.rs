@@ -1,6 +1,7 @@
 //! The kernel edge: load the eBPF object with this kernel's layout, attach the probes, and
 //! read the sums out of the maps. Nothing above this module touches BPF.
 
+mod batch;
 pub mod btf;
 pub mod host;
 mod layout;
@@ -45,6 +46,16 @@ pub enum KernelError {
     MissingMap(&'static str),
     #[error("reading map {map}: {cause}")]
     Map { map: &'static str, cause: MapError },
+    #[error("reading map {map} in batches: {cause}")]
+    Batch {
+        map: &'static str,
+        cause: std::io::Error,
+    },
+    #[error("counting the possible CPUs ({what}): {cause}")]
+    Cpus {
+        what: &'static str,
+        cause: std::io::Error,
+    },
 }
 
 /// Sizes and switches the agent's config gives the kernel side.
@@ -82,6 +93,8 @@ pub struct Sensor {
     probes: Vec<ProbeStatus>,
     process_events: RingBuf<MapData>,
     file_paths: RingBuf<MapData>,
+    /// Possible CPUs: the number of values per key of a per-CPU map.
+    cpus: usize,
 }
 
 impl Sensor {
@@ -159,11 +172,14 @@ impl Sensor {
                 .ok_or(KernelError::MissingMap("PROCESS_EVENTS"))?,
         )
         .map_err(map_err("PROCESS_EVENTS"))?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, cause)| KernelError::Cpus { what, cause })?;
         Ok(Self {
             ebpf,
             probes,
             process_events,
             file_paths,
+            cpus,
         })
     }
 
@@ -174,12 +190,16 @@ impl Sensor {
 
     /// Reads every running total, summing the per-CPU values.
     pub fn read(&self) -> Result<KernelSums, KernelError> {
-        let flows: PerCpuHashMap<&MapData, FlowKey, FlowCounters> =
-            PerCpuHashMap::try_from(self.map("FLOWS")?).map_err(map_err("FLOWS"))?;
         let mut sums = KernelSums::default();
-        for entry in flows.iter() {
-            let (key, per_cpu) = entry.map_err(map_err("FLOWS"))?;
-            sums.flows.push((key, sum_counters(&per_cpu)));
+        if let Some(flows) = self.batched("FLOWS", self.cpus, sum_counters)? {
+            sums.flows = flows;
+        } else {
+            let flows: PerCpuHashMap<&MapData, FlowKey, FlowCounters> =
+                PerCpuHashMap::try_from(self.map("FLOWS")?).map_err(map_err("FLOWS"))?;
+            for entry in flows.iter() {
+                let (key, per_cpu) = entry.map_err(map_err("FLOWS"))?;
+                sums.flows.push((key, sum_counters(&per_cpu)));
+            }
         }
         let overflow: PerCpuHashMap<&MapData, u32, FlowCounters> =
             PerCpuHashMap::try_from(self.map("FLOW_OVERFLOW")?)
@@ -198,10 +218,14 @@ impl Sensor {
             &mut sums.errors,
         )?;
         read_counter_array(self.map("KERNEL_DROPS")?, "KERNEL_DROPS", &mut sums.drops)?;
-        let files: HashMap<&MapData, FileKey, FileRead> =
-            HashMap::try_from(self.map("FILE_READS")?).map_err(map_err("FILE_READS"))?;
-        for entry in files.iter() {
-            sums.file_reads.push(entry.map_err(map_err("FILE_READS"))?);
+        if let Some(reads) = self.batched("FILE_READS", 1, |one: &[FileRead]| one[0])? {
+            sums.file_reads = reads;
+        } else {
+            let files: HashMap<&MapData, FileKey, FileRead> =
+                HashMap::try_from(self.map("FILE_READS")?).map_err(map_err("FILE_READS"))?;
+            for entry in files.iter() {
+                sums.file_reads.push(entry.map_err(map_err("FILE_READS"))?);
+            }
         }
         let file_overflow: PerCpuHashMap<&MapData, u32, u64> =
             PerCpuHashMap::try_from(self.map("FILE_OVERFLOW")?)
@@ -221,6 +245,24 @@ impl Sensor {
     /// Every file path the kernel sent since the last call.
     pub fn drain_file_paths(&mut self) -> Vec<FilePathEvent> {
         drain(&mut self.file_paths)
+    }
+
+    /// The whole hash map `name` read in batches, or `None` on a kernel without batch
+    /// lookups (before 5.6), for the caller to walk it key by key.
+    fn batched<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        slots: usize,
+        fold: impl Fn(&[V]) -> V,
+    ) -> Result<Option<Vec<(K, V)>>, KernelError> {
+        let Some(fd) = batch::map_fd(self.map(name)?) else {
+            return Ok(None);
+        };
+        match batch::lookup_all(fd, slots, fold) {
+            Ok(entries) => Ok(Some(entries)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(cause) => Err(KernelError::Batch { map: name, cause }),
+        }
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {

@@ -287,11 +287,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-        }
-        let _ = self.0.wait();
+        super::stop(&mut self.0);
         let _ = std::fs::remove_dir_all(PIN_DIR);
     }
 }
