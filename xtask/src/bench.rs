@@ -438,13 +438,55 @@ impl Drop for Server {
 /// over 4 KiB reads and 1 KiB sends.
 fn kernel_costs(plan: &Plan, data: &Path) -> anyhow::Result<BTreeMap<String, (u64, f64)>> {
     let _running = Running::start(Config::Sensor, "")?;
+    program_costs_during(OUR_PROGRAMS, || {
+        dd(data, "4k")?;
+        iperf(plan, "1K").map(drop)
+    })
+}
+
+/// ns per run of an empty program (bpftrace's `{}` on `filemap:mm_filemap_get_pages`) over
+/// one 4 KiB `dd`: what any program costs on this machine before it does anything.
+fn empty_program_cost(data: &Path) -> anyhow::Result<f64> {
+    let _running = Running::start(Config::Peer, "tracepoint:filemap:mm_filemap_get_pages { }")?;
+    let costs = program_costs_during(&["mm_filemap_get_"], || dd(data, "4k").map(drop))?;
+    let (ns, runs) = costs.values().fold((0.0, 0), |(ns, runs), (r, per_run)| {
+        (ns + per_run * *r as f64, runs + r)
+    });
+    if runs == 0 {
+        bail!("the empty bpftrace program never ran");
+    }
+    Ok(ns / runs as f64)
+}
+
+/// Our programs' names as bpftool shows them (the kernel keeps 15 characters).
+const OUR_PROGRAMS: &[&str] = &[
+    "sock_send_lengt",
+    "sock_recv_lengt",
+    "inet_sock_set_s",
+    "mm_filemap_get_",
+    "mm_filemap_map_",
+    "mm_filemap_faul",
+    "iomap_dio_rw_be",
+    "sched_process_e",
+    "sched_process_f",
+    "udp_sendmsg4",
+    "udp_sendmsg6",
+];
+
+/// (runs, ns per run) of each loaded program whose name starts with one of `names`, over
+/// `work`, with `kernel.bpf_stats_enabled=1` only for that long (the statistics slow every
+/// program down).
+pub(crate) fn program_costs_during(
+    names: &[&str],
+    work: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<BTreeMap<String, (u64, f64)>> {
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-    let before = prog_stats()?;
-    let measured = dd(data, "4k").and_then(|_| iperf(plan, "1K"));
-    let after = prog_stats();
+    let before = prog_stats_named(names);
+    let worked = work();
+    let after = prog_stats_named(names);
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
-    measured?;
-    let after = after?;
+    worked?;
+    let (before, after) = (before?, after?);
     Ok(after
         .into_iter()
         .filter_map(|(name, (ns, runs))| {
@@ -453,47 +495,6 @@ fn kernel_costs(plan: &Plan, data: &Path) -> anyhow::Result<BTreeMap<String, (u6
             Some((name, (runs, (ns - ns0) as f64 / runs as f64)))
         })
         .collect())
-}
-
-/// ns per run of an empty program (bpftrace's `{}` on `filemap:mm_filemap_get_pages`) over
-/// one 4 KiB `dd`: what any program costs on this machine before it does anything.
-fn empty_program_cost(data: &Path) -> anyhow::Result<f64> {
-    let _running = Running::start(Config::Peer, "tracepoint:filemap:mm_filemap_get_pages { }")?;
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-    let before = prog_stats_named(&["mm_filemap_get_"]);
-    let measured = dd(data, "4k");
-    let after = prog_stats_named(&["mm_filemap_get_"]);
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
-    measured?;
-    let (before, after) = (before?, after?);
-    let (ns, runs) = after
-        .values()
-        .fold((0, 0), |(n, r), (n1, r1)| (n + n1, r + r1));
-    let (ns0, runs0) = before
-        .values()
-        .fold((0, 0), |(n, r), (n1, r1)| (n + n1, r + r1));
-    let runs = runs - runs0;
-    if runs == 0 {
-        bail!("the empty bpftrace program never ran");
-    }
-    Ok((ns - ns0) as f64 / runs as f64)
-}
-
-/// bpftool's run time and count per loaded program of ours (by name, as pinned).
-fn prog_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
-    prog_stats_named(&[
-        "sock_send_lengt",
-        "sock_recv_lengt",
-        "inet_sock_set_s",
-        "mm_filemap_get_",
-        "mm_filemap_map_",
-        "mm_filemap_faul",
-        "iomap_dio_rw_be",
-        "sched_process_e",
-        "sched_process_f",
-        "udp_sendmsg4",
-        "udp_sendmsg6",
-    ])
 }
 
 /// Run time and count of each loaded program whose name starts with one of `ours`.

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{PIN_DIR, flood::Flood, prog_stats};
+use super::{PIN_DIR, flood::Flood, program_costs_during};
 use crate::{status, workspace_root};
 
 const NS: &str = "exfil-flood";
@@ -123,22 +123,9 @@ pub fn run(seconds: u64) -> anyhow::Result<Load> {
 /// tracepoint), in a run of its own: the statistics slow every program down.
 fn program_costs(flood: Flood) -> anyhow::Result<BTreeMap<String, (u64, f64)>> {
     let _agent = Agent::start()?;
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-    let before = prog_stats();
-    let sent = Sender::start(flood).and_then(|mut sender| sender.result());
-    let after = prog_stats();
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
-    sent?;
-    let (before, after) = (before?, after?);
-    Ok(after
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("udp_sendmsg") || name.starts_with("sock_send"))
-        .filter_map(|(name, (ns, runs))| {
-            let (ns0, runs0) = before.get(&name).copied().unwrap_or((0, 0));
-            let runs = runs.checked_sub(runs0).filter(|r| *r > 0)?;
-            Some((name, (runs, (ns - ns0) as f64 / runs as f64)))
-        })
-        .collect())
+    program_costs_during(&["udp_sendmsg", "sock_send_lengt"], || {
+        Sender::start(flood)?.result().map(drop)
+    })
 }
 
 fn measure(name: &str, flood: Flood, scrape: bool) -> anyhow::Result<Phase> {
