@@ -92,10 +92,17 @@ fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError>
             whole
         }
     };
-    if let Some(state) = FILE_READS.get_ptr_mut(key) {
-        // SAFETY: a live entry; a race between two threads of one process reading one file
-        // at the same instant can misplace a run boundary, never corrupt memory.
-        let state = unsafe { &mut *state };
+    let fresh = || FileRead {
+        run_start: first,
+        next: last + 1,
+        bytes: span(first),
+        reads: 1,
+        path_generation: 0,
+        _pad: 0,
+    };
+    // A race between two threads of one process reading one file at the same instant can
+    // misplace a run boundary, never corrupt memory.
+    record(&key, inode, agent.generation, &layout, fresh, |state| {
         let from = if first >= state.run_start && first <= state.next {
             // Within or right after the run: only what lies past it is new.
             state.next
@@ -108,21 +115,7 @@ fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError>
             state.reads += 1;
             state.next = last + 1;
         }
-        return path_for_agent(state, inode, &key, agent.generation, &layout);
-    }
-    send_path_once(inode, &key, &layout)?;
-    insert(
-        &key,
-        &FileRead {
-            run_start: first,
-            next: last + 1,
-            bytes: span(first),
-            reads: 1,
-            path_generation: agent.generation,
-            _pad: 0,
-        },
-    );
-    Ok(())
+    })
 }
 
 #[raw_tracepoint(tracepoint = "iomap_dio_rw_begin")]
@@ -162,27 +155,19 @@ fn try_direct(iocb: *const u8, iter: *const u8) -> Result<(), ReadError> {
         return Ok(());
     }
     let key = fields.key(tgid, &layout)?;
-    if let Some(state) = FILE_READS.get_ptr_mut(key) {
-        // SAFETY: a live entry (see `try_pages` on races). Direct reads leave the page run
-        // alone: they never pass the page cache.
-        let state = unsafe { &mut *state };
+    let fresh = || FileRead {
+        run_start: 0,
+        next: 0,
+        bytes,
+        reads: 1,
+        path_generation: 0,
+        _pad: 0,
+    };
+    // Direct reads leave the page run alone: they never pass the page cache.
+    record(&key, inode, agent.generation, &layout, fresh, |state| {
         state.bytes += bytes;
         state.reads += 1;
-        return path_for_agent(state, inode, &key, agent.generation, &layout);
-    }
-    send_path_once(inode, &key, &layout)?;
-    insert(
-        &key,
-        &FileRead {
-            run_start: 0,
-            next: 0,
-            bytes,
-            reads: 1,
-            path_generation: agent.generation,
-            _pad: 0,
-        },
-    );
-    Ok(())
+    })
 }
 
 /// The `struct inode` fields every read needs, from one helper call.
@@ -217,20 +202,37 @@ impl InodeFields {
     }
 }
 
-/// An entry counted before this agent started has its path sent once more: the agent that
-/// learnt it is gone. One compare on every read after that.
+/// Adds a read to the key's entry with `add`, or creates the entry from `fresh` after sending
+/// the file's path. An entry counted before this agent started (another `generation`) has
+/// its path sent once more: the agent that learnt it is gone. One compare on every read after
+/// that.
 #[inline(always)]
-fn path_for_agent(
-    state: &mut FileRead,
-    inode: *const u8,
+fn record(
     key: &FileKey,
+    inode: *const u8,
     generation: u32,
     layout: &KernelLayout,
+    fresh: impl FnOnce() -> FileRead,
+    add: impl FnOnce(&mut FileRead),
 ) -> Result<(), ReadError> {
-    if state.path_generation != generation {
-        send_path_once(inode, key, layout)?;
-        state.path_generation = generation;
+    if let Some(state) = FILE_READS.get_ptr_mut(key) {
+        // SAFETY: a live entry of a plain hash map; see the callers on concurrent readers.
+        let state = unsafe { &mut *state };
+        add(state);
+        if state.path_generation != generation {
+            send_path_once(inode, key, layout)?;
+            state.path_generation = generation;
+        }
+        return Ok(());
     }
+    send_path_once(inode, key, layout)?;
+    insert(
+        key,
+        &FileRead {
+            path_generation: generation,
+            ..fresh()
+        },
+    );
     Ok(())
 }
 
