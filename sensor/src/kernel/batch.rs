@@ -60,11 +60,14 @@ pub fn lookup_all<K: Pod, V: Pod>(
     // The kernel's opaque position: for a hash map, a bucket index.
     let mut token = 0u64;
     let mut first = true;
+    // SAFETY: K and V are plain old data; all-zero is a valid value of each.
+    let (zero_key, zero_value): (K, V) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // Buffers for one batch, reused by the next.
+    let mut keys: Vec<K> = Vec::new();
+    let mut values: Vec<V> = Vec::new();
     loop {
-        // SAFETY: K and V are plain old data; all-zero is a valid value of each.
-        let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; batch];
-        // SAFETY: as above.
-        let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; batch * slots];
+        keys.resize(batch, zero_key);
+        values.resize(batch * slots, zero_value);
         let mut next = 0u64;
         let mut attr = BatchAttr {
             in_batch: if first {
@@ -100,8 +103,8 @@ pub fn lookup_all<K: Pod, V: Pod>(
             Some(_) => return Err(error.unwrap_or_else(io::Error::last_os_error)),
         }
         let filled = attr.count as usize;
-        for (i, key) in keys.into_iter().take(filled).enumerate() {
-            entries.push((key, fold(&values[i * slots..(i + 1) * slots])));
+        for (key, values) in keys.iter().zip(values.chunks_exact(slots)).take(filled) {
+            entries.push((*key, fold(values)));
         }
         if error.is_some() {
             return Ok(entries); // ENOENT: past the last bucket
