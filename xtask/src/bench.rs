@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -297,7 +297,7 @@ impl Running {
                     .stderr(Stdio::null())
                     .spawn()?;
                 let running = Self::Sensor(child);
-                wait_healthy()?;
+                wait_healthy(LISTEN)?;
                 Ok(running)
             }
             Config::Peer => {
@@ -354,20 +354,36 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn wait_healthy() -> anyhow::Result<()> {
+/// Waits up to 20 s for the sensor listening on `listen` to answer `/healthz` with 200.
+pub(crate) fn wait_healthy(listen: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(mut conn) = std::net::TcpStream::connect(LISTEN) {
-            let _ = conn.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
-            let mut answer = String::new();
-            let _ = conn.read_to_string(&mut answer);
-            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
+    loop {
+        let healthy = std::net::TcpStream::connect(listen)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut conn| http_get(&mut conn, "/healthz"));
+        if healthy.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the sensor was not healthy within 20 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("the sensor was not healthy within 20 s")
+}
+
+/// An HTTP/1.0 GET of `path`, returning the body of a 200 answer (the server closes the
+/// connection after it).
+pub(crate) fn http_get(conn: &mut (impl Read + Write), path: &str) -> anyhow::Result<String> {
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .context("an HTTP answer without a body")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_owned())
 }
 
 /// The namespace host the TCP benches send to, removed on drop.

@@ -10,7 +10,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read, Write},
+    io::{BufRead as _, BufReader},
     os::unix::net::UnixStream,
     process::{Child, ChildStdin, Command, Stdio},
     time::{Duration, Instant},
@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{PIN_DIR, flood::Flood, program_costs_during};
+use super::{PIN_DIR, flood::Flood, http_get, program_costs_during, wait_healthy};
 use crate::{status, workspace_root};
 
 const NS: &str = "exfil-flood";
@@ -181,13 +181,7 @@ impl Agent {
             .spawn()
             .context("starting the sensor")?;
         let agent = Self(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while get_tcp("/healthz").is_err() {
-            if Instant::now() > deadline {
-                bail!("the sensor was not healthy within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_healthy(LISTEN)?;
         Ok(agent)
     }
 
@@ -364,24 +358,10 @@ impl Drop for DummyNamespace {
 
 fn get_tcp(path: &str) -> anyhow::Result<String> {
     let mut conn = std::net::TcpStream::connect(LISTEN)?;
-    request(&mut conn, path)
+    http_get(&mut conn, path)
 }
 
 fn get_unix(path: &str) -> anyhow::Result<String> {
     let mut conn = UnixStream::connect(API).with_context(|| API)?;
-    request(&mut conn, path)
-}
-
-/// An HTTP/1.0 GET: the server closes the connection after the body.
-fn request(conn: &mut (impl Read + Write), path: &str) -> anyhow::Result<String> {
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer)?;
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .context("an HTTP answer without a body")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
-    }
-    Ok(body.to_owned())
+    http_get(&mut conn, path)
 }
