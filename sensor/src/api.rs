@@ -1,0 +1,171 @@
+//! The JSON API's records (shared/CONTRACT.md): what the agent serves on its socket and what
+//! `exfil-sensor flows|files|alerts|top` read back. Plain data, built on request.
+
+use serde::{Deserialize, Serialize};
+
+/// One flow: a process's traffic with one remote address, port, protocol and direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// The process id (TGID).
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    /// The process's real uid, when it was read while the process ran.
+    pub uid: Option<u32>,
+    pub service: String,
+    /// The remote address as IP text, or `other`: bytes of this service whose destination
+    /// the kernel or the agent had no room to keep apart.
+    pub destination: String,
+    /// `loopback`, `internal` or `external` (config `[networks]`); `other` for the other row.
+    pub class: String,
+    /// The remote port of an outbound flow, the local port of an inbound one.
+    pub port: u16,
+    /// `tcp`, `udp` or `other`.
+    pub protocol: String,
+    /// `outbound` (this host connected) or `inbound` (this host accepted).
+    pub direction: String,
+    /// Exact bytes sent since the agent (or its pinned maps) started.
+    pub bytes_sent: u64,
+    pub sends: u64,
+    pub bytes_received: u64,
+    pub recvs: u64,
+    /// RFC 3339, UTC, seconds.
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// One (process, file) read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub service: String,
+    /// The file's path once the kernel told it; `null` until then, and on the other row.
+    pub path: Option<String>,
+    /// `mail_store`, `records`, `secrets`, `other`, or a class the config adds.
+    pub class: String,
+    /// `major:minor` of the file's device; `other` on the row of reads the kernel or the
+    /// agent had no room to keep apart.
+    pub device: String,
+    pub inode: u64,
+    /// Bytes read: each page of a sequential run once, the last page clipped to the size.
+    pub bytes_read: u64,
+    pub reads: u64,
+}
+
+/// One alert (raised by detection, issue 8 on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub id: u64,
+    /// `burst`, `lineage`, `new_destination`, `baseline`, `slow_leak`, `budget`, `tamper`.
+    pub kind: String,
+    pub severity: String,
+    pub service: String,
+    pub pid: u32,
+    pub comm: String,
+    pub destination: String,
+    pub port: u16,
+    pub bytes: u64,
+    pub window_s: u64,
+    pub started_at: String,
+    pub raised_at: String,
+    pub summary: String,
+}
+
+/// One service's exact totals since the agent started, and its largest destinations now.
+/// What `exfil-sensor top` differences every second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub service: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_read: u64,
+    /// Flow rows the agent holds for it.
+    pub flows: u64,
+    /// Its destinations (all ports and processes summed), most bytes sent first, at most
+    /// `destinations` of the query (default 20).
+    pub destinations: Vec<DestinationRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationRecord {
+    pub destination: String,
+    pub class: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// The filters every list endpoint takes: `?service=&class=&limit=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Only rows of this service (exact name).
+    pub service: Option<String>,
+    /// Only rows of this class: destination class for flows, file class for files, alert
+    /// kind for alerts.
+    pub class: Option<String>,
+    /// At most this many rows, largest first.
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    pub fn keeps(&self, service: &str, class: &str) -> bool {
+        self.service.as_deref().is_none_or(|s| s == service)
+            && self.class.as_deref().is_none_or(|c| c == class)
+    }
+
+    /// The query string that asks for this filter (`""` when it keeps everything).
+    pub fn query_string(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = &self.service {
+            parts.push(format!("service={}", percent_encode(s)));
+        }
+        if let Some(c) = &self.class {
+            parts.push(format!("class={}", percent_encode(c)));
+        }
+        if let Some(l) = self.limit {
+            parts.push(format!("limit={l}"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_query_string_round_trips_unit_names() {
+        let f = Filter {
+            service: Some("postfix@-.service".into()),
+            class: Some("external".into()),
+            limit: Some(5),
+        };
+        assert_eq!(
+            f.query_string(),
+            "?service=postfix%40-.service&class=external&limit=5"
+        );
+        assert_eq!(Filter::default().query_string(), "");
+        assert!(f.keeps("postfix@-.service", "external"));
+        assert!(!f.keeps("postfix@-.service", "internal"));
+        assert!(!f.keeps("dovecot.service", "external"));
+    }
+}
