@@ -2,12 +2,18 @@
 //! folding one poll's kernel totals into the flow table, and exporting them as metrics.
 //! (The journal's encode and decode join here once the journal exists.)
 
-use std::{hint::black_box, time::SystemTime};
+use std::{
+    hint::black_box,
+    time::{Duration, SystemTime},
+};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use sensor::{
+    config::MetricsConfig,
     flow::{
         FlowTable,
+        class::Networks,
+        flows::Limits,
         identity::{Process, ProcessSource},
     },
     kernel::KernelSums,
@@ -24,7 +30,9 @@ impl ProcessSource for Services {
         Some(Process {
             comm: "sender".into(),
             exe: "/usr/bin/sender".into(),
+            uid: Some(0),
             service: format!("svc-{}.service", pid % SERVICES),
+            parents: Vec::new(),
         })
     }
 }
@@ -56,7 +64,11 @@ fn sums(n: u32, sent: u64) -> Vec<(FlowKey, FlowCounters)> {
 }
 
 fn table(flows: &[(FlowKey, FlowCounters)]) -> FlowTable {
-    let mut table = FlowTable::default();
+    let limits = Limits {
+        max_rows: 100_000,
+        idle_ttl: Duration::from_secs(600),
+    };
+    let mut table = FlowTable::new(limits, Networks::default());
     table.apply(SystemTime::UNIX_EPOCH, flows, &[], &Services);
     table
 }
@@ -76,19 +88,38 @@ fn poll(c: &mut Criterion) {
     }
 }
 
+/// Ending an interval: one record per moved flow, for detection and the journal.
+fn interval(c: &mut Criterion) {
+    let before = sums(100_000, 1_000);
+    let after = sums(100_000, 2_000);
+    c.bench_function("flow table: end an interval, 100k moved flows", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut t = table(&before);
+                t.tick(SystemTime::UNIX_EPOCH);
+                t.apply(SystemTime::UNIX_EPOCH, &after, &[], &Services);
+                t
+            },
+            |table| black_box(table.tick(SystemTime::UNIX_EPOCH)),
+            BatchSize::LargeInput,
+        );
+    });
+}
+
 /// Exporting a poll and rendering `/metrics` with every service at its destination cap
 /// (20 own series plus `other`): 100 services, 100,000 flows behind them.
 fn metrics(c: &mut Criterion) {
     let flows = sums(100_000, 1_000);
-    let table = table(&flows);
-    let mut metrics = Metrics::new(20);
+    let mut table = table(&flows);
+    let mut metrics = Metrics::new(&MetricsConfig::default());
     let kernel = KernelSums::default();
-    metrics.observe(&table, &kernel, std::time::Duration::ZERO);
-    let moved = self::table(&sums(100_000, 2_000));
+    let now = SystemTime::UNIX_EPOCH;
+    let moved = table.apply(now, &sums(100_000, 2_000), &[], &Services);
+    metrics.observe_poll(now, &moved, &[], &kernel, Duration::ZERO);
     c.bench_function(
-        "metrics: export one poll, 100k known flows at the cap",
+        "metrics: export one poll, 100k moved flows at the cap",
         |b| {
-            b.iter(|| metrics.observe(black_box(&moved), &kernel, std::time::Duration::ZERO));
+            b.iter(|| metrics.observe_poll(now, black_box(&moved), &[], &kernel, Duration::ZERO));
         },
     );
     let registry = metrics.registry();
@@ -97,5 +128,5 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, poll, metrics);
+criterion_group!(benches, poll, interval, metrics);
 criterion_main!(benches);

@@ -2,8 +2,14 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::flow::{
+    class::{FileClassRule, FileClasses, Networks},
+    flows::Limits,
+};
 
 /// The default configuration, embedded in the binary (`exfil-sensor config default`).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -22,12 +28,20 @@ pub enum ConfigError {
         value: String,
         reason: &'static str,
     },
+    #[error("config {path}: files.{cause}")]
+    Pattern {
+        path: String,
+        cause: Box<crate::flow::class::PatternError>,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub agent: AgentConfig,
+    pub flows: FlowsConfig,
+    pub networks: NetworksConfig,
+    pub files: FilesConfig,
     pub http: HttpConfig,
     pub kernel: KernelConfig,
     pub metrics: MetricsConfig,
@@ -38,6 +52,35 @@ pub struct Config {
 pub struct AgentConfig {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// The length of one interval record.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsConfig {
+    pub max_flows: usize,
+    pub max_files: usize,
+    #[serde(with = "humantime_serde")]
+    pub idle_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworksConfig {
+    /// Networks that are internal besides the private ranges (office, backup hosts).
+    pub internal: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    pub secrets: Vec<String>,
+    pub mail_store: Vec<String>,
+    pub records: Vec<String>,
+    /// More classes, matched after the three above, in order.
+    pub class: Vec<FileClassRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -45,6 +88,10 @@ pub struct AgentConfig {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub api_socket: PathBuf,
+    /// A TCP listener for the JSON API, off unless set; it requires `api_token_file`.
+    pub api_listen: Option<SocketAddr>,
+    /// File holding the bearer token TCP API clients must send (mode 0600 or stricter).
+    pub api_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -60,13 +107,74 @@ pub struct KernelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub destinations_per_service: usize,
+    #[serde(with = "humantime_serde")]
+    pub series_ttl: Duration,
+    pub max_services: usize,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_secs(1),
+            interval: Duration::from_secs(10),
         }
+    }
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        Self {
+            max_flows: 100_000,
+            max_files: 100_000,
+            idle_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            secrets: strings(&[
+                "/etc/shadow",
+                "/etc/gshadow",
+                "/etc/passwd",
+                "/etc/ssh",
+                "/etc/ssl/private",
+                "*.pem",
+                "*.key",
+                ".ssh",
+            ]),
+            mail_store: strings(&[
+                "/var/mail",
+                "/var/vmail",
+                "/var/spool/mail",
+                "~/Maildir",
+                "~/mail",
+            ]),
+            records: strings(&["/var/lib/postgresql", "/var/lib/pgsql", "/var/lib/mysql"]),
+            class: Vec::new(),
+        }
+    }
+}
+
+impl FilesConfig {
+    /// The classes in match order: secrets, mail_store, records, then the config's own.
+    pub fn rules(&self) -> Vec<FileClassRule> {
+        let rule = |name: &str, paths: &Vec<String>| FileClassRule {
+            name: name.to_owned(),
+            paths: paths.clone(),
+        };
+        let mut rules = vec![
+            rule("secrets", &self.secrets),
+            rule("mail_store", &self.mail_store),
+            rule("records", &self.records),
+        ];
+        rules.extend(self.class.iter().cloned());
+        rules
     }
 }
 
@@ -75,6 +183,8 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9967)),
             api_socket: PathBuf::from("/run/exfil-sensor/api.sock"),
+            api_listen: None,
+            api_token_file: None,
         }
     }
 }
@@ -94,6 +204,8 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             destinations_per_service: 20,
+            series_ttl: Duration::from_secs(900),
+            max_services: 500,
         }
     }
 }
@@ -159,7 +271,78 @@ impl Config {
                 "must be between 1 and 10000",
             ));
         }
+        if !(1..=100_000).contains(&self.metrics.max_services) {
+            return Err(invalid(
+                "metrics.max_services",
+                self.metrics.max_services.to_string(),
+                "must be between 1 and 100000",
+            ));
+        }
+        let interval = self.agent.interval;
+        if interval < poll || interval > Duration::from_secs(3600) {
+            return Err(invalid(
+                "agent.interval",
+                humantime::format_duration(interval).to_string(),
+                "must be between agent.poll_interval and 1h",
+            ));
+        }
+        for (key, value) in [
+            ("flows.max_flows", self.flows.max_flows),
+            ("flows.max_files", self.flows.max_files),
+        ] {
+            if !(1..=10_000_000).contains(&value) {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "must be between 1 and 10000000",
+                ));
+            }
+        }
+        if self.flows.idle_ttl < interval {
+            return Err(invalid(
+                "flows.idle_ttl",
+                humantime::format_duration(self.flows.idle_ttl).to_string(),
+                "must be at least agent.interval",
+            ));
+        }
+        if self.http.api_listen.is_some() && self.http.api_token_file.is_none() {
+            return Err(invalid(
+                "http.api_listen",
+                self.http
+                    .api_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                "a TCP JSON API needs http.api_token_file (a bearer token)",
+            ));
+        }
+        self.file_classes(path)?;
         Ok(())
+    }
+
+    /// The file classes, compiled.
+    pub fn file_classes(&self, path: &str) -> Result<FileClasses, ConfigError> {
+        FileClasses::new(&self.files.rules()).map_err(|cause| ConfigError::Pattern {
+            path: path.to_owned(),
+            cause: Box::new(cause),
+        })
+    }
+
+    pub fn networks(&self) -> Networks {
+        Networks::new(&self.networks.internal)
+    }
+
+    pub fn flow_limits(&self) -> Limits {
+        Limits {
+            max_rows: self.flows.max_flows,
+            idle_ttl: self.flows.idle_ttl,
+        }
+    }
+
+    pub fn file_limits(&self) -> Limits {
+        Limits {
+            max_rows: self.flows.max_files,
+            idle_ttl: self.flows.idle_ttl,
+        }
     }
 }
 
@@ -194,7 +377,7 @@ mod tests {
         .expect_err("unknown key");
         assert_eq!(
             err.to_string(),
-            "config x.toml: line 3, column 1: unknown field `pol_interval`, expected `poll_interval`"
+            "config x.toml: line 3, column 1: unknown field `pol_interval`, expected `poll_interval` or `interval`"
         );
     }
 
@@ -215,6 +398,47 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "config x.toml: line 2, column 10: invalid socket address syntax"
+        );
+    }
+
+    #[test]
+    fn new_sections_are_checked_by_key() {
+        let err = Config::parse("[networks]\ninternal = [\"192.0.2.0/33\"]\n", "x.toml")
+            .expect_err("bad prefix");
+        assert_eq!(
+            err.to_string(),
+            "config x.toml: line 2, column 13: invalid IP address syntax"
+        );
+        let err =
+            Config::parse("[files]\nrecords = [\"/srv/[x\"]\n", "x.toml").expect_err("bad glob");
+        assert!(
+            err.to_string()
+                .starts_with("config x.toml: files.records[0] = \"/srv/[x\": "),
+            "{err}"
+        );
+        let err = Config::parse("[http]\napi_listen = \"127.0.0.1:9968\"\n", "x.toml")
+            .expect_err("no token");
+        assert_eq!(
+            err.to_string(),
+            "config x.toml: http.api_listen = 127.0.0.1:9968: a TCP JSON API needs http.api_token_file (a bearer token)"
+        );
+        let err = Config::parse("[agent]\ninterval = \"500ms\"\n", "x.toml").expect_err("short");
+        assert_eq!(
+            err.to_string(),
+            "config x.toml: agent.interval = 500ms: must be between agent.poll_interval and 1h"
+        );
+        let c = Config::parse(
+            "[networks]\ninternal = [\"192.0.2.0/24\"]\n[[files.class]]\nname = \"exports\"\npaths = [\"/srv/exports\"]\n",
+            "x.toml",
+        )
+        .expect("parses");
+        let classes = c.file_classes("x.toml").expect("compiles");
+        assert_eq!(classes.classify(Some("/srv/exports/q3.csv")), "exports");
+        assert_eq!(classes.classify(Some("/var/mail/alice")), "mail_store");
+        assert_eq!(
+            c.networks()
+                .classify(Some("192.0.2.1".parse().expect("ip"))),
+            crate::flow::class::DestinationClass::Internal
         );
     }
 

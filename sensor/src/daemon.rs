@@ -7,19 +7,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::sync::watch;
 
 use crate::{
+    agent::{self, Aggregator, Message, PollInput},
     config::Config,
-    flow::{
-        FlowTable,
-        files::FileTable,
-        identity::ProcFs,
-        paths::Mounts,
-        process::{Identities, ProcessTable},
-    },
-    http::{self, View},
-    kernel::{KernelOptions, ProbeState, Sensor},
+    flow::{identity::ProcFs, interval::Interval, paths::Mounts, process::ProcessTable},
+    http,
+    kernel::{DeadKeys, KernelOptions, KernelSums, ProbeState, Sensor},
     metrics::Metrics,
 };
 
@@ -39,6 +33,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let tcp = http::bind_tcp(config.http.listen).await?;
     let unix = http::bind_unix(&config.http.api_socket)?;
     let _socket_guard = RemoveOnDrop(config.http.api_socket.clone());
+    let api_tcp = match (config.http.api_listen, &config.http.api_token_file) {
+        (Some(addr), Some(token_file)) => Some((
+            http::bind_tcp(addr).await?,
+            http::BearerToken::read(token_file)?,
+        )),
+        _ => None,
+    };
 
     let mut sensor = Sensor::load(&KernelOptions {
         btf: config.kernel.btf.clone(),
@@ -54,39 +55,61 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    let mut metrics = Metrics::new(config.metrics.destinations_per_service);
+    let metrics = Metrics::new(&config.metrics);
     metrics.set_probes(sensor.probes());
     let registry = metrics.registry();
-    let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
+    let aggregator = Aggregator::new(
+        &config,
+        Box::new(ProcFs::new("/proc")),
+        ProcessTable::new(crate::kernel::host::cgroup2_root()),
+        metrics,
+    )?;
+    let (agent_tx, agent_rx) = agent::channel();
+    let aggregating = std::thread::Builder::new()
+        .name("aggregate".into())
+        .spawn(move || aggregator.run(agent_rx, log_interval))
+        .context("starting the aggregating thread")?;
 
+    let state = http::AppState {
+        probes: Arc::new(sensor.probes().to_vec()),
+        agent: agent_tx.clone(),
+        registry,
+    };
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let interval = config.agent.poll_interval;
     let poller = std::thread::Builder::new()
         .name("poll".into())
-        .spawn(move || poll_loop(&mut sensor, &mut metrics, &view_tx, interval, &stop_rx))
+        .spawn(move || poll_loop(&mut sensor, &agent_tx, interval, &stop_rx))
         .context("starting the poll thread")?;
 
     tracing::info!(
         metrics = %config.http.listen,
         api = %config.http.api_socket.display(),
+        api_tcp = ?config.http.api_listen,
         "serving"
     );
-    let shutdown = shutdown_signal();
     let (stop_serving, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut on_stop = stop_serving.subscribe();
-    let tcp_server = axum::serve(tcp, http::metrics_router(view_rx.clone(), registry.clone()))
-        .with_graceful_shutdown(async move {
+    let until_stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut on_stop = tx.subscribe();
+        async move {
             let _ = on_stop.recv().await;
-        });
-    let mut on_stop = stop_serving.subscribe();
-    let unix_server = axum::serve(unix, http::api_router(view_rx, registry))
-        .with_graceful_shutdown(async move {
-            let _ = on_stop.recv().await;
-        });
-    let tcp_task = tokio::spawn(async move { tcp_server.await });
-    let unix_task = tokio::spawn(async move { unix_server.await });
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    let tcp_server = axum::serve(tcp, http::metrics_router(state.clone()))
+        .with_graceful_shutdown(until_stopped(&stop_serving));
+    servers.spawn(async move { tcp_server.await.context("metrics listener") });
+    let unix_server = axum::serve(unix, http::api_router(state.clone()))
+        .with_graceful_shutdown(until_stopped(&stop_serving));
+    servers.spawn(async move { unix_server.await.context("API socket listener") });
+    if let Some((listener, token)) = api_tcp {
+        let server = axum::serve(listener, http::tcp_api_router(state.clone(), token))
+            .with_graceful_shutdown(until_stopped(&stop_serving));
+        servers.spawn(async move { server.await.context("TCP API listener") });
+    }
+    drop(state);
 
-    shutdown.await;
+    shutdown_signal().await;
     tracing::info!("stopping");
     let _ = stop_serving.send(());
     let _ = stop_tx.send(());
@@ -97,55 +120,78 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(result) => result?,
         Err(_) => anyhow::bail!("the poll thread panicked"),
     }
-    tcp_task.await.context("metrics listener")??;
-    unix_task.await.context("API listener")??;
+    while let Some(served) = servers.join_next().await {
+        served.context("joining a listener")??;
+    }
+    // Every sender is gone now: the aggregator closes the last interval and returns.
+    let aggregated = tokio::task::spawn_blocking(move || aggregating.join())
+        .await
+        .context("joining the aggregating thread")?;
+    if aggregated.is_err() {
+        anyhow::bail!("the aggregating thread panicked");
+    }
     Ok(())
 }
 
+/// Until the journal and detection take them (issues 8 and 9), intervals are logged.
+fn log_interval(interval: &Interval) {
+    let sent: u64 = interval.flows.iter().map(|f| f.bytes_sent).sum();
+    let read: u64 = interval.files.iter().map(|f| f.bytes_read).sum();
+    tracing::debug!(
+        start_ms = interval.start_ms,
+        end_ms = interval.end_ms,
+        flows = interval.flows.len(),
+        files = interval.files.len(),
+        bytes_sent = sent,
+        bytes_read = read,
+        "interval"
+    );
+}
+
 /// Reads the kernel every `interval` until `stop` fires, then once more so the last bytes
-/// are published.
+/// are counted, handing each read to the aggregator.
 fn poll_loop(
     sensor: &mut Sensor,
-    metrics: &mut Metrics,
-    view: &watch::Sender<Arc<View>>,
+    agent: &tokio::sync::mpsc::Sender<Message>,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
-    let proc_fs = ProcFs::new("/proc");
-    let mut processes = ProcessTable::new(crate::kernel::host::cgroup2_root());
-    let mut table = FlowTable::default();
-    let mut files = FileTable::default();
+    let mut adopt = sensor.reused_maps();
     let mut stopping = false;
     loop {
         let started = Instant::now();
-        // Events first: a process that sent and exited since the last poll is named by them.
-        processes.apply(SystemTime::now(), &sensor.drain_process_events());
+        let events = sensor.drain_process_events();
         let paths = sensor.drain_file_paths();
-        if !paths.is_empty() {
-            // A path's device may be newly mounted: read the mounts afresh when paths come.
-            files.learn_paths(&paths, &Mounts::read());
-        }
-        let identities = Identities {
-            live: &proc_fs,
-            events: &processes,
-        };
-        match sensor.read() {
+        // A path's device may be newly mounted: read the mounts afresh when paths come.
+        let mounts = (!paths.is_empty()).then(Mounts::read);
+        let (sums, dead) = match sensor.read() {
             Ok(sums) => {
-                table.apply(
-                    SystemTime::now(),
-                    &sums.flows,
-                    &sums.flow_overflow,
-                    &identities,
-                );
-                files.apply(&sums.file_reads, &sums.file_overflow, &identities);
-                metrics.observe(&table, &sums, started.elapsed());
-                view.send_replace(Arc::new(View {
-                    probes: sensor.probes().to_vec(),
-                    flows: table.records(),
-                    files: files.records(),
-                }));
+                let dead = DeadKeys::of(&sums, &agent::exited(&events));
+                (sums, dead)
             }
-            Err(e) => tracing::error!(error = %e, "reading the kernel maps failed"),
+            Err(e) => {
+                // The events and paths still go: they name processes and files.
+                tracing::error!(error = %e, "reading the kernel maps failed");
+                (KernelSums::default(), DeadKeys::default())
+            }
+        };
+        let input = PollInput {
+            now: SystemTime::now(),
+            events,
+            paths,
+            mounts,
+            sums,
+            took: started.elapsed(),
+            adopt,
+        };
+        adopt = false;
+        if agent.blocking_send(Message::Poll(Box::new(input))).is_err() {
+            anyhow::bail!("the aggregating thread stopped");
+        }
+        if !dead.is_empty()
+            && let Err(e) = sensor.forget(&dead)
+        {
+            tracing::warn!(error = %e, "deleting exited processes' keys failed");
         }
         if stopping {
             return Ok(());

@@ -9,20 +9,23 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Query as Params, Request, State},
     http::{StatusCode, header},
-    response::IntoResponse,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use prometheus::Registry;
+use subtle::ConstantTimeEq as _;
 use thiserror::Error;
 use tokio::{
     net::{TcpListener, UnixListener},
-    sync::watch,
+    sync::{mpsc, oneshot},
 };
 
 use crate::{
-    flow::{FlowRecord, files::FileRecord},
+    agent::{Answer, Message, Query},
+    api::Filter,
     kernel::{ProbeState, ProbeStatus},
     metrics::Metrics,
 };
@@ -41,20 +44,51 @@ pub enum HttpError {
     },
     #[error("{path} exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
+    #[error("API token file {path}: {reason}")]
+    Token { path: PathBuf, reason: String },
 }
 
-/// What the HTTP side serves, published by the poll loop after each poll.
-#[derive(Debug, Default)]
-pub struct View {
-    pub probes: Vec<ProbeStatus>,
-    pub flows: Vec<FlowRecord>,
-    pub files: Vec<FileRecord>,
-}
-
+/// What every handler needs: the probe table (fixed after load), the aggregator to ask,
+/// and the metrics registry.
 #[derive(Clone)]
-struct AppState {
-    view: watch::Receiver<Arc<View>>,
-    registry: Registry,
+pub struct AppState {
+    pub probes: Arc<Vec<ProbeStatus>>,
+    pub agent: mpsc::Sender<Message>,
+    pub registry: Registry,
+}
+
+/// The token TCP API clients must present as `Authorization: Bearer <token>`.
+#[derive(Clone)]
+pub struct BearerToken(Arc<[u8]>);
+
+impl BearerToken {
+    /// Reads the token file: one line, at least 16 characters, readable by its owner only.
+    pub fn read(path: &Path) -> Result<Self, HttpError> {
+        let bad = |reason: String| HttpError::Token {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad(format!(
+                "mode {:04o} lets others read it; chmod 0600",
+                meta.permissions().mode() & 0o7777
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(bad("the token must be at least 16 characters".to_owned()));
+        }
+        Ok(Self(Arc::from(token.as_bytes())))
+    }
+
+    /// Whether an `Authorization` header value carries the token, compared in constant time.
+    fn admits(&self, header: Option<&[u8]>) -> bool {
+        header
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .is_some_and(|given| bool::from(given.ct_eq(&self.0)))
+    }
 }
 
 pub async fn bind_tcp(addr: std::net::SocketAddr) -> Result<TcpListener, HttpError> {
@@ -100,19 +134,43 @@ fn group_id(name: &str) -> Option<u32> {
     })
 }
 
-pub fn metrics_router(view: watch::Receiver<Arc<View>>, registry: Registry) -> Router {
+pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .with_state(AppState { view, registry })
+        .with_state(state)
 }
 
-pub fn api_router(view: watch::Receiver<Arc<View>>, registry: Registry) -> Router {
+pub fn api_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/files", get(files))
-        .with_state(AppState { view, registry })
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/services", get(services))
+        .with_state(state)
+}
+
+/// The JSON API on TCP: the same routes, each request carrying the bearer token.
+pub fn tcp_api_router(state: AppState, token: BearerToken) -> Router {
+    api_router(state).layer(middleware::from_fn_with_state(token, require_token))
+}
+
+async fn require_token(State(token): State<BearerToken>, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(axum::http::HeaderValue::as_bytes);
+    if token.admits(header) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required\n",
+        )
+            .into_response()
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -128,8 +186,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// 200 once every required probe is attached (optional ones that are not are listed); 503
 /// with the reasons otherwise.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    let view = Arc::clone(&state.view.borrow());
-    let (healthy, body) = health(&view.probes);
+    let (healthy, body) = health(&state.probes);
     let status = if healthy {
         StatusCode::OK
     } else {
@@ -159,14 +216,64 @@ fn health(probes: &[ProbeStatus]) -> (bool, String) {
     }
 }
 
-async fn files(State(state): State<AppState>) -> impl IntoResponse {
-    let view = Arc::clone(&state.view.borrow());
-    Json(view.files.clone())
+/// Asks the aggregator; 503 if it is gone (the agent is stopping).
+async fn ask(state: &AppState, query: Query) -> Result<Answer, (StatusCode, &'static str)> {
+    let unavailable = (StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping\n");
+    let (reply, answer) = oneshot::channel();
+    state
+        .agent
+        .send(Message::Query(query, reply))
+        .await
+        .map_err(|_| unavailable)?;
+    answer.await.map_err(|_| unavailable)
 }
 
-async fn flows(State(state): State<AppState>) -> impl IntoResponse {
-    let view = Arc::clone(&state.view.borrow());
-    Json(view.flows.clone())
+type ApiResult = Result<Response, (StatusCode, &'static str)>;
+
+async fn flows(State(state): State<AppState>, Params(filter): Params<Filter>) -> ApiResult {
+    match ask(&state, Query::Flows(filter)).await? {
+        Answer::Flows(rows) => Ok(Json(rows).into_response()),
+        _ => Err(mismatch()),
+    }
+}
+
+async fn files(State(state): State<AppState>, Params(filter): Params<Filter>) -> ApiResult {
+    match ask(&state, Query::Files(filter)).await? {
+        Answer::Files(rows) => Ok(Json(rows).into_response()),
+        _ => Err(mismatch()),
+    }
+}
+
+async fn alerts(State(state): State<AppState>, Params(filter): Params<Filter>) -> ApiResult {
+    match ask(&state, Query::Alerts(filter)).await? {
+        Answer::Alerts(rows) => Ok(Json(rows).into_response()),
+        _ => Err(mismatch()),
+    }
+}
+
+/// `/api/v1/services?destinations=N`: per service totals and top N destinations (default 20).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServicesParams {
+    destinations: Option<usize>,
+}
+
+async fn services(
+    State(state): State<AppState>,
+    Params(params): Params<ServicesParams>,
+) -> ApiResult {
+    let per_service = params.destinations.unwrap_or(20);
+    match ask(&state, Query::Services(per_service)).await? {
+        Answer::Services(rows) => Ok(Json(rows).into_response()),
+        _ => Err(mismatch()),
+    }
+}
+
+fn mismatch() -> (StatusCode, &'static str) {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the agent answered another question\n",
+    )
 }
 
 #[cfg(test)]

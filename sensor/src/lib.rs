@@ -4,6 +4,7 @@
 //! The binary (`src/main.rs`) is a thin shell over this library; the library exists so that
 //! the benchmarks in `benches/` reach the same code the agent runs.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;

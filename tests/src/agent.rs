@@ -28,6 +28,7 @@ pub struct Flow {
     pub exe: String,
     pub service: String,
     pub destination: String,
+    pub class: String,
     pub port: u16,
     pub protocol: String,
     pub direction: String,
@@ -41,6 +42,8 @@ pub struct Flow {
 pub struct FileRow {
     pub pid: u32,
     pub comm: String,
+    pub service: String,
+    pub class: String,
     pub device: String,
     pub inode: u64,
     pub path: Option<String>,
@@ -188,6 +191,20 @@ impl Agent {
             bail!("/api/v1/files answered {status}: {body}");
         }
         serde_json::from_str(&body).context("parsing /api/v1/files")
+    }
+
+    /// The whole `/metrics` text.
+    pub fn metrics_text(&self) -> anyhow::Result<String> {
+        http_get_tcp(self.metrics, "/metrics")
+    }
+
+    /// `GET path` over the API socket, parsed as JSON.
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let (status, body) = self.get(path)?;
+        if status != 200 {
+            bail!("{path} answered {status}: {body}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("parsing {path}"))
     }
 
     /// The value of one series of the agent's `/metrics`, e.g.

@@ -93,6 +93,23 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Routes `cidr` from this host through the namespace's end, so that any address in it is
+    /// a destination datagrams can be sent to (the namespace drops them). Gone with the veth.
+    pub fn route_via_peer(&self, cidr: &str) -> anyhow::Result<()> {
+        run(
+            "ip",
+            &[
+                "route",
+                "add",
+                cidr,
+                "via",
+                self.peer_ip,
+                "dev",
+                &format!("{}-h", self.name),
+            ],
+        )
+    }
+
     /// A command that runs inside the namespace.
     pub fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new("ip");

@@ -104,7 +104,7 @@ fn bad_config_key_is_named_with_line_and_column() {
     assert_eq!(
         stderr,
         format!(
-            "exfil-sensor: config {}: line 3, column 1: unknown field `poll`, expected `poll_interval`\n",
+            "exfil-sensor: config {}: line 3, column 1: unknown field `poll`, expected `poll_interval` or `interval`\n",
             config.display()
         )
     );

@@ -1,163 +1,385 @@
-//! File reads: the kernel's per-(process, file) byte counts, with the process named.
+//! The file table: the kernel's per-(process, file) read totals as rows with the process
+//! named, the path and its class, per-interval deltas, in bounded memory (the same rules as
+//! the flow table: idle rows make room, else bytes go to the service's other row).
 
-use std::{collections::HashMap, sync::Arc};
-
-use sensor_common::{FileKey, FilePathEvent, FileRead};
-use serde::Serialize;
-
-use super::{
-    identity::{Names, Process, ProcessSource},
-    paths::{Mounts, path_of},
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::SystemTime,
 };
 
-/// One (process, file) as `/api/v1/files` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FileRecord {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: String,
-    pub service: String,
-    /// `major:minor` of the file's device; `other` on the row of reads the kernel's map had
-    /// no room for.
-    pub device: String,
-    pub inode: u64,
-    /// The file's path, once resolved; `null` until then.
-    pub path: Option<String>,
-    /// Bytes read: each page of a sequential run once, the last page clipped to the size.
-    pub bytes_read: u64,
-    pub reads: u64,
+use sensor_common::{FileKey, FilePathEvent, FileRead};
+
+use super::{
+    class::{FileClasses, OTHER_FILE_CLASS},
+    flows::{Evictions, Limits, make_room},
+    identity::{Names, Process, ProcessSource},
+    interval::FileInterval,
+    paths::{Mounts, path_of},
+};
+use crate::api::{FileRecord, Filter};
+
+/// Bytes and reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Reads {
+    bytes: u64,
+    reads: u64,
 }
 
-struct FileEntry {
-    read: FileRead,
+impl Reads {
+    fn since(self, before: Self) -> Self {
+        if self.bytes < before.bytes || self.reads < before.reads {
+            return self;
+        }
+        Self {
+            bytes: self.bytes - before.bytes,
+            reads: self.reads - before.reads,
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.bytes += other.bytes;
+        self.reads += other.reads;
+    }
+
+    fn is_zero(self) -> bool {
+        self == Self::default()
+    }
+}
+
+struct Row {
     process: Arc<Process>,
+    path: Option<Arc<str>>,
+    class: Arc<str>,
+    totals: Reads,
+    interval: Reads,
+    last_seen: SystemTime,
 }
 
-#[derive(Default)]
+/// One row's change in one poll, for the metrics.
+pub struct FileChange {
+    pub process: Arc<Process>,
+    pub class: Arc<str>,
+    pub bytes: u64,
+}
+
 pub struct FileTable {
-    files: HashMap<FileKey, FileEntry>,
-    overflow: HashMap<u32, (u64, Arc<Process>)>,
+    limits: Limits,
+    classes: FileClasses,
+    /// Interned class names, so rows and changes share them.
+    class_names: HashMap<String, Arc<str>>,
+    seen: HashMap<FileKey, (Reads, bool)>,
+    rows: HashMap<FileKey, Row>,
+    other: HashMap<String, Row>,
+    /// Per service: bytes read since start.
+    services: HashMap<String, u64>,
     names: Names,
-    /// (device, inode) → path, as the kernel's walks told.
-    paths: HashMap<(u32, u64), String>,
+    /// (device, inode) → path, as the kernel's walks told; at most twice `max_rows`.
+    paths: HashMap<(u32, u64), Arc<str>>,
+    pub evictions: Evictions,
+}
+
+/// The key of a process's row of reads that found no room in the kernel's file map.
+fn overflow_key(tgid: u32) -> FileKey {
+    FileKey {
+        tgid,
+        dev: 0,
+        ino: 0,
+    }
 }
 
 impl FileTable {
-    /// Takes one poll's running totals.
-    pub fn apply(
-        &mut self,
-        reads: &[(FileKey, FileRead)],
-        overflow: &[(u32, u64)],
-        source: &dyn ProcessSource,
-    ) {
-        for (key, read) in reads {
-            let process = self.names.get(key.tgid, source);
-            self.files
-                .entry(*key)
-                .and_modify(|e| e.read = *read)
-                .or_insert(FileEntry {
-                    read: *read,
-                    process,
-                });
+    pub fn new(limits: Limits, classes: FileClasses) -> Self {
+        let class_names = classes
+            .names()
+            .map(|name| (name.to_owned(), Arc::from(name)))
+            .collect();
+        Self {
+            limits,
+            classes,
+            class_names,
+            seen: HashMap::new(),
+            rows: HashMap::new(),
+            other: HashMap::new(),
+            services: HashMap::new(),
+            names: Names::default(),
+            paths: HashMap::new(),
+            evictions: Evictions::default(),
         }
-        for (tgid, bytes) in overflow {
-            let process = self.names.get(*tgid, source);
-            self.overflow.insert(*tgid, (*bytes, process));
-        }
+    }
+
+    pub fn classes(&self) -> &FileClasses {
+        &self.classes
     }
 
     /// Takes the paths the kernel sent since the last poll.
     pub fn learn_paths(&mut self, events: &[FilePathEvent], mounts: &Mounts) {
         for event in events {
             self.paths
-                .insert((event.dev, event.ino), path_of(event, mounts));
+                .insert((event.dev, event.ino), Arc::from(path_of(event, mounts)));
+        }
+        if self.paths.len() > self.limits.max_rows.saturating_mul(2) {
+            // Keep the paths of files a row still names; the kernel sends a path again when
+            // its own record of having sent it ages out.
+            let named: HashSet<(u32, u64)> = self.rows.keys().map(|k| (k.dev, k.ino)).collect();
+            self.paths.retain(|id, _| named.contains(id));
         }
     }
 
-    /// The API view, largest readers first.
-    pub fn records(&self) -> Vec<FileRecord> {
-        let row = |pid: u32, p: &Process, device: String, inode, bytes_read, reads| FileRecord {
-            pid,
-            comm: p.comm.clone(),
-            exe: p.exe.clone(),
-            service: p.service.clone(),
-            device,
-            inode,
-            path: None,
-            bytes_read,
-            reads,
-        };
-        let path = |key: &FileKey| self.paths.get(&(key.dev, key.ino)).cloned();
-        let mut records: Vec<FileRecord> = self
-            .files
+    fn class_of(&self, path: Option<&str>) -> Arc<str> {
+        let name = self.classes.classify(path);
+        self.class_names
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(OTHER_FILE_CLASS))
+    }
+
+    /// Takes one poll's running totals and returns what changed.
+    pub fn apply(
+        &mut self,
+        now: SystemTime,
+        reads: &[(FileKey, FileRead)],
+        overflow: &[(u32, u64)],
+        source: &dyn ProcessSource,
+    ) -> Vec<FileChange> {
+        let rows = reads
             .iter()
-            .map(|(key, e)| {
-                let device = format!("{}:{}", key.dev >> 20, key.dev & 0xf_ffff);
-                let (bytes, reads) = (e.read.bytes, e.read.reads);
-                let mut record = row(key.tgid, &e.process, device, key.ino, bytes, reads);
-                record.path = path(key);
+            .map(|(key, read)| {
+                let totals = Reads {
+                    bytes: read.bytes,
+                    reads: read.reads,
+                };
+                (*key, totals)
+            })
+            .chain(overflow.iter().map(|(tgid, bytes)| {
+                let totals = Reads {
+                    bytes: *bytes,
+                    reads: 0,
+                };
+                (overflow_key(*tgid), totals)
+            }));
+        let mut changes = Vec::new();
+        for (key, totals) in rows {
+            let (before, to_other) = self.seen.get(&key).copied().unwrap_or_default();
+            let delta = totals.since(before);
+            if delta.is_zero() {
+                continue;
+            }
+            let process = self.names.get(key.tgid, source);
+            let own = !to_other
+                && (self.rows.contains_key(&key)
+                    || self.rows.len() < self.limits.max_rows
+                    || make_room(
+                        &mut self.rows,
+                        &mut self.evictions,
+                        self.limits.max_rows,
+                        |row| row.interval.is_zero().then_some(row.last_seen),
+                    ));
+            self.seen.insert(key, (totals, !own));
+            let class = if own {
+                if !self.rows.contains_key(&key) {
+                    let path = self.paths.get(&(key.dev, key.ino)).cloned();
+                    let class = self.class_of(path.as_deref());
+                    self.rows.insert(key, Row::new(&process, path, class, now));
+                }
+                let Some(row) = self.rows.get_mut(&key) else {
+                    continue;
+                };
+                if row.path.is_none() {
+                    // The path may have come after the row was made.
+                    if let Some(path) = self.paths.get(&(key.dev, key.ino)).cloned() {
+                        let class = self.classes.classify(Some(&path));
+                        row.class = self
+                            .class_names
+                            .get(class)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::clone(&row.class));
+                        row.path = Some(path);
+                    }
+                }
+                row.totals = totals;
+                row.interval.add(delta);
+                row.last_seen = now;
+                Arc::clone(&row.class)
+            } else {
+                let class = self.class_of(None);
+                let row = self
+                    .other
+                    .entry(process.service.clone())
+                    .or_insert_with(|| {
+                        Row::new(
+                            &Arc::new(Process::other(&process.service)),
+                            None,
+                            class,
+                            now,
+                        )
+                    });
+                row.totals.add(delta);
+                row.interval.add(delta);
+                row.last_seen = now;
+                Arc::clone(&row.class)
+            };
+            *self.services.entry(process.service.clone()).or_default() += delta.bytes;
+            changes.push(FileChange {
+                process,
+                class,
+                bytes: delta.bytes,
+            });
+        }
+        changes
+    }
+
+    /// The first poll of maps an earlier agent left pinned: totals, not news.
+    pub fn adopt(
+        &mut self,
+        now: SystemTime,
+        reads: &[(FileKey, FileRead)],
+        overflow: &[(u32, u64)],
+        source: &dyn ProcessSource,
+    ) {
+        for (key, read) in reads {
+            let totals = Reads {
+                bytes: read.bytes,
+                reads: read.reads,
+            };
+            self.seen.insert(*key, (totals, false));
+            if self.rows.len() < self.limits.max_rows {
+                let process = self.names.get(key.tgid, source);
+                let path = self.paths.get(&(key.dev, key.ino)).cloned();
+                let class = self.class_of(path.as_deref());
+                let mut row = Row::new(&process, path, class, now);
+                row.totals = totals;
+                self.rows.insert(*key, row);
+            }
+        }
+        for (tgid, bytes) in overflow {
+            let totals = Reads {
+                bytes: *bytes,
+                reads: 0,
+            };
+            self.seen.insert(overflow_key(*tgid), (totals, false));
+        }
+    }
+
+    /// Ends an interval: each row's reads since the last call; drops rows idle for the TTL.
+    pub fn tick(&mut self, now: SystemTime) -> Vec<FileInterval> {
+        let mut records: Vec<FileInterval> = self
+            .rows
+            .iter_mut()
+            .map(|(key, row)| (key.tgid, row))
+            .chain(self.other.values_mut().map(|row| (0, row)))
+            .filter(|(_, row)| !row.interval.is_zero())
+            .map(|(pid, row)| {
+                let record = FileInterval {
+                    service: row.process.service.clone(),
+                    pid,
+                    comm: row.process.comm.clone(),
+                    path: row.path.as_deref().map(str::to_owned),
+                    class: row.class.to_string(),
+                    bytes_read: row.interval.bytes,
+                    reads: row.interval.reads,
+                };
+                row.interval = Reads::default();
                 record
             })
-            .chain(
-                self.overflow
-                    .iter()
-                    .map(|(pid, (bytes, p))| row(*pid, p, "other".into(), 0, *bytes, 0)),
-            )
             .collect();
-        records.sort_by(|a, b| b.bytes_read.cmp(&a.bytes_read).then(a.pid.cmp(&b.pid)));
+        records.sort_by_key(|r| std::cmp::Reverse(r.bytes_read));
+        let ttl = self.limits.idle_ttl;
+        let idle = |row: &Row| now.duration_since(row.last_seen).unwrap_or_default() >= ttl;
+        let before = self.rows.len() + self.other.len();
+        self.rows.retain(|_, row| !idle(row));
+        self.other.retain(|_, row| !idle(row));
+        self.evictions.idle += (before - self.rows.len() - self.other.len()) as u64;
+        self.names.prune();
         records
+    }
+
+    /// Forgets the kernel keys of processes that exited; returns them, for deleting from
+    /// the kernel's maps (overflow keys have inode 0).
+    pub fn forget_processes(&mut self, exited: &HashSet<u32>) -> Vec<FileKey> {
+        let mut gone = Vec::new();
+        self.seen.retain(|key, _| {
+            let dead = exited.contains(&key.tgid);
+            if dead {
+                gone.push(*key);
+            }
+            !dead
+        });
+        gone
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len() + self.other.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn service_totals(&self) -> &HashMap<String, u64> {
+        &self.services
+    }
+
+    /// The API view, largest readers first, filtered by service and file class.
+    pub fn records(&self, filter: &Filter) -> Vec<FileRecord> {
+        let mut rows: Vec<(Option<&FileKey>, &Row)> = self
+            .rows
+            .iter()
+            .map(|(key, row)| (Some(key), row))
+            .chain(self.other.values().map(|row| (None, row)))
+            .filter(|(_, row)| filter.keeps(&row.process.service, &row.class))
+            .collect();
+        let order = |a: &(Option<&FileKey>, &Row), b: &(Option<&FileKey>, &Row)| {
+            b.1.totals
+                .bytes
+                .cmp(&a.1.totals.bytes)
+                .then_with(|| a.0.map(|k| k.tgid).cmp(&b.0.map(|k| k.tgid)))
+        };
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        if limit < rows.len() {
+            rows.select_nth_unstable_by(limit, order);
+            rows.truncate(limit);
+        }
+        rows.sort_by(order);
+        rows.into_iter()
+            .map(|(key, row)| {
+                let device = match key {
+                    Some(k) if k.ino != 0 || k.dev != 0 => {
+                        format!("{}:{}", k.dev >> 20, k.dev & 0xf_ffff)
+                    }
+                    _ => "other".to_owned(),
+                };
+                FileRecord {
+                    pid: key.map_or(0, |k| k.tgid),
+                    comm: row.process.comm.clone(),
+                    exe: row.process.exe.clone(),
+                    service: row.process.service.clone(),
+                    path: row.path.as_deref().map(str::to_owned),
+                    class: row.class.to_string(),
+                    device,
+                    inode: key.map_or(0, |k| k.ino),
+                    bytes_read: row.totals.bytes,
+                    reads: row.totals.reads,
+                }
+            })
+            .collect()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Reader;
-    impl ProcessSource for Reader {
-        fn process(&self, _pid: u32) -> Option<Process> {
-            Some(Process {
-                comm: "tar".into(),
-                exe: "/usr/bin/tar".into(),
-                service: "session-3.scope".into(),
-            })
+impl Row {
+    fn new(
+        process: &Arc<Process>,
+        path: Option<Arc<str>>,
+        class: Arc<str>,
+        now: SystemTime,
+    ) -> Self {
+        Self {
+            process: Arc::clone(process),
+            path,
+            class,
+            totals: Reads::default(),
+            interval: Reads::default(),
+            last_seen: now,
         }
-    }
-
-    #[test]
-    fn rows_carry_device_inode_and_the_kernel_totals() {
-        let mut table = FileTable::default();
-        let key = FileKey {
-            tgid: 42,
-            dev: (254 << 20) | 3,
-            ino: 131_075,
-        };
-        let read = |bytes| FileRead {
-            run_start: 0,
-            next: 2_442,
-            bytes,
-            reads: 10_001,
-            path_generation: 1,
-            _pad: 0,
-        };
-        table.apply(&[(key, read(4_096))], &[], &Reader);
-        table.apply(&[(key, read(10_000_019))], &[(42, 777)], &Reader);
-        let records = table.records();
-        assert_eq!(records.len(), 2);
-        let file = &records[0];
-        assert_eq!(
-            (
-                file.device.as_str(),
-                file.inode,
-                file.bytes_read,
-                file.reads
-            ),
-            ("254:3", 131_075, 10_000_019, 10_001)
-        );
-        assert_eq!(file.service, "session-3.scope");
-        assert_eq!(
-            (records[1].device.as_str(), records[1].bytes_read),
-            ("other", 777)
-        );
     }
 }

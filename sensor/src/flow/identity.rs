@@ -1,23 +1,52 @@
-//! Who a process is: its name, executable and the service it belongs to, read from /proc.
+//! Who a process is: its name, executable, uid, parents, and the service it belongs to, read
+//! from /proc.
+//!
+//! The service is, in order: the container (`container:<id12>`) when its cgroup path names
+//! one; else the systemd unit (`postfix@-.service`); else the comm of its top ancestor below
+//! init, so that a shell's `curl` counts under the `sshd` it came from.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 /// A process as the agent names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Process {
     pub comm: String,
     pub exe: String,
-    /// The systemd unit (`postfix@-.service`) when there is one, else the process's comm.
+    /// The real uid, when read while the process ran.
+    pub uid: Option<u32>,
     pub service: String,
+    /// Comms of its ancestors, parent first, up to its service's root process (at most
+    /// `MAX_PARENTS`): `["dovecot"]` for an `imap` process.
+    pub parents: Vec<String>,
 }
 
+/// How many ancestors a process's chain records.
+pub const MAX_PARENTS: usize = 8;
+
+/// The service of processes the agent never saw alive: exited before it looked, and before
+/// the kernel's events could name them (e.g. while the agent was stopped).
+pub const UNKNOWN: &str = "unknown";
+
 impl Process {
+    /// How a service's other row is shown: no single process.
+    pub fn other(service: &str) -> Self {
+        Self {
+            comm: "other".to_owned(),
+            exe: String::new(),
+            uid: None,
+            service: service.to_owned(),
+            parents: Vec::new(),
+        }
+    }
+
     /// A process that exited before the agent could look at it.
     pub fn gone() -> Self {
         Self {
-            comm: String::new(),
+            comm: UNKNOWN.to_owned(),
             exe: String::new(),
-            service: "unknown".to_owned(),
+            uid: None,
+            service: UNKNOWN.to_owned(),
+            parents: Vec::new(),
         }
     }
 }
@@ -25,14 +54,30 @@ impl Process {
 /// Each process as first seen, so that a table row keeps its name after the process is gone.
 #[derive(Default)]
 pub struct Names {
-    by_pid: std::collections::HashMap<u32, std::sync::Arc<Process>>,
+    by_pid: HashMap<u32, Arc<Process>>,
 }
 
 impl Names {
-    pub fn get(&mut self, pid: u32, source: &dyn ProcessSource) -> std::sync::Arc<Process> {
-        std::sync::Arc::clone(self.by_pid.entry(pid).or_insert_with(|| {
-            std::sync::Arc::new(source.process(pid).unwrap_or_else(Process::gone))
-        }))
+    pub fn get(&mut self, pid: u32, source: &dyn ProcessSource) -> Arc<Process> {
+        Arc::clone(
+            self.by_pid
+                .entry(pid)
+                .or_insert_with(|| Arc::new(source.process(pid).unwrap_or_else(Process::gone))),
+        )
+    }
+
+    /// Forgets processes no table row refers to any more; they are read afresh if they
+    /// come back.
+    pub fn prune(&mut self) {
+        self.by_pid.retain(|_, p| Arc::strong_count(p) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
     }
 }
 
@@ -41,44 +86,116 @@ pub trait ProcessSource {
     fn process(&self, pid: u32) -> Option<Process>;
 }
 
-/// Reads `<root>/<pid>/{comm,exe,cgroup}`; `root` is `/proc` outside tests.
+/// Reads `<root>/<pid>/{comm,exe,cgroup,status,stat}`; `root` is `/proc` outside tests.
 pub struct ProcFs {
     root: PathBuf,
+}
+
+/// What `/proc/PID/stat` and `/proc/PID/cgroup` say, for walking up the parents.
+struct Node {
+    comm: String,
+    ppid: u32,
+    cgroup: Option<String>,
 }
 
 impl ProcFs {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
+
+    fn read(&self, pid: u32, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(pid.to_string()).join(file)).ok()
+    }
+
+    fn node(&self, pid: u32) -> Option<Node> {
+        let (comm, ppid) = parse_stat(&self.read(pid, "stat")?)?;
+        let cgroup = self.read(pid, "cgroup").and_then(|t| cgroup_path(&t));
+        Some(Node { comm, ppid, cgroup })
+    }
 }
 
 impl ProcessSource for ProcFs {
     fn process(&self, pid: u32) -> Option<Process> {
-        let dir = self.root.join(pid.to_string());
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        let comm = comm.trim_end_matches('\n').to_owned();
-        let exe = std::fs::read_link(dir.join("exe"))
+        let comm = self.read(pid, "comm")?.trim_end_matches('\n').to_owned();
+        let exe = std::fs::read_link(self.root.join(pid.to_string()).join("exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let service = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|text| systemd_unit(&text))
-            .unwrap_or_else(|| comm.clone());
-        Some(Process { comm, exe, service })
+        let uid = self.read(pid, "status").and_then(|s| real_uid(&s));
+        let me = self.node(pid)?;
+        // Ancestors up to the first that is init, gone, or in another cgroup: the service root.
+        let mut chain: Vec<Node> = Vec::new();
+        let mut ppid = me.ppid;
+        while ppid > 1 && chain.len() <= MAX_PARENTS {
+            let Some(parent) = self.node(ppid) else { break };
+            ppid = parent.ppid;
+            chain.push(parent);
+        }
+        let own_cgroup = me.cgroup.clone();
+        let service = service_of(
+            own_cgroup.as_deref(),
+            &me.comm,
+            chain.iter().map(|n| n.comm.as_str()),
+        );
+        let parents = chain
+            .iter()
+            .scan(true, |same_so_far, node| {
+                let taken = *same_so_far;
+                *same_so_far = node.cgroup == own_cgroup;
+                taken.then(|| node.comm.clone())
+            })
+            .take(MAX_PARENTS)
+            .collect();
+        Some(Process {
+            comm,
+            exe,
+            uid,
+            service,
+            parents,
+        })
     }
 }
 
-/// The systemd unit in `/proc/PID/cgroup` text: the deepest path component that names a
-/// service or scope, from the `name=systemd` (v1) line or the unified (v2, `0::`) line.
+/// The service of a process: its container, else its systemd unit, else the comm of its top
+/// ancestor below init (`ancestors` parent first; the process itself when it has none).
+pub fn service_of<'a>(
+    cgroup: Option<&str>,
+    comm: &str,
+    ancestors: impl Iterator<Item = &'a str>,
+) -> String {
+    if let Some(cgroup) = cgroup {
+        if let Some(id) = container_id(cgroup) {
+            return format!("container:{}", &id[..12]);
+        }
+        if let Some(unit) = unit_in_path(cgroup) {
+            return unit;
+        }
+    }
+    ancestors.last().unwrap_or(comm).to_owned()
+}
+
+/// The cgroup path in `/proc/PID/cgroup` text that names services: the `name=systemd` (v1)
+/// line, else the unified (v2, `0::`) line.
+pub fn cgroup_path(cgroup: &str) -> Option<String> {
+    let mut unified = None;
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if controllers == "name=systemd" {
+            return Some(path.to_owned());
+        }
+        if controllers.is_empty() {
+            unified = Some(path.to_owned());
+        }
+    }
+    unified
+}
+
+/// The systemd unit in `/proc/PID/cgroup` text.
 pub fn systemd_unit(cgroup: &str) -> Option<String> {
-    cgroup
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            (controllers == "name=systemd" || controllers.is_empty()).then_some(path)
-        })
-        .find_map(unit_in_path)
+    unit_in_path(&cgroup_path(cgroup)?)
 }
 
 /// The deepest component of a cgroup path that names a systemd service or scope:
@@ -89,8 +206,46 @@ pub fn unit_in_path(path: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A container id in a cgroup path: a 64-hex component, bare (`/docker/<id>`, kubepods) or
+/// in a runtime's scope (`docker-<id>.scope`, `cri-containerd-`, `crio-`, `libpod-`).
+pub fn container_id(path: &str) -> Option<&str> {
+    path.rsplit('/').find_map(|part| {
+        let part = part.strip_suffix(".scope").unwrap_or(part);
+        let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
+            .iter()
+            .find_map(|prefix| part.strip_prefix(prefix))
+            .unwrap_or(part);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    })
+}
+
+/// comm and ppid from `/proc/PID/stat`: `pid (comm) state ppid …`; comm may hold spaces and
+/// parentheses, so it ends at the last `)`.
+fn parse_stat(stat: &str) -> Option<(String, u32)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+/// The real uid from `/proc/PID/status` (`Uid:\treal\teffective\tsaved\tfs`).
+fn real_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -115,24 +270,114 @@ mod tests {
         assert_eq!(systemd_unit("garbage"), None);
     }
 
+    const ID: &str = "4f1c2b3a4f1c2b3a4f1c2b3a4f1c2b3a4f1c2b3a4f1c2b3a4f1c2b3a4f1c2b3a";
+
+    #[test]
+    fn containers_come_before_units_and_ancestors_after() {
+        let none = std::iter::empty;
+        for path in [
+            format!("/system.slice/docker-{ID}.scope"),
+            format!("/docker/{ID}"),
+            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID}.scope"),
+            format!("/machine.slice/libpod-{ID}.scope/container"),
+        ] {
+            assert_eq!(
+                service_of(Some(&path), "nginx", none()),
+                "container:4f1c2b3a4f1c",
+                "{path}"
+            );
+        }
+        assert_eq!(
+            service_of(Some("/system.slice/dovecot.service"), "imap", none()),
+            "dovecot.service"
+        );
+        assert_eq!(
+            service_of(Some("/"), "curl", ["bash", "sshd"].into_iter()),
+            "sshd",
+            "no unit: the top ancestor below init"
+        );
+        assert_eq!(service_of(None, "cron", none()), "cron");
+        assert_eq!(container_id("/system.slice/docker-12ab.scope"), None);
+    }
+
+    #[test]
+    fn stat_with_awkward_comm() {
+        assert_eq!(
+            parse_stat("4242 (my (odd) name) S 17 4242 4242 0 -1"),
+            Some(("my (odd) name".to_owned(), 17))
+        );
+        assert_eq!(parse_stat("4242 broken"), None);
+        assert_eq!(
+            real_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t0\n"),
+            Some(1000)
+        );
+    }
+
+    /// A fake /proc entry: comm, ppid, cgroup path, uid, exe.
+    fn fake(root: &Path, pid: u32, comm: &str, ppid: u32, cgroup: &str, uid: u32) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
+        std::fs::write(
+            dir.join("stat"),
+            format!("{pid} ({comm}) S {ppid} 1 1 0 -1\n"),
+        )
+        .expect("stat");
+        std::fs::write(
+            dir.join("cgroup"),
+            format!("1:name=systemd:{cgroup}\n0::{cgroup}\n"),
+        )
+        .expect("cgroup");
+        std::fs::write(
+            dir.join("status"),
+            format!("Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
+        )
+        .expect("status");
+        std::os::unix::fs::symlink(format!("/usr/bin/{comm}"), dir.join("exe")).expect("exe");
+    }
+
     #[test]
     fn reads_a_fake_proc_tree() {
         let root = std::env::temp_dir().join(format!("exfil-proc-{}", std::process::id()));
-        let dir = root.join("4242");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::write(dir.join("comm"), "imap\n").expect("comm");
-        std::fs::write(dir.join("cgroup"), "0::/system.slice/dovecot.service\n").expect("cgroup");
-        std::os::unix::fs::symlink("/usr/lib/dovecot/imap", dir.join("exe")).expect("exe");
-        let found = ProcFs::new(&root).process(4242);
+        let _ = std::fs::remove_dir_all(&root);
+        fake(&root, 1, "init", 0, "/init.scope", 0);
+        fake(&root, 100, "dovecot", 1, "/system.slice/dovecot.service", 0);
+        fake(
+            &root,
+            200,
+            "imap-login",
+            100,
+            "/system.slice/dovecot.service",
+            0,
+        );
+        fake(&root, 4242, "imap", 200, "/system.slice/dovecot.service", 8);
+        fake(&root, 300, "sshd", 1, "/", 0);
+        fake(&root, 301, "bash", 300, "/", 1000);
+        fake(&root, 302, "curl", 301, "/", 1000);
+        let proc_fs = ProcFs::new(&root);
+        let imap = proc_fs.process(4242);
+        let curl = proc_fs.process(302);
+        let gone = ProcFs::new("/nonexistent-proc").process(1);
         std::fs::remove_dir_all(&root).expect("cleanup");
         assert_eq!(
-            found,
+            imap,
             Some(Process {
                 comm: "imap".into(),
-                exe: "/usr/lib/dovecot/imap".into(),
+                exe: "/usr/bin/imap".into(),
+                uid: Some(8),
                 service: "dovecot.service".into(),
+                parents: vec!["imap-login".into(), "dovecot".into()],
             })
         );
-        assert_eq!(ProcFs::new("/nonexistent-proc").process(1), None);
+        let curl = curl.expect("curl");
+        assert_eq!(
+            (curl.service.as_str(), curl.uid, curl.parents),
+            (
+                "sshd",
+                Some(1000),
+                vec!["bash".to_owned(), "sshd".to_owned()]
+            )
+        );
+        assert_eq!(gone, None);
     }
 }

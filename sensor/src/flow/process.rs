@@ -10,7 +10,7 @@ use std::{
 
 use sensor_common::{EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ProcessEvent};
 
-use super::identity::{Process, ProcessSource, unit_in_path};
+use super::identity::{MAX_PARENTS, Process, ProcessSource, service_of};
 
 /// How long an exited process stays known, for flows counted before it exited.
 const KEEP_EXITED: Duration = Duration::from_secs(600);
@@ -20,6 +20,7 @@ const MAX_KNOWN: usize = 65_536;
 #[derive(Debug, Clone)]
 struct Known {
     process: Process,
+    ppid: u32,
     exited: Option<SystemTime>,
 }
 
@@ -42,10 +43,25 @@ impl ProcessTable {
     pub fn apply(&mut self, now: SystemTime, events: &[ProcessEvent]) {
         for event in events {
             let comm = c_string(&event.comm);
-            let service = self
-                .cgroups
-                .unit(event.cgroup_id)
-                .unwrap_or_else(|| comm.clone());
+            let cgroup = self.cgroups.path(event.cgroup_id);
+            // A fork names its parent; exec and exit keep the parent already known.
+            let ppid = match event.kind {
+                EVENT_FORK => event.ppid,
+                _ => self.known.get(&event.tgid).map_or(0, |k| k.ppid),
+            };
+            let ancestors = self.ancestors(ppid);
+            let service = service_of(
+                cgroup.as_deref(),
+                &comm,
+                ancestors.iter().map(String::as_str),
+            );
+            let process = |exe| Process {
+                comm: comm.clone(),
+                exe,
+                uid: None,
+                service: service.clone(),
+                parents: ancestors.iter().take(MAX_PARENTS).cloned().collect(),
+            };
             match event.kind {
                 EVENT_FORK => {
                     // The child runs its parent's program until it execs.
@@ -54,20 +70,17 @@ impl ProcessTable {
                         .get(&event.ppid)
                         .map(|p| p.process.exe.clone())
                         .unwrap_or_default();
-                    self.remember(event.tgid, Process { comm, exe, service });
+                    self.remember(event.tgid, ppid, process(exe));
                 }
-                EVENT_EXEC => {
-                    let exe = c_string(&event.filename);
-                    self.remember(event.tgid, Process { comm, exe, service });
-                }
+                EVENT_EXEC => self.remember(event.tgid, ppid, process(c_string(&event.filename))),
                 EVENT_EXIT => match self.known.get_mut(&event.tgid) {
                     Some(known) => known.exited = Some(now),
                     None => {
-                        let exe = String::new();
                         self.known.insert(
                             event.tgid,
                             Known {
-                                process: Process { comm, exe, service },
+                                process: process(String::new()),
+                                ppid,
                                 exited: Some(now),
                             },
                         );
@@ -79,11 +92,25 @@ impl ProcessTable {
         self.expire(now);
     }
 
-    fn remember(&mut self, tgid: u32, process: Process) {
+    /// Comms of the known ancestors from `ppid` up, parent first, stopping below init.
+    fn ancestors(&self, mut ppid: u32) -> Vec<String> {
+        let mut chain = Vec::new();
+        while ppid > 1 && chain.len() < MAX_PARENTS {
+            let Some(parent) = self.known.get(&ppid) else {
+                break;
+            };
+            chain.push(parent.process.comm.clone());
+            ppid = parent.ppid;
+        }
+        chain
+    }
+
+    fn remember(&mut self, tgid: u32, ppid: u32, process: Process) {
         self.known.insert(
             tgid,
             Known {
                 process,
+                ppid,
                 exited: None,
             },
         );
@@ -132,33 +159,33 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// cgroup id → systemd unit. On cgroup2 a cgroup's id is the inode of its directory, so an
+/// cgroup id → cgroup path. On cgroup2 a cgroup's id is the inode of its directory, so an
 /// unknown id is found by walking the hierarchy once (then cached).
 struct CgroupNames {
     root: Option<PathBuf>,
-    units: HashMap<u64, Option<String>>,
+    paths: HashMap<u64, Option<String>>,
 }
 
 impl CgroupNames {
     fn new(root: Option<PathBuf>) -> Self {
         Self {
             root,
-            units: HashMap::new(),
+            paths: HashMap::new(),
         }
     }
 
-    fn unit(&mut self, id: u64) -> Option<String> {
-        if let Some(unit) = self.units.get(&id) {
-            return unit.clone();
+    fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(path) = self.paths.get(&id) {
+            return path.clone();
         }
         let root = self.root.as_deref()?;
         let mut found = HashMap::new();
         walk(root, root, 0, &mut found);
         for (inode, path) in found {
-            self.units.insert(inode, unit_in_path(&path));
+            self.paths.insert(inode, Some(path));
         }
         // Remember misses too: a cgroup that is gone stays gone.
-        self.units.entry(id).or_insert(None).clone()
+        self.paths.entry(id).or_insert(None).clone()
     }
 }
 
@@ -219,7 +246,9 @@ mod tests {
             Some(Process {
                 comm: "bash".into(),
                 exe: "/bin/bash".into(),
-                service: "bash".into()
+                uid: None,
+                service: "bash".into(),
+                parents: vec!["bash".into()],
             }),
             "a forked child runs its parent's program"
         );
@@ -232,8 +261,9 @@ mod tests {
         );
         let gone = table.process(101).expect("known after exit");
         assert_eq!(
-            (gone.comm.as_str(), gone.exe.as_str()),
-            ("curl", "/usr/bin/curl")
+            (gone.comm.as_str(), gone.exe.as_str(), gone.service.as_str()),
+            ("curl", "/usr/bin/curl", "bash"),
+            "no unit: named after its top ancestor, the shell it was forked from"
         );
 
         table.apply(t0 + KEEP_EXITED, &[]);
@@ -249,7 +279,9 @@ mod tests {
                 (pid == 7).then(|| Process {
                     comm: "live".into(),
                     exe: "/proc/7/exe".into(),
+                    uid: Some(0),
                     service: "s.service".into(),
+                    parents: Vec::new(),
                 })
             }
         }
@@ -277,8 +309,11 @@ mod tests {
         std::fs::create_dir_all(&unit).expect("mkdir");
         let id = std::fs::metadata(&unit).expect("stat").ino();
         let mut names = CgroupNames::new(Some(root.clone()));
-        assert_eq!(names.unit(id).as_deref(), Some("postfix@-.service"));
-        assert_eq!(names.unit(1), None, "an unknown id");
+        assert_eq!(
+            names.path(id).as_deref(),
+            Some("/system.slice/postfix@-.service")
+        );
+        assert_eq!(names.path(1), None, "an unknown id");
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

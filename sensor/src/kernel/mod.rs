@@ -8,7 +8,10 @@ mod layout;
 mod pin;
 mod probes;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -87,6 +90,57 @@ pub struct KernelSums {
     pub drops: [u64; MAP_COUNT as usize],
 }
 
+/// Keys of processes that exited, to delete once their last totals are read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeadKeys {
+    pub flows: Vec<FlowKey>,
+    pub flow_overflow: Vec<u32>,
+    pub files: Vec<FileKey>,
+    pub file_overflow: Vec<u32>,
+}
+
+impl DeadKeys {
+    /// The keys in `sums` that belong to a process in `exited`.
+    pub fn of(sums: &KernelSums, exited: &HashSet<u32>) -> Self {
+        if exited.is_empty() {
+            return Self::default();
+        }
+        Self {
+            flows: sums
+                .flows
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| exited.contains(&k.tgid))
+                .collect(),
+            flow_overflow: sums
+                .flow_overflow
+                .iter()
+                .map(|(t, _)| *t)
+                .filter(|t| exited.contains(t))
+                .collect(),
+            files: sums
+                .file_reads
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| exited.contains(&k.tgid))
+                .collect(),
+            file_overflow: sums
+                .file_overflow
+                .iter()
+                .map(|(t, _)| *t)
+                .filter(|t| exited.contains(t))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+            && self.flow_overflow.is_empty()
+            && self.files.is_empty()
+            && self.file_overflow.is_empty()
+    }
+}
+
 /// The loaded programs and their maps. Dropping it detaches everything.
 pub struct Sensor {
     ebpf: Ebpf,
@@ -95,6 +149,8 @@ pub struct Sensor {
     file_paths: RingBuf<MapData>,
     /// Possible CPUs: the number of values per key of a per-CPU map.
     cpus: usize,
+    /// The maps were left pinned by an earlier agent: their totals predate this one.
+    reused_maps: bool,
 }
 
 impl Sensor {
@@ -180,7 +236,59 @@ impl Sensor {
             process_events,
             file_paths,
             cpus,
+            reused_maps: reuse != Reuse::Fresh,
         })
+    }
+
+    /// Whether the totals were carried over from an earlier agent's pinned maps.
+    pub fn reused_maps(&self) -> bool {
+        self.reused_maps
+    }
+
+    /// Deletes the keys of processes that exited from the flow and file maps, after their
+    /// last totals were read: they cannot count again, and the maps stay free for the living.
+    /// Returns how many keys went.
+    pub fn forget(&mut self, dead: &DeadKeys) -> Result<usize, KernelError> {
+        let mut removed = 0;
+        if !dead.flows.is_empty() {
+            let mut flows: PerCpuHashMap<&mut MapData, FlowKey, FlowCounters> =
+                PerCpuHashMap::try_from(self.map_mut("FLOWS")?).map_err(map_err("FLOWS"))?;
+            removed += dead
+                .flows
+                .iter()
+                .filter(|k| flows.remove(k).is_ok())
+                .count();
+        }
+        if !dead.flow_overflow.is_empty() {
+            let mut overflow: PerCpuHashMap<&mut MapData, u32, FlowCounters> =
+                PerCpuHashMap::try_from(self.map_mut("FLOW_OVERFLOW")?)
+                    .map_err(map_err("FLOW_OVERFLOW"))?;
+            removed += dead
+                .flow_overflow
+                .iter()
+                .filter(|t| overflow.remove(t).is_ok())
+                .count();
+        }
+        if !dead.files.is_empty() {
+            let mut files: HashMap<&mut MapData, FileKey, FileRead> =
+                HashMap::try_from(self.map_mut("FILE_READS")?).map_err(map_err("FILE_READS"))?;
+            removed += dead
+                .files
+                .iter()
+                .filter(|k| files.remove(k).is_ok())
+                .count();
+        }
+        if !dead.file_overflow.is_empty() {
+            let mut overflow: PerCpuHashMap<&mut MapData, u32, u64> =
+                PerCpuHashMap::try_from(self.map_mut("FILE_OVERFLOW")?)
+                    .map_err(map_err("FILE_OVERFLOW"))?;
+            removed += dead
+                .file_overflow
+                .iter()
+                .filter(|t| overflow.remove(t).is_ok())
+                .count();
+        }
+        Ok(removed)
     }
 
     /// The compatibility table: each probe, attached or skipped with the reason.
@@ -267,6 +375,10 @@ impl Sensor {
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
         self.ebpf.map(name).ok_or(KernelError::MissingMap(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
+        self.ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))
     }
 }
 

@@ -22,6 +22,8 @@
 //!   exfil-traffic sendto COUNT SIZE ADDR...
 //!                                        one unconnected UDP socket, COUNT datagrams of SIZE
 //!                                        bytes to each ADDR in turn, addressed with each send
+//!   exfil-traffic connect-unix PATH      connect to a Unix socket, print `connected` or
+//!                                        `refused <reason>`
 //!
 //! Every run ends by itself within 60 s (SIGALRM), whatever the test does.
 
@@ -48,6 +50,12 @@ fn main() -> anyhow::Result<()> {
             .map(String::as_str)
             .with_context(|| format!("missing argument {}; see the file's doc comment", i + 1))
     };
+    if arg(0)? == "connect-unix" {
+        return match std::os::unix::net::UnixStream::connect(arg(1)?) {
+            Ok(_) => say("connected"),
+            Err(e) => say(&format!("refused {e}")),
+        };
+    }
     if arg(0)? == "sendto" {
         let addrs = args[3..]
             .iter()

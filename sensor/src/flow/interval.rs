@@ -1,0 +1,117 @@
+//! Interval records: per flow the bytes sent and received in one interval, per file the bytes
+//! read. The single input of detection and of the journal, so plain, owned, serializable data.
+
+use std::net::IpAddr;
+
+use sensor_common::{DIRECTION_INBOUND, DIRECTION_OUTBOUND, PROTO_TCP, PROTO_UDP};
+use serde::{Deserialize, Serialize};
+
+use super::class::DestinationClass;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// The other row, whose protocol was not kept.
+    Other,
+}
+
+impl Protocol {
+    pub fn from_kernel(protocol: u8) -> Self {
+        match protocol {
+            PROTO_TCP => Self::Tcp,
+            PROTO_UDP => Self::Udp,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// This host opened the connection (or sent the datagram).
+    Outbound,
+    /// This host accepted the connection.
+    Inbound,
+    /// The other row.
+    Other,
+}
+
+impl Direction {
+    pub fn from_kernel(direction: u8) -> Self {
+        match direction {
+            DIRECTION_OUTBOUND => Self::Outbound,
+            DIRECTION_INBOUND => Self::Inbound,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// One flow's traffic in one interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowInterval {
+    pub service: String,
+    /// 0 on a service's other row.
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub uid: Option<u32>,
+    /// `None` on an other row: bytes whose destination was not kept apart.
+    pub destination: Option<IpAddr>,
+    pub class: DestinationClass,
+    /// The remote port of an outbound flow, the local port of an inbound one.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub direction: Direction,
+    pub bytes_sent: u64,
+    pub sends: u64,
+    pub bytes_received: u64,
+    pub recvs: u64,
+}
+
+/// One (process, file)'s reads in one interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInterval {
+    pub service: String,
+    /// 0 on a service's other row.
+    pub pid: u32,
+    pub comm: String,
+    /// `None` until the kernel told the path, and on an other row.
+    pub path: Option<String>,
+    pub class: String,
+    pub bytes_read: u64,
+    pub reads: u64,
+}
+
+/// Everything that moved in `[start_ms, end_ms)` (Unix milliseconds). Flows and files that
+/// did not move are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interval {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub flows: Vec<FlowInterval>,
+    pub files: Vec<FileInterval>,
+}
+
+/// Unix milliseconds of a time; 0 before 1970.
+pub fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,500 @@
+//! Prometheus metrics: bounded counters of what services sent and read, and the sensor's
+//! health (shared/CONTRACT.md names them).
+
+mod top_k;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use prometheus::{
+    Encoder as _, Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use sensor_common::{MAP_NAMES, PROG_NAMES};
+
+pub use self::top_k::{Dest, TopK};
+use crate::{
+    config::MetricsConfig,
+    flow::{
+        destination,
+        files::{FileChange, FileTable},
+        flows::{Evictions, FlowChange, FlowTable},
+        interval::Protocol,
+    },
+    kernel::{KernelSums, ProbeState, ProbeStatus},
+};
+
+/// Alert kinds (shared/CONTRACT.md), each exported from the start so that `increase()` sees
+/// the first alert.
+pub const ALERT_KINDS: [&str; 7] = [
+    "burst",
+    "lineage",
+    "new_destination",
+    "baseline",
+    "slow_leak",
+    "budget",
+    "tamper",
+];
+
+/// The service label of services beyond `metrics.max_services`.
+const OTHER_SERVICE: &str = "other";
+
+/// Owned by the agent's single aggregating task; the HTTP side only holds a clone of the
+/// registry.
+pub struct Metrics {
+    registry: Registry,
+    egress: TopK,
+    file_read: IntCounterVec,
+    file_read_series: HashMap<(String, Arc<str>), IntCounter>,
+    /// Services with labels of their own, at most `max_services`.
+    services: HashSet<String>,
+    max_services: usize,
+    unattributed: IntCounter,
+    probe_attached: IntGaugeVec,
+    kernel_errors: IntCounterVec,
+    kernel_drops: IntCounterVec,
+    alerts: IntCounterVec,
+    poll_duration: Gauge,
+    last_poll: Gauge,
+    table_entries: IntGaugeVec,
+    evictions: IntCounterVec,
+    last_errors: Vec<u64>,
+    last_drops: Vec<u64>,
+    last_unattributed: u64,
+    last_evictions: [Evictions; 2],
+}
+
+fn registered<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: T,
+) -> T {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once, with a static definition");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registered(registry, vec)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registered(registry, vec)
+}
+
+impl Metrics {
+    pub fn new(config: &MetricsConfig) -> Self {
+        let registry = Registry::new();
+        let egress = counter_vec(
+            &registry,
+            "exfil_sensor_egress_bytes_total",
+            "Bytes sent by a service to a destination (its top destinations by bytes over the last hour; the rest as other).",
+            &["service", "destination", "port", "protocol"],
+        );
+        let file_read = counter_vec(
+            &registry,
+            "exfil_sensor_file_read_bytes_total",
+            "Bytes a service read from files of a class (classes from the config; never a path).",
+            &["service", "class"],
+        );
+        let kernel_errors = counter_vec(
+            &registry,
+            "exfil_sensor_kernel_errors_total",
+            "Events a kernel program could not read, per program.",
+            &["program"],
+        );
+        let kernel_drops = counter_vec(
+            &registry,
+            "exfil_sensor_kernel_drops_total",
+            "Inserts refused because a kernel map was full; their bytes went to an overflow bucket.",
+            &["map"],
+        );
+        let alerts = counter_vec(
+            &registry,
+            "exfil_sensor_alerts_total",
+            "Alerts raised, per kind.",
+            &["kind"],
+        );
+        let evictions = counter_vec(
+            &registry,
+            "exfil_sensor_table_evictions_total",
+            "Rows dropped from the agent's tables: full (made room for a new row) or idle (no bytes for flows.idle_ttl). Totals are unaffected.",
+            &["table", "reason"],
+        );
+        let table_entries = gauge_vec(
+            &registry,
+            "exfil_sensor_table_entries",
+            "Rows the agent's tables hold (flows: process x destination; files: process x file).",
+            &["table"],
+        );
+        let unattributed = registered(
+            &registry,
+            IntCounter::new(
+                "exfil_sensor_egress_unattributed_bytes_total",
+                "Bytes sent while the flow map and its per-process overflow map were both full.",
+            )
+            .expect("static metric definition"),
+        );
+        let probe_attached = gauge_vec(
+            &registry,
+            "exfil_sensor_probe_attached",
+            "1 when the probe is attached, 0 when it was skipped (see the agent's log for why).",
+            &["probe"],
+        );
+        let poll_duration = registered(
+            &registry,
+            Gauge::new(
+                "exfil_sensor_poll_duration_seconds",
+                "How long the last read of the kernel maps took.",
+            )
+            .expect("static metric definition"),
+        );
+        let last_poll = registered(
+            &registry,
+            Gauge::new(
+                "exfil_sensor_last_poll_timestamp_seconds",
+                "When the kernel maps were last read (Unix time); time() minus this is the poll lag.",
+            )
+            .expect("static metric definition"),
+        );
+        let build_info = gauge_vec(
+            &registry,
+            "exfil_sensor_build_info",
+            "Always 1; the labels say which build is running.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for name in PROG_NAMES {
+            kernel_errors.with_label_values(&[name]);
+        }
+        for name in MAP_NAMES {
+            kernel_drops.with_label_values(&[name]);
+        }
+        for kind in ALERT_KINDS {
+            alerts.with_label_values(&[kind]);
+        }
+        for table in ["flows", "files"] {
+            table_entries.with_label_values(&[table]);
+            for reason in ["full", "idle"] {
+                evictions.with_label_values(&[table, reason]);
+            }
+        }
+        Self {
+            registry,
+            egress: TopK::new(egress, config.destinations_per_service, config.series_ttl),
+            file_read,
+            file_read_series: HashMap::new(),
+            services: HashSet::new(),
+            max_services: config.max_services,
+            unattributed,
+            probe_attached,
+            kernel_errors,
+            kernel_drops,
+            alerts,
+            poll_duration,
+            last_poll,
+            table_entries,
+            evictions,
+            last_errors: vec![0; PROG_NAMES.len()],
+            last_drops: vec![0; MAP_NAMES.len()],
+            last_unattributed: 0,
+            last_evictions: [Evictions::default(); 2],
+        }
+    }
+
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    pub fn set_probes(&self, probes: &[ProbeStatus]) {
+        for status in probes {
+            let attached = i64::from(status.state == ProbeState::Attached);
+            self.probe_attached
+                .with_label_values(&[status.probe])
+                .set(attached);
+        }
+    }
+
+    /// The label a service gets: its own name while there is room, else `other`.
+    fn service_label(&mut self, service: &str) -> String {
+        if self.services.contains(service) {
+            return service.to_owned();
+        }
+        if self.services.len() < self.max_services {
+            self.services.insert(service.to_owned());
+            return service.to_owned();
+        }
+        OTHER_SERVICE.to_owned()
+    }
+
+    /// Adds one poll's changes. Counters only ever grow.
+    pub fn observe_poll(
+        &mut self,
+        now: SystemTime,
+        flows: &[FlowChange],
+        files: &[FileChange],
+        sums: &KernelSums,
+        poll: Duration,
+    ) {
+        for change in flows {
+            if change.delta.sent == 0 {
+                continue;
+            }
+            let service = self.service_label(&change.process.service);
+            let dest = change.key.as_ref().and_then(|key| {
+                Some(Dest {
+                    ip: destination(key)?,
+                    port: key.port,
+                    protocol: Protocol::from_kernel(key.protocol).as_str(),
+                })
+            });
+            self.egress.add(&service, dest, change.delta.sent, now);
+        }
+        for change in files {
+            let service = self.service_label(&change.process.service);
+            let key = (service, Arc::clone(&change.class));
+            let counter =
+                self.file_read_series
+                    .entry(key)
+                    .or_insert_with_key(|(service, class)| {
+                        self.file_read.with_label_values(&[service.as_str(), class])
+                    });
+            counter.inc_by(change.bytes);
+        }
+        add_deltas(
+            &self.kernel_errors,
+            &PROG_NAMES,
+            &sums.errors,
+            &mut self.last_errors,
+        );
+        add_deltas(
+            &self.kernel_drops,
+            &MAP_NAMES,
+            &sums.drops,
+            &mut self.last_drops,
+        );
+        let overflow = sums.unattributed.sent;
+        self.unattributed
+            .inc_by(overflow.saturating_sub(self.last_unattributed));
+        self.last_unattributed = self.last_unattributed.max(overflow);
+        self.poll_duration.set(poll.as_secs_f64());
+        self.last_poll.set(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+    }
+
+    /// Table sizes and evictions, and a re-rank of egress series; once per interval.
+    pub fn observe_tables(&mut self, now: SystemTime, flows: &FlowTable, files: &FileTable) {
+        for (i, (table, len, evictions)) in [
+            ("flows", flows.len(), flows.evictions),
+            ("files", files.len(), files.evictions),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.table_entries
+                .with_label_values(&[table])
+                .set(i64::try_from(len).unwrap_or(i64::MAX));
+            let last = &mut self.last_evictions[i];
+            for (reason, now_count, seen) in [
+                ("full", evictions.full, &mut last.full),
+                ("idle", evictions.idle, &mut last.idle),
+            ] {
+                self.evictions
+                    .with_label_values(&[table, reason])
+                    .inc_by(now_count.saturating_sub(*seen));
+                *seen = (*seen).max(now_count);
+            }
+        }
+        self.egress.review(now);
+    }
+
+    /// Counts an alert of `kind` (one of `ALERT_KINDS`).
+    pub fn alert_raised(&self, kind: &str) {
+        self.alerts.with_label_values(&[kind]).inc();
+    }
+
+    /// The text exposition format, as `/metrics` serves it.
+    pub fn render(registry: &Registry) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "rendering metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn add_deltas(vec: &IntCounterVec, names: &[&str], now: &[u64], last: &mut [u64]) {
+    for ((name, value), seen) in names.iter().zip(now).zip(last.iter_mut()) {
+        vec.with_label_values(&[name])
+            .inc_by(value.saturating_sub(*seen));
+        *seen = (*seen).max(*value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sensor_common::{DIRECTION_OUTBOUND, FAMILY_IPV4, FlowCounters, FlowKey, PROTO_TCP};
+
+    use super::*;
+    use crate::flow::identity::Process;
+
+    fn process(service: &str) -> Arc<Process> {
+        Arc::new(Process {
+            comm: "send".into(),
+            exe: String::new(),
+            uid: None,
+            service: service.into(),
+            parents: Vec::new(),
+        })
+    }
+
+    fn change(service: &str, last_octet: Option<u8>, sent: u64) -> FlowChange {
+        let key = last_octet.map(|octet| {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&[198, 51, 100, octet]);
+            FlowKey {
+                tgid: 10,
+                port: 443,
+                family: FAMILY_IPV4,
+                protocol: PROTO_TCP,
+                addr,
+                direction: DIRECTION_OUTBOUND,
+                _pad: [0; 7],
+            }
+        });
+        FlowChange {
+            process: process(service),
+            key,
+            delta: FlowCounters {
+                sent,
+                sends: 1,
+                ..FlowCounters::default()
+            },
+        }
+    }
+
+    fn value(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn config(per_service: usize, max_services: usize) -> MetricsConfig {
+        MetricsConfig {
+            destinations_per_service: per_service,
+            max_services,
+            ..MetricsConfig::default()
+        }
+    }
+
+    const NOW: SystemTime = SystemTime::UNIX_EPOCH;
+
+    #[test]
+    fn egress_counts_per_service_with_k_own_series_and_other() {
+        let mut metrics = Metrics::new(&config(2, 10));
+        let sums = KernelSums::default();
+        for round in 1..=2 {
+            let changes: Vec<FlowChange> = (1..=4)
+                .map(|i| change("mail.service", Some(i), 1_000 * u64::from(i) * round))
+                .chain([change("mail.service", None, 7)])
+                .collect();
+            metrics.observe_poll(NOW, &changes, &[], &sums, Duration::ZERO);
+        }
+        let text = Metrics::render(&metrics.registry());
+        let series = |dest: &str, port: &str, proto: &str| {
+            value(
+                &text,
+                &format!(
+                    "exfil_sensor_egress_bytes_total{{destination=\"{dest}\",port=\"{port}\",protocol=\"{proto}\",service=\"mail.service\"}}"
+                ),
+            )
+        };
+        assert_eq!(series("198.51.100.1", "443", "tcp"), Some(3_000));
+        assert_eq!(series("198.51.100.2", "443", "tcp"), Some(6_000));
+        assert_eq!(series("198.51.100.3", "443", "tcp"), None);
+        assert_eq!(series("other", "other", "other"), Some(9_000 + 12_000 + 14));
+        let count = text
+            .lines()
+            .filter(|l| l.starts_with("exfil_sensor_egress_bytes_total{"))
+            .count();
+        assert_eq!(count, 3, "two own series plus other:\n{text}");
+    }
+
+    #[test]
+    fn services_beyond_the_cap_share_the_other_service_label() {
+        let mut metrics = Metrics::new(&config(5, 1));
+        let changes = [
+            change("a.service", Some(1), 5),
+            change("b.service", Some(1), 6),
+        ];
+        let files = [FileChange {
+            process: process("b.service"),
+            class: Arc::from("mail_store"),
+            bytes: 4_096,
+        }];
+        metrics.observe_poll(
+            NOW,
+            &changes,
+            &files,
+            &KernelSums::default(),
+            Duration::ZERO,
+        );
+        let text = Metrics::render(&metrics.registry());
+        assert_eq!(
+            value(
+                &text,
+                "exfil_sensor_egress_bytes_total{destination=\"198.51.100.1\",port=\"443\",protocol=\"tcp\",service=\"other\"}"
+            ),
+            Some(6)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "exfil_sensor_file_read_bytes_total{class=\"mail_store\",service=\"other\"}"
+            ),
+            Some(4_096)
+        );
+    }
+
+    #[test]
+    fn kernel_counters_are_exported_as_deltas() {
+        let mut metrics = Metrics::new(&MetricsConfig::default());
+        let mut sums = KernelSums::default();
+        sums.drops[0] = 5;
+        sums.unattributed.sent = 1_201;
+        metrics.observe_poll(NOW, &[], &[], &sums, Duration::ZERO);
+        sums.drops[0] = 7;
+        metrics.observe_poll(NOW, &[], &[], &sums, Duration::ZERO);
+        let text = Metrics::render(&metrics.registry());
+        assert_eq!(
+            value(&text, "exfil_sensor_kernel_drops_total{map=\"flows\"}"),
+            Some(7)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "exfil_sensor_kernel_errors_total{program=\"sock_send_length\"}"
+            ),
+            Some(0)
+        );
+        assert_eq!(
+            value(&text, "exfil_sensor_egress_unattributed_bytes_total"),
+            Some(1_201)
+        );
+        assert_eq!(
+            value(&text, "exfil_sensor_alerts_total{kind=\"burst\"}"),
+            Some(0)
+        );
+    }
+}
