@@ -12,4 +12,6 @@ pub mod daemon;
 pub mod flow;
 pub mod http;
 pub mod kernel;
+pub mod listing;
 pub mod metrics;
+pub mod table;
