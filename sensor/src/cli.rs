@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Live terminal view of the top talkers, read from a running agent.
+    Top {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
     /// Flows (process × destination) of a running agent, most bytes sent first.
     Flows(ListArgs),
     /// Files read, per process, of a running agent, most bytes read first.
@@ -241,6 +246,14 @@ mod tests {
             Cli::try_parse_from(["exfil-sensor", "files", "--limit", "-1"]).is_err(),
             "a negative limit"
         );
+    }
+
+    #[test]
+    fn top_takes_a_socket() {
+        let Command::Top { agent } = parse(&["top", "--api-socket", "/tmp/b.sock"]) else {
+            panic!("not top");
+        };
+        assert_eq!(agent.api_socket, PathBuf::from("/tmp/b.sock"));
     }
 
     #[test]

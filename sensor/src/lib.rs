@@ -15,3 +15,4 @@ pub mod kernel;
 pub mod listing;
 pub mod metrics;
 pub mod table;
+pub mod top;

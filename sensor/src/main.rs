@@ -10,6 +10,7 @@ use sensor::{
     config::{self, Config},
     daemon,
     listing::{self, Format, Listing},
+    top,
 };
 
 /// The exit code of a command the CLI accepts but the agent cannot do yet, so that scripts
@@ -34,6 +35,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Flows(args) => list(Listing::Flows, &args),
         Command::Files(args) => list(Listing::Files, &args),
         Command::Alerts(args) => list(Listing::Alerts, &args),
+        Command::Top { agent } => {
+            top::run(&agent.api_socket)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Journal {
             command: JournalCommand::Verify { .. },
         } => Ok(not_implemented("journal verify")),
