@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{api::Filter, config::HttpConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +47,48 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Live terminal view of the top talkers, read from a running agent.
+    Top {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Flows (process × destination) of a running agent, most bytes sent first.
+    Flows(ListArgs),
+    /// Files read, per process, of a running agent, most bytes read first.
+    Files(ListArgs),
+    /// Alerts a running agent raised since it started.
+    Alerts(ListArgs),
+    /// Journal helpers.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// Re-run detection over a journal; prints each alert with its destination.
+    Replay {
+        dir: PathBuf,
+        /// Config whose detection rules to apply; without it, the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only records from this time on (RFC 3339, e.g. 2026-11-23T19:00:00Z).
+        #[arg(long)]
+        from: Option<humantime::Timestamp>,
+        /// Only records before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<humantime::Timestamp>,
+        #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
+        format: ReplayFormat,
+    },
+    /// Timeline of volume per service × destination in a journal.
+    Report {
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+    },
+    /// Foreign evidence into a journal that `replay` reads.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,8 +97,79 @@ pub enum ConfigCommand {
     Default,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Exit 0 if the journal is intact; else name the first bad record.
+    Verify { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// A Zeek conn.log.
+    Zeek {
+        file: PathBuf,
+        /// Journal directory to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+    Svg,
+}
+
+/// Where a client subcommand finds the agent.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The agent's JSON API socket (its http.api_socket).
+    #[arg(long, default_value_os_t = HttpConfig::default().api_socket)]
+    pub api_socket: PathBuf,
+}
+
+/// `flows`, `files` and `alerts`: which rows, and how to print them.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print the agent's JSON array (one pretty document) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Only rows of this service (exact unit name, e.g. postfix.service).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only rows of this class: destination class for flows, file class for files, alert
+    /// kind for alerts.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// At most this many rows, largest first.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+impl ListArgs {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            service: self.service.clone(),
+            class: self.class.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use clap::CommandFactory as _;
 
     use super::*;
@@ -83,6 +198,123 @@ mod tests {
         };
         assert_eq!(listen, Some("127.0.0.1:1".parse().expect("addr")));
         assert_eq!(api_socket, Some(PathBuf::from("/tmp/a.sock")));
+    }
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("exfil-sensor").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+    }
+
+    #[test]
+    fn list_commands_default_to_the_configured_socket() {
+        let Command::Flows(args) = parse(&["flows"]) else {
+            panic!("not flows");
+        };
+        assert!(!args.json);
+        assert_eq!(args.agent.api_socket, HttpConfig::default().api_socket);
+        assert_eq!(args.filter(), Filter::default());
+    }
+
+    #[test]
+    fn list_filters_parse() {
+        let Command::Alerts(args) = parse(&[
+            "alerts",
+            "--json",
+            "--api-socket",
+            "/tmp/a.sock",
+            "--service",
+            "backup.service",
+            "--class",
+            "burst",
+            "--limit",
+            "3",
+        ]) else {
+            panic!("not alerts");
+        };
+        assert!(args.json);
+        assert_eq!(args.agent.api_socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(
+            args.filter().query_string(),
+            "?service=backup.service&class=burst&limit=3"
+        );
+        assert!(matches!(
+            parse(&["files", "--limit", "1"]),
+            Command::Files(_)
+        ));
+        assert!(
+            Cli::try_parse_from(["exfil-sensor", "files", "--limit", "-1"]).is_err(),
+            "a negative limit"
+        );
+    }
+
+    #[test]
+    fn top_takes_a_socket() {
+        let Command::Top { agent } = parse(&["top", "--api-socket", "/tmp/b.sock"]) else {
+            panic!("not top");
+        };
+        assert_eq!(agent.api_socket, PathBuf::from("/tmp/b.sock"));
+    }
+
+    #[test]
+    fn journal_commands_parse() {
+        let Command::Journal {
+            command: JournalCommand::Verify { dir },
+        } = parse(&["journal", "verify", "/var/lib/exfil-sensor/journal"])
+        else {
+            panic!("not journal verify");
+        };
+        assert_eq!(dir, PathBuf::from("/var/lib/exfil-sensor/journal"));
+        let Command::Replay {
+            dir,
+            config,
+            from,
+            to,
+            format,
+        } = parse(&[
+            "replay",
+            "j",
+            "--config",
+            "c.toml",
+            "--from",
+            "2026-11-23T19:00:00Z",
+            "--format",
+            "json",
+        ])
+        else {
+            panic!("not replay");
+        };
+        assert_eq!(dir, PathBuf::from("j"));
+        assert_eq!(config, Some(PathBuf::from("c.toml")));
+        assert_eq!(
+            from.map(|t| *t),
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_460_400))
+        );
+        assert_eq!(to, None);
+        assert_eq!(format, ReplayFormat::Json);
+        assert!(
+            Cli::try_parse_from(["exfil-sensor", "replay", "j", "--from", "yesterday"]).is_err()
+        );
+        assert!(matches!(
+            parse(&["report", "j", "--format", "svg"]),
+            Command::Report {
+                format: ReportFormat::Svg,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["report", "j"]),
+            Command::Report {
+                format: ReportFormat::Table,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["import", "zeek", "conn.log", "--out", "j"]),
+            Command::Import { source: ImportSource::Zeek { file, out } }
+                if file == Path::new("conn.log") && out == Path::new("j")
+        ));
+        assert!(Cli::try_parse_from(["exfil-sensor", "import", "zeek", "conn.log"]).is_err());
     }
 
     #[test]

@@ -7,9 +7,13 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod flow;
 pub mod http;
 pub mod kernel;
+pub mod listing;
 pub mod metrics;
+pub mod table;
+pub mod top;

@@ -6,16 +6,22 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 
 use sensor::{
-    cli::{Cli, Command, ConfigCommand, LogFormat},
+    cli::{Cli, Command, ConfigCommand, ImportSource, JournalCommand, ListArgs, LogFormat},
     config::{self, Config},
     daemon,
+    listing::{self, Format, Listing},
+    top,
 };
+
+/// The exit code of a command the CLI accepts but the agent cannot do yet, so that scripts
+/// tell it from a failure (1).
+const NOT_IMPLEMENTED: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match dispatch(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One line: the error and its causes, outermost first.
             eprintln!("exfil-sensor: {e:#}");
@@ -24,8 +30,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<()> {
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Flows(args) => list(Listing::Flows, &args),
+        Command::Files(args) => list(Listing::Files, &args),
+        Command::Alerts(args) => list(Listing::Alerts, &args),
+        Command::Top { agent } => {
+            top::run(&agent.api_socket)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Journal {
+            command: JournalCommand::Verify { .. },
+        } => Ok(not_implemented("journal verify")),
+        Command::Replay { .. } => Ok(not_implemented("replay")),
+        Command::Report { .. } => Ok(not_implemented("report")),
+        Command::Import {
+            source: ImportSource::Zeek { .. },
+        } => Ok(not_implemented("import zeek")),
         Command::Run {
             config,
             listen,
@@ -41,20 +62,37 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(api_socket) = api_socket {
                 config.http.api_socket = api_socket;
             }
-            daemon::run(config)
+            daemon::run(config)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
             Config::load(&file)?;
             println!("{}: ok", file.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Default,
         } => {
             print!("{}", config::DEFAULT_TOML);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn list(listing: Listing, args: &ListArgs) -> anyhow::Result<ExitCode> {
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Table
+    };
+    let text = listing::show(listing, &args.agent.api_socket, &args.filter(), format)?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn not_implemented(command: &str) -> ExitCode {
+    eprintln!("exfil-sensor: {command} is not yet implemented");
+    ExitCode::from(NOT_IMPLEMENTED)
 }
 
 fn init_logging(format: LogFormat) {
