@@ -139,6 +139,7 @@ impl Aggregator {
             self.flows.forget_processes(&exited);
             self.files.forget_processes(&exited);
         }
+        self.metrics.observe_tables(&self.flows, &self.files);
         if now.duration_since(start).unwrap_or_default() >= self.interval {
             return Some(self.end_interval(now));
         }
@@ -154,7 +155,8 @@ impl Aggregator {
             flows: self.flows.tick(now),
             files: self.files.tick(now),
         };
-        self.metrics.observe_tables(now, &self.flows, &self.files);
+        self.metrics.observe_tables(&self.flows, &self.files);
+        self.metrics.review(now);
         interval
     }
 

@@ -47,6 +47,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         file_map_entries: config.kernel.file_map_entries,
         pin_dir: config.kernel.pin_dir.clone(),
     })?;
+    release_freed_memory();
     for status in sensor.probes() {
         match &status.state {
             ProbeState::Attached => tracing::info!(probe = status.probe, "attached"),
@@ -131,6 +132,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("the aggregating thread panicked");
     }
     Ok(())
+}
+
+/// Hands the memory freed after loading (the parsed BTF of the whole kernel, tens of MiB)
+/// back to the system: glibc keeps freed heap otherwise, and the agent's RSS would carry its
+/// start-up peak for its whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Until the journal and detection take them (issues 8 and 9), intervals are logged.

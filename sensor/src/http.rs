@@ -311,4 +311,98 @@ mod tests {
             (false, "a (required) not attached: no cgroup2\n".to_owned())
         );
     }
+
+    /// A token file in a fresh temp dir, with `mode`.
+    fn token_file(name: &str, text: &str, mode: u32) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("exfil-token-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).expect("write token");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn token_files_must_be_private_and_long() {
+        let open = token_file("open", "0123456789abcdef\n", 0o644);
+        let short = token_file("short", "abc\n", 0o600);
+        let good = token_file("good", "0123456789abcdef\n", 0o600);
+        let err = |p: &Path| BearerToken::read(p).err().map(|e| e.to_string());
+        assert_eq!(
+            err(&open),
+            Some(format!(
+                "API token file {}: mode 0644 lets others read it; chmod 0600",
+                open.display()
+            ))
+        );
+        assert_eq!(
+            err(&short),
+            Some(format!(
+                "API token file {}: the token must be at least 16 characters",
+                short.display()
+            ))
+        );
+        let token = BearerToken::read(&good).expect("good token");
+        for p in [open, short, good] {
+            let _ = std::fs::remove_file(p);
+        }
+        assert!(token.admits(Some(b"Bearer 0123456789abcdef")));
+        assert!(!token.admits(Some(b"Bearer 0123456789abcdeF")));
+        assert!(!token.admits(Some(b"Bearer 0123456789abcde")));
+        assert!(!token.admits(Some(b"0123456789abcdef")));
+        assert!(!token.admits(None));
+    }
+
+    /// The TCP JSON API over a real socket: no token, a wrong one, the right one.
+    #[tokio::test]
+    async fn the_tcp_api_answers_only_with_the_token() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (agent, mut inbox) = mpsc::channel::<Message>(4);
+        // A stand-in aggregator: no alerts.
+        tokio::spawn(async move {
+            while let Some(Message::Query(_, reply)) = inbox.recv().await {
+                let _ = reply.send(Answer::Alerts(Vec::new()));
+            }
+        });
+        let state = AppState {
+            probes: Arc::new(vec![probe("a", true, true)]),
+            agent,
+            registry: Registry::new(),
+        };
+        let file = token_file("tcp", "0123456789abcdef", 0o600);
+        let token = BearerToken::read(&file).expect("token");
+        let _ = std::fs::remove_file(&file);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, tcp_api_router(state, token)).await });
+        let get = |auth: &'static str| async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let request = format!(
+                "GET /api/v1/alerts HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await.expect("send");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.expect("read");
+            let status = answer.lines().next().unwrap_or_default().to_owned();
+            let body = answer
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            (status, body)
+        };
+        assert_eq!(
+            get("").await,
+            (
+                "HTTP/1.1 401 Unauthorized".to_owned(),
+                "a bearer token is required\n".to_owned()
+            )
+        );
+        assert_eq!(
+            get("Authorization: Bearer 0123456789abcdeX\r\n").await.0,
+            "HTTP/1.1 401 Unauthorized"
+        );
+        assert_eq!(
+            get("Authorization: Bearer 0123456789abcdef\r\n").await,
+            ("HTTP/1.1 200 OK".to_owned(), "[]".to_owned())
+        );
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use glob::{MatchOptions, Pattern};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -93,10 +93,20 @@ pub struct FileClassRule {
 }
 
 /// File classes in match order: the first class with a matching pattern wins.
+///
+/// Patterns are matched one by one with `glob::Pattern`, a direct matcher with no compiled
+/// automata to keep in memory: a path is classified once, when its row is made.
 #[derive(Debug, Clone)]
 pub struct FileClasses {
-    classes: Vec<(String, GlobSet)>,
+    classes: Vec<(String, Vec<Pattern>)>,
 }
+
+/// `*` and `?` stay within one path component; `**` crosses them.
+const MATCH: MatchOptions = MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
 
 /// A pattern that does not compile, named by its class and position.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +115,7 @@ pub struct PatternError {
     pub class: String,
     pub index: usize,
     pub pattern: String,
-    pub cause: globset::Error,
+    pub cause: glob::PatternError,
 }
 
 pub const OTHER_FILE_CLASS: &str = "other";
@@ -118,28 +128,18 @@ impl FileClasses {
     pub fn new(rules: &[FileClassRule]) -> Result<Self, PatternError> {
         let mut classes = Vec::with_capacity(rules.len());
         for rule in rules {
-            let mut set = GlobSetBuilder::new();
+            let mut patterns = Vec::new();
             for (index, pattern) in rule.paths.iter().enumerate() {
                 for glob in expand(pattern) {
-                    let compiled = GlobBuilder::new(&glob)
-                        .literal_separator(true)
-                        .build()
-                        .map_err(|cause| PatternError {
-                            class: rule.name.clone(),
-                            index,
-                            pattern: pattern.clone(),
-                            cause,
-                        })?;
-                    set.add(compiled);
+                    patterns.push(Pattern::new(&glob).map_err(|cause| PatternError {
+                        class: rule.name.clone(),
+                        index,
+                        pattern: pattern.clone(),
+                        cause,
+                    })?);
                 }
             }
-            let set = set.build().map_err(|cause| PatternError {
-                class: rule.name.clone(),
-                index: 0,
-                pattern: String::new(),
-                cause,
-            })?;
-            classes.push((rule.name.clone(), set));
+            classes.push((rule.name.clone(), patterns));
         }
         Ok(Self { classes })
     }
@@ -151,7 +151,7 @@ impl FileClasses {
         };
         self.classes
             .iter()
-            .find(|(_, set)| set.is_match(path))
+            .find(|(_, patterns)| patterns.iter().any(|p| p.matches_with(path, MATCH)))
             .map_or(OTHER_FILE_CLASS, |(name, _)| name.as_str())
     }
 

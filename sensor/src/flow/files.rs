@@ -12,7 +12,7 @@ use sensor_common::{FileKey, FilePathEvent, FileRead};
 
 use super::{
     class::{FileClasses, OTHER_FILE_CLASS},
-    flows::{Evictions, Limits, make_room},
+    flows::{Evictions, Limits, oldest},
     identity::{Names, Process, ProcessSource},
     interval::FileInterval,
     paths::{Mounts, path_of},
@@ -169,12 +169,7 @@ impl FileTable {
             let own = !to_other
                 && (self.rows.contains_key(&key)
                     || self.rows.len() < self.limits.max_rows
-                    || make_room(
-                        &mut self.rows,
-                        &mut self.evictions,
-                        self.limits.max_rows,
-                        |row| row.interval.is_zero().then_some(row.last_seen),
-                    ));
+                    || self.make_room());
             self.seen.insert(key, (totals, !own));
             let class = if own {
                 if !self.rows.contains_key(&key) {
@@ -202,24 +197,27 @@ impl FileTable {
                 row.last_seen = now;
                 Arc::clone(&row.class)
             } else {
-                let class = self.class_of(None);
-                let row = self
-                    .other
-                    .entry(process.service.clone())
-                    .or_insert_with(|| {
-                        Row::new(
-                            &Arc::new(Process::other(&process.service)),
-                            None,
-                            class,
-                            now,
-                        )
-                    });
+                let service = &process.service;
+                if !self.other.contains_key(service) {
+                    let class = self.class_of(None);
+                    let row = Row::new(&Arc::new(Process::other(service)), None, class, now);
+                    self.other.insert(service.clone(), row);
+                }
+                let Some(row) = self.other.get_mut(service) else {
+                    continue;
+                };
                 row.totals.add(delta);
                 row.interval.add(delta);
                 row.last_seen = now;
                 Arc::clone(&row.class)
             };
-            *self.services.entry(process.service.clone()).or_default() += delta.bytes;
+            // get_mut first: the service's name is copied once, not on every delta.
+            match self.services.get_mut(&process.service) {
+                Some(total) => *total += delta.bytes,
+                None => {
+                    self.services.insert(process.service.clone(), delta.bytes);
+                }
+            }
             changes.push(FileChange {
                 process,
                 class,
@@ -227,6 +225,23 @@ impl FileTable {
             });
         }
         changes
+    }
+
+    /// Evicts the least recently active idle rows, an eighth of the table per call; false
+    /// when no row is idle.
+    fn make_room(&mut self) -> bool {
+        let idle: Vec<(SystemTime, FileKey)> = self
+            .rows
+            .iter()
+            .filter(|(_, row)| row.interval.is_zero())
+            .map(|(key, row)| (row.last_seen, *key))
+            .collect();
+        let evicted = oldest(idle, self.limits.max_rows / 8);
+        for key in &evicted {
+            self.rows.remove(key);
+        }
+        self.evictions.full += evicted.len() as u64;
+        !evicted.is_empty()
     }
 
     /// The first poll of maps an earlier agent left pinned: totals, not news.

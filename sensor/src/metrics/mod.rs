@@ -47,7 +47,8 @@ pub struct Metrics {
     registry: Registry,
     egress: TopK,
     file_read: IntCounterVec,
-    file_read_series: HashMap<(String, Arc<str>), IntCounter>,
+    /// service → class → counter, so a poll's lookups allocate nothing.
+    file_read_series: HashMap<String, HashMap<Arc<str>, IntCounter>>,
     /// Services with labels of their own, at most `max_services`.
     services: HashSet<String>,
     max_services: usize,
@@ -222,15 +223,15 @@ impl Metrics {
     }
 
     /// The label a service gets: its own name while there is room, else `other`.
-    fn service_label(&mut self, service: &str) -> String {
+    fn service_label<'a>(&mut self, service: &'a str) -> &'a str {
         if self.services.contains(service) {
-            return service.to_owned();
+            return service;
         }
         if self.services.len() < self.max_services {
             self.services.insert(service.to_owned());
-            return service.to_owned();
+            return service;
         }
-        OTHER_SERVICE.to_owned()
+        OTHER_SERVICE
     }
 
     /// Adds one poll's changes. Counters only ever grow.
@@ -251,20 +252,24 @@ impl Metrics {
                 Some(Dest {
                     ip: destination(key)?,
                     port: key.port,
-                    protocol: Protocol::from_kernel(key.protocol).as_str(),
+                    protocol: Protocol::from_kernel(key.protocol),
                 })
             });
-            self.egress.add(&service, dest, change.delta.sent, now);
+            self.egress.add(service, dest, change.delta.sent, now);
         }
+        self.egress.admit(now);
         for change in files {
             let service = self.service_label(&change.process.service);
-            let key = (service, Arc::clone(&change.class));
-            let counter =
+            if !self.file_read_series.contains_key(service) {
                 self.file_read_series
-                    .entry(key)
-                    .or_insert_with_key(|(service, class)| {
-                        self.file_read.with_label_values(&[service.as_str(), class])
-                    });
+                    .insert(service.to_owned(), HashMap::new());
+            }
+            let Some(by_class) = self.file_read_series.get_mut(service) else {
+                continue;
+            };
+            let counter = by_class
+                .entry(Arc::clone(&change.class))
+                .or_insert_with_key(|class| self.file_read.with_label_values(&[service, class]));
             counter.inc_by(change.bytes);
         }
         add_deltas(
@@ -290,8 +295,8 @@ impl Metrics {
         );
     }
 
-    /// Table sizes and evictions, and a re-rank of egress series; once per interval.
-    pub fn observe_tables(&mut self, now: SystemTime, flows: &FlowTable, files: &FileTable) {
+    /// Table sizes and evictions; every poll.
+    pub fn observe_tables(&mut self, flows: &FlowTable, files: &FileTable) {
         for (i, (table, len, evictions)) in [
             ("flows", flows.len(), flows.evictions),
             ("files", files.len(), files.evictions),
@@ -313,6 +318,10 @@ impl Metrics {
                 *seen = (*seen).max(now_count);
             }
         }
+    }
+
+    /// Re-ranks the egress series; every interval.
+    pub fn review(&mut self, now: SystemTime) {
         self.egress.review(now);
     }
 

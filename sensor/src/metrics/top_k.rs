@@ -10,6 +10,9 @@
 //! Ranking memory is bounded too: per service at most `4K` (at least 64) candidates, kept by
 //! the Space-Saving rule (Metwally, Agrawal, El Abbadi 2005): a newcomer replaces the smallest
 //! and inherits its count, so a heavy destination is never starved by a crowd of small ones.
+//! Newcomers are admitted once per poll, in a batch: the largest of the poll's newcomers
+//! replace the smallest candidates, so a poll over 100k destinations costs a selection and
+//! two small sorts per service, not a scan of the candidates per destination.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,12 +22,14 @@ use std::{
 
 use prometheus::{IntCounter, IntCounterVec};
 
+use crate::flow::interval::Protocol;
+
 /// A destination as a series tells it apart: address, port label, protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Dest {
     pub ip: IpAddr,
     pub port: u16,
-    pub protocol: &'static str,
+    pub protocol: Protocol,
 }
 
 /// Ten-minute buckets of the last hour.
@@ -36,6 +41,8 @@ struct Hour {
     bytes: [u64; BUCKETS],
     /// The bucket number (Unix seconds / 600) last written.
     epoch: u64,
+    /// The sum of `bytes`, kept as they change.
+    total: u64,
 }
 
 impl Hour {
@@ -45,20 +52,32 @@ impl Hour {
         }
         let stale = (epoch - self.epoch).min(BUCKETS as u64);
         for step in 1..=stale {
-            self.bytes[usize::try_from((self.epoch + step) % BUCKETS as u64).unwrap_or(0)] = 0;
+            let slot = &mut self.bytes[bucket(self.epoch + step)];
+            self.total = self.total.saturating_sub(*slot);
+            *slot = 0;
         }
         self.epoch = epoch;
     }
 
     fn add(&mut self, epoch: u64, bytes: u64) {
         self.advance(epoch);
-        let slot = usize::try_from(epoch % BUCKETS as u64).unwrap_or(0);
-        self.bytes[slot] = self.bytes[slot].saturating_add(bytes);
+        let slot = &mut self.bytes[bucket(epoch)];
+        *slot = slot.saturating_add(bytes);
+        self.total = self.total.saturating_add(bytes);
     }
+}
 
-    fn total(&self) -> u64 {
-        self.bytes.iter().fold(0, |a, b| a.saturating_add(*b))
-    }
+fn bucket(epoch: u64) -> usize {
+    usize::try_from(epoch % BUCKETS as u64).unwrap_or(0)
+}
+
+/// A destination being ranked. Kept in a `Vec` so that finding the smallest is a scan of
+/// contiguous memory, the one cost every newcomer to a full set pays.
+struct Candidate {
+    dest: Dest,
+    hour: Hour,
+    /// It has a series of its own (so it is never the one to make way).
+    own: bool,
 }
 
 struct Own {
@@ -70,9 +89,13 @@ struct Own {
 struct ServiceSeries {
     own: HashMap<Dest, Own>,
     other: IntCounter,
-    candidates: HashMap<Dest, Hour>,
+    candidates: Vec<Candidate>,
+    /// Where each candidate is in `candidates`.
+    index: HashMap<Dest, usize>,
     /// Values of labels that lost their series, to resume from if they come back.
     retired: HashMap<Dest, u64>,
+    /// This poll's bytes of destinations that are not candidates, for `admit`.
+    pending: Vec<(u64, Dest)>,
 }
 
 pub struct TopK {
@@ -111,8 +134,10 @@ impl TopK {
                 ServiceSeries {
                     own: HashMap::new(),
                     other,
-                    candidates: HashMap::new(),
+                    candidates: Vec::new(),
+                    index: HashMap::new(),
                     retired: HashMap::new(),
+                    pending: Vec::new(),
                 },
             );
         }
@@ -134,18 +159,26 @@ impl TopK {
         }
     }
 
+    /// Ends a poll: each service's newcomers compete for candidate places.
+    pub fn admit(&mut self, now: SystemTime) {
+        let epoch = epoch(now);
+        for series in self.services.values_mut() {
+            series.admit(epoch);
+        }
+    }
+
     /// Re-ranks every service: series out of the top K for `ttl` give their slot to the
     /// best-ranked destinations without one. Call it every interval.
     pub fn review(&mut self, now: SystemTime) {
         let epoch = epoch(now);
         for (service, series) in &mut self.services {
-            for hour in series.candidates.values_mut() {
-                hour.advance(epoch);
+            for candidate in &mut series.candidates {
+                candidate.hour.advance(epoch);
             }
             let mut ranked: Vec<(u64, Dest)> = series
                 .candidates
                 .iter()
-                .map(|(dest, hour)| (hour.total(), *dest))
+                .map(|c| (c.hour.total, c.dest))
                 .filter(|(bytes, _)| *bytes > 0)
                 .collect();
             ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -165,6 +198,7 @@ impl TopK {
             for dest in expired {
                 if let Some(own) = series.own.remove(&dest) {
                     series.retired.insert(dest, own.counter.get());
+                    series.mark_own(&dest, false);
                     let _ = self.vec.remove_label_values(&labels(service, &dest).each());
                 }
             }
@@ -186,34 +220,69 @@ impl TopK {
 }
 
 impl ServiceSeries {
-    /// Adds bytes to a destination's hour, making it a candidate (Space-Saving when full).
+    /// Adds bytes to a destination's hour: a candidate's at once, a newcomer's while there
+    /// is room, else the newcomer waits for `admit` at the end of the poll.
     fn note(&mut self, dest: Dest, bytes: u64, epoch: u64, capacity: usize) {
-        if let Some(hour) = self.candidates.get_mut(&dest) {
+        if let Some(&i) = self.index.get(&dest) {
+            self.candidates[i].hour.add(epoch, bytes);
+        } else if self.candidates.len() < capacity {
+            let mut hour = Hour {
+                epoch,
+                ..Hour::default()
+            };
             hour.add(epoch, bytes);
+            self.index.insert(dest, self.candidates.len());
+            let own = self.own.contains_key(&dest);
+            self.candidates.push(Candidate { dest, hour, own });
+        } else {
+            self.pending.push((bytes, dest));
+        }
+    }
+
+    /// Space-Saving in a batch: the poll's largest newcomers replace the smallest candidates
+    /// without a series, each inheriting the count it replaces. Totals compared are at most
+    /// one interval stale (`review` advances them all).
+    fn admit(&mut self, epoch: u64) {
+        if self.pending.is_empty() {
             return;
         }
-        let mut hour = Hour {
-            epoch,
-            ..Hour::default()
-        };
-        if self.candidates.len() >= capacity {
-            // The smallest candidate without a series of its own makes way.
-            let smallest = self
-                .candidates
-                .iter_mut()
-                .filter(|(d, _)| !self.own.contains_key(*d))
-                .map(|(d, h)| {
-                    h.advance(epoch);
-                    (h.total(), *d)
-                })
-                .min();
-            if let Some((count, victim)) = smallest {
-                self.candidates.remove(&victim);
-                hour.add(epoch, count);
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut smallest: Vec<(u64, usize)> = self
+            .candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.own)
+            .map(|(i, c)| (c.hour.total, i))
+            .collect();
+        let places = smallest.len().min(pending.len());
+        if places > 0 {
+            if places < pending.len() {
+                pending.select_nth_unstable_by(places - 1, |a, b| b.0.cmp(&a.0));
+                pending.truncate(places);
+            }
+            pending.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
+            smallest.sort_unstable();
+            for ((bytes, dest), (count, i)) in pending.drain(..).zip(smallest) {
+                let mut hour = Hour {
+                    epoch,
+                    ..Hour::default()
+                };
+                hour.add(epoch, count.saturating_add(bytes));
+                self.index.remove(&self.candidates[i].dest);
+                self.index.insert(dest, i);
+                let own = self.own.contains_key(&dest);
+                self.candidates[i] = Candidate { dest, hour, own };
             }
         }
-        hour.add(epoch, bytes);
-        self.candidates.insert(dest, hour);
+        // Keep the allocation for the next poll.
+        pending.clear();
+        self.pending = pending;
+    }
+
+    fn mark_own(&mut self, dest: &Dest, own: bool) {
+        if let Some(&i) = self.index.get(dest) {
+            self.candidates[i].own = own;
+        }
     }
 
     fn open(&mut self, vec: &IntCounterVec, service: &str, dest: Dest) -> IntCounter {
@@ -228,6 +297,7 @@ impl ServiceSeries {
                 out_since: None,
             },
         );
+        self.mark_own(&dest, true);
         counter
     }
 }
@@ -251,7 +321,7 @@ fn labels(service: &str, dest: &Dest) -> Labels {
         service: service.to_owned(),
         ip: dest.ip.to_string(),
         port: dest.port.to_string(),
-        protocol: dest.protocol,
+        protocol: dest.protocol.as_str(),
     }
 }
 
@@ -273,7 +343,7 @@ mod tests {
         Dest {
             ip: IpAddr::from([198, 51, 100, last]),
             port: 443,
-            protocol: "tcp",
+            protocol: Protocol::Tcp,
         }
     }
 
@@ -357,19 +427,22 @@ mod tests {
             let d = Dest {
                 ip: IpAddr::from([198, 51, a, b]),
                 port: 53,
-                protocol: "udp",
+                protocol: Protocol::Udp,
             };
             top.add("dns.service", Some(d), 100, t);
             total += 100;
         }
-        // One heavy destination among them reaches the top and, once a slot frees, a series.
+        top.admit(t);
+        // One heavy destination among them is admitted as a candidate and ranks first.
         top.add("dns.service", Some(dest(250)), 1_000_000, t);
         total += 1_000_000;
+        top.admit(t);
         top.review(t);
         assert_eq!(top.series_of("dns.service"), 21);
         let s = &top.services["dns.service"];
         assert!(s.candidates.len() <= 80, "{}", s.candidates.len());
-        assert!(s.candidates.contains_key(&dest(250)));
+        assert_eq!(s.index.len(), s.candidates.len());
+        assert!(s.index.contains_key(&dest(250)));
         use prometheus::core::Collector as _;
         let families = v.collect();
         let sum: f64 = families

@@ -39,6 +39,9 @@ pub struct Phase {
     pub drops: u64,
     pub agent_cpu_percent: f64,
     pub agent_peak_rss_mib: f64,
+    /// Peak RSS once the API has also answered one request for every flow (a JSON array
+    /// of all of them), MiB.
+    pub agent_peak_rss_with_dump_mib: f64,
     /// Median and slowest `/metrics` scrape, ms (measured in the last phase only).
     pub metrics_ms: Option<(f64, f64)>,
 }
@@ -98,12 +101,13 @@ pub fn run(seconds: u64) -> anyhow::Result<Load> {
         let phase = measure(name, flood, scrape)?;
         println!(
             "bench: {name}: {:.0} sends/s, counted/sent {:.6}, drops {}, agent {:.2} % CPU, \
-             peak RSS {:.1} MiB{}",
+             peak RSS {:.1} MiB ({:.1} after one full /api/v1/flows){}",
             phase.rate(),
             phase.exactness(),
             phase.drops,
             phase.agent_cpu_percent,
             phase.agent_peak_rss_mib,
+            phase.agent_peak_rss_with_dump_mib,
             phase
                 .metrics_ms
                 .map(|(median, max)| format!(", /metrics {median:.1} ms (max {max:.1})"))
@@ -137,6 +141,8 @@ fn measure(name: &str, flood: Flood, scrape: bool) -> anyhow::Result<Phase> {
     let (bytes_sent, datagrams) = sender.result()?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = agent.cpu_seconds()? - cpu_before;
+    // Before the full flow list below, which is a request's peak, not the load's.
+    let peak_rss = agent.peak_rss_mib()?;
     let bytes_counted = agent.settled_bytes(sender.pid(), bytes_sent)?;
     let metrics_ms = if scrape {
         Some(agent.scrape_times(20)?)
@@ -152,7 +158,8 @@ fn measure(name: &str, flood: Flood, scrape: bool) -> anyhow::Result<Phase> {
         bytes_counted,
         drops: agent.drops()? - drops_before,
         agent_cpu_percent: cpu / seconds * 100.0,
-        agent_peak_rss_mib: agent.peak_rss_mib()?,
+        agent_peak_rss_mib: peak_rss,
+        agent_peak_rss_with_dump_mib: agent.peak_rss_mib()?,
         metrics_ms,
     };
     drop(sender);
@@ -170,7 +177,8 @@ impl Agent {
             &config,
             format!(
                 "[http]\nlisten = \"{LISTEN}\"\napi_socket = \"{API}\"\n\
-                 [kernel]\npin_dir = \"{PIN_DIR}\"\nflow_map_entries = {FLOW_MAP_ENTRIES}\n"
+                 [kernel]\npin_dir = \"{PIN_DIR}\"\nflow_map_entries = {FLOW_MAP_ENTRIES}\n\
+                 [flows]\nmax_flows = {FLOW_MAP_ENTRIES}\n"
             ),
         )?;
         let child = Command::new(workspace_root().join("target/release/exfil-sensor"))

@@ -114,30 +114,33 @@ fn render_load(md: &mut String, plan: &Plan, load: &load::Load) -> anyhow::Resul
          unconnected sockets (`sendmmsg`, one thread each) round-robin to N distinct \
          destinations (198.51.100.1– × 500 ports), for {} s per phase, inside a namespace \
          whose veth drops every frame. Each phase runs its own agent on fresh maps \
-         (`kernel.flow_map_entries = 262144`). Counted: the sum of `bytes_sent` over the \
-         sender's rows in `/api/v1/flows` once settled; drops: `exfil_sensor_kernel_drops_total`. \
-         Agent CPU from /proc/PID/stat over the phase, peak RSS from VmHWM.\n",
+         (`kernel.flow_map_entries` and `flows.max_flows` 262144). Counted: the sum of \
+         `bytes_sent` over the sender's rows in `/api/v1/flows` once settled; drops: \
+         `exfil_sensor_kernel_drops_total`. Agent CPU from /proc/PID/stat over the phase; peak \
+         RSS from VmHWM at the end of the flood, and again after the API has answered one \
+         request for every flow (that request's own peak).\n",
         plan.iperf_seconds
     )?;
     writeln!(
         md,
-        "| load | sends/s | counted / sent | kernel drops | agent CPU, % of one core | agent peak RSS |\n|---|---|---|---|---|---|"
+        "| load | sends/s | counted / sent | kernel drops | agent CPU, % of one core | agent peak RSS | after a full `/api/v1/flows` |\n|---|---|---|---|---|---|---|"
     )?;
     writeln!(
         md,
-        "| as fast as possible, 100k destinations, no sensor | {:.0} | | | | |",
+        "| as fast as possible, 100k destinations, no sensor | {:.0} | | | | | |",
         load.off_rate
     )?;
     for phase in &load.phases {
         writeln!(
             md,
-            "| {} | {:.0} | {:.6} | {} | {:.1} | {:.0} MiB |",
+            "| {} | {:.0} | {:.6} | {} | {:.1} | {:.0} MiB | {:.0} MiB |",
             phase.name,
             phase.rate(),
             phase.exactness(),
             phase.drops,
             phase.agent_cpu_percent,
-            phase.agent_peak_rss_mib
+            phase.agent_peak_rss_mib,
+            phase.agent_peak_rss_with_dump_mib
         )?;
     }
     let [fastest, ten_k, hundred_k] = load.phases.as_slice() else {
