@@ -12,7 +12,7 @@ use sensor_common::{FileKey, FilePathEvent, FileRead};
 
 use super::{
     class::{FileClasses, OTHER_FILE_CLASS},
-    flows::{Evictions, Limits, oldest},
+    flows::{Evictions, Limits, largest_first, oldest},
     identity::{Names, Process, ProcessSource},
     interval::FileInterval,
     paths::{Mounts, path_of},
@@ -344,18 +344,9 @@ impl FileTable {
             .chain(self.other.values().map(|row| (None, row)))
             .filter(|(_, row)| filter.keeps(&row.process.service, &row.class))
             .collect();
-        let order = |a: &(Option<&FileKey>, &Row), b: &(Option<&FileKey>, &Row)| {
-            b.1.totals
-                .bytes
-                .cmp(&a.1.totals.bytes)
-                .then_with(|| a.0.map(|k| k.tgid).cmp(&b.0.map(|k| k.tgid)))
-        };
-        let limit = filter.limit.unwrap_or(usize::MAX);
-        if limit < rows.len() {
-            rows.select_nth_unstable_by(limit, order);
-            rows.truncate(limit);
-        }
-        rows.sort_by(order);
+        largest_first(&mut rows, filter.limit, |(key, row)| {
+            (row.totals.bytes, key.map(|k| k.tgid))
+        });
         rows.into_iter()
             .map(|(key, row)| {
                 let device = match key {

@@ -325,19 +325,9 @@ impl FlowTable {
             .map(|(key, row)| (key, row, networks.classify(key.and_then(destination))))
             .filter(|(_, row, class)| filter.keeps(&row.process.service, class.as_str()))
             .collect();
-        let order = |a: &(Option<&FlowKey>, &Row, DestinationClass),
-                     b: &(Option<&FlowKey>, &Row, DestinationClass)| {
-            b.1.totals
-                .sent
-                .cmp(&a.1.totals.sent)
-                .then_with(|| a.0.map(|k| k.tgid).cmp(&b.0.map(|k| k.tgid)))
-        };
-        let limit = filter.limit.unwrap_or(usize::MAX);
-        if limit < rows.len() {
-            rows.select_nth_unstable_by(limit, order);
-            rows.truncate(limit);
-        }
-        rows.sort_by(order);
+        largest_first(&mut rows, filter.limit, |(key, row, _)| {
+            (row.totals.sent, key.map(|k| k.tgid))
+        });
         rows.into_iter()
             .map(|(key, row, class)| flow_record(key, row, class))
             .collect()
@@ -432,6 +422,25 @@ fn with_overflow_rows<'a>(
         (key, *counters)
     });
     sums.iter().copied().chain(overflow_rows)
+}
+
+/// Keeps the `limit` rows with the most bytes and sorts them so, ties by pid (other rows,
+/// with none, first); `size` gives a row's (bytes, pid).
+pub(super) fn largest_first<T>(
+    rows: &mut Vec<T>,
+    limit: Option<usize>,
+    size: impl Fn(&T) -> (u64, Option<u32>),
+) {
+    let order = |a: &T, b: &T| {
+        let ((a_bytes, a_pid), (b_bytes, b_pid)) = (size(a), size(b));
+        b_bytes.cmp(&a_bytes).then(a_pid.cmp(&b_pid))
+    };
+    let limit = limit.unwrap_or(usize::MAX);
+    if limit < rows.len() {
+        rows.select_nth_unstable_by(limit, order);
+        rows.truncate(limit);
+    }
+    rows.sort_by(order);
 }
 
 /// The keys of the `batch` (at least one) least recently active of `idle`.
