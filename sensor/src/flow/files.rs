@@ -108,10 +108,6 @@ impl FileTable {
         }
     }
 
-    pub fn classes(&self) -> &FileClasses {
-        &self.classes
-    }
-
     /// Takes the paths the kernel sent since the last poll.
     pub fn learn_paths(&mut self, events: &[FilePathEvent], mounts: &Mounts) {
         for event in events {
@@ -309,18 +305,11 @@ impl FileTable {
         records
     }
 
-    /// Forgets the kernel keys of processes that exited; returns them, for deleting from
-    /// the kernel's maps (overflow keys have inode 0).
-    pub fn forget_processes(&mut self, exited: &HashSet<u32>) -> Vec<FileKey> {
-        let mut gone = Vec::new();
-        self.seen.retain(|key, _| {
-            let dead = exited.contains(&key.tgid);
-            if dead {
-                gone.push(*key);
-            }
-            !dead
-        });
-        gone
+    /// Forgets the kernel keys of processes that exited (the poll thread deletes them from
+    /// the kernel's maps after this poll): a reused pid's key counts from zero. Their rows stay
+    /// until idle.
+    pub fn forget_processes(&mut self, exited: &HashSet<u32>) {
+        self.seen.retain(|key, _| !exited.contains(&key.tgid));
     }
 
     pub fn len(&self) -> usize {

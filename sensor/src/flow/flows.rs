@@ -296,7 +296,8 @@ impl FlowTable {
     }
 
     /// Kernel keys being followed.
-    pub fn keys(&self) -> usize {
+    #[cfg(test)]
+    fn keys(&self) -> usize {
         self.keys.len()
     }
 
@@ -311,10 +312,6 @@ impl FlowTable {
     /// Every byte counted per service since start, sent and received.
     pub fn service_totals(&self) -> &HashMap<String, FlowCounters> {
         &self.services
-    }
-
-    pub fn networks(&self) -> &Networks {
-        &self.networks
     }
 
     /// The API view: largest senders first, filtered.

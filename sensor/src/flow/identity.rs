@@ -71,14 +71,6 @@ impl Names {
     pub fn prune(&mut self) {
         self.by_pid.retain(|_, p| Arc::strong_count(p) > 1);
     }
-
-    pub fn len(&self) -> usize {
-        self.by_pid.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_pid.is_empty()
-    }
 }
 
 /// Where process facts come from: `/proc` live, a fake tree in tests.

@@ -56,7 +56,6 @@ pub struct Metrics {
     probe_attached: IntGaugeVec,
     kernel_errors: IntCounterVec,
     kernel_drops: IntCounterVec,
-    alerts: IntCounterVec,
     poll_duration: Gauge,
     last_poll: Gauge,
     table_entries: IntGaugeVec,
@@ -177,6 +176,7 @@ impl Metrics {
         for name in MAP_NAMES {
             kernel_drops.with_label_values(&[name]);
         }
+        // Registered with every kind at zero; detection (issue 8) will count into it.
         for kind in ALERT_KINDS {
             alerts.with_label_values(&[kind]);
         }
@@ -197,7 +197,6 @@ impl Metrics {
             probe_attached,
             kernel_errors,
             kernel_drops,
-            alerts,
             poll_duration,
             last_poll,
             table_entries,
@@ -323,11 +322,6 @@ impl Metrics {
     /// Re-ranks the egress series; every interval.
     pub fn review(&mut self, now: SystemTime) {
         self.egress.review(now);
-    }
-
-    /// Counts an alert of `kind` (one of `ALERT_KINDS`).
-    pub fn alert_raised(&self, kind: &str) {
-        self.alerts.with_label_values(&[kind]).inc();
     }
 
     /// The text exposition format, as `/metrics` serves it.
