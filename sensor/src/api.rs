@@ -54,23 +54,59 @@ pub struct FileRecord {
     pub reads: u64,
 }
 
-/// One alert (raised by detection, issue 8 on).
+/// One alert: an episode of one kind for one service and destination, raised once, updated
+/// while it grows, resolved after a quiet period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertRecord {
+    /// Unique per agent state (it survives restarts with the detection state).
     pub id: u64,
     /// `burst`, `lineage`, `new_destination`, `baseline`, `slow_leak`, `budget`, `tamper`.
     pub kind: String,
+    /// `critical` or `warning`.
     pub severity: String,
     pub service: String,
+    /// The process that sent the most of it (0 when it is a service's total).
     pub pid: u32,
     pub comm: String,
+    /// The remote address as IP text; `*` when the alert is about all of a service's
+    /// external destinations together.
     pub destination: String,
     pub port: u16,
+    /// Bytes sent to the destination from the episode's start to its last update.
     pub bytes: u64,
+    /// The rule's window, seconds.
     pub window_s: u64,
+    /// RFC 3339, UTC, seconds: when the traffic the alert is about began, when the rule
+    /// fired, when the episode last grew, when it was resolved.
     pub started_at: String,
     pub raised_at: String,
+    pub updated_at: String,
+    pub resolved_at: Option<String>,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// For `lineage`: the file class that was read (`mail_store`, `records`, `secrets`).
+    pub class: Option<String>,
+    /// One line.
     pub summary: String,
+    /// What was seen, in a few sentences: the numbers and the rule's threshold.
+    pub description: String,
+}
+
+/// What happened to an alert, for the sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertChange {
+    Raised,
+    /// It grew (more bytes) while firing.
+    Updated,
+    Resolved,
+}
+
+/// One change of one alert, as the sinks receive it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    pub change: AlertChange,
+    pub alert: AlertRecord,
 }
 
 /// One service's exact totals since the agent started, and its largest destinations now.

@@ -54,9 +54,10 @@ const FILE_COLUMNS: [Column; 6] = [
     left("PATH"),
 ];
 
-const ALERT_COLUMNS: [Column; 7] = [
+const ALERT_COLUMNS: [Column; 8] = [
     left("RAISED_AT"),
     left("KIND"),
+    left("STATUS"),
     left("SEVERITY"),
     left("SERVICE"),
     left("DESTINATION"),
@@ -110,6 +111,7 @@ pub fn alerts(records: &[AlertRecord]) -> String {
             vec![
                 printable(&a.raised_at),
                 printable(&a.kind),
+                printable(&a.status),
                 printable(&a.severity),
                 printable(&a.service),
                 printable(&a.destination),
@@ -259,13 +261,18 @@ dovecot.service  311  dovecot  other             4096  -
             window_s: 10,
             started_at: "2026-11-23T19:39:30Z".into(),
             raised_at: "2026-11-23T19:39:40Z".into(),
+            updated_at: "2026-11-23T19:39:50Z".into(),
+            resolved_at: None,
+            status: "firing".into(),
+            class: None,
             summary: "7.0 MiB to 198.51.100.2 in 10 s".into(),
+            description: String::new(),
         }]);
         assert_eq!(
             text,
             "\
-RAISED_AT             KIND   SEVERITY  SERVICE         DESTINATION     BYTES  SUMMARY
-2026-11-23T19:39:40Z  burst  critical  backup.service  198.51.100.2  7340032  7.0 MiB to 198.51.100.2 in 10 s
+RAISED_AT             KIND   STATUS  SEVERITY  SERVICE         DESTINATION     BYTES  SUMMARY
+2026-11-23T19:39:40Z  burst  firing  critical  backup.service  198.51.100.2  7340032  7.0 MiB to 198.51.100.2 in 10 s
 "
         );
     }
@@ -275,7 +282,7 @@ RAISED_AT             KIND   SEVERITY  SERVICE         DESTINATION     BYTES  SU
         assert_eq!(files(&[]), "SERVICE  PID  COMM  CLASS  BYTES_READ  PATH\n");
         assert_eq!(
             alerts(&[]),
-            "RAISED_AT  KIND  SEVERITY  SERVICE  DESTINATION  BYTES  SUMMARY\n"
+            "RAISED_AT  KIND  STATUS  SEVERITY  SERVICE  DESTINATION  BYTES  SUMMARY\n"
         );
     }
 

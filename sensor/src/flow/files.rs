@@ -277,18 +277,22 @@ impl FileTable {
         let mut records: Vec<FileInterval> = self
             .rows
             .iter_mut()
-            .map(|(key, row)| (key.tgid, row))
-            .chain(self.other.values_mut().map(|row| (0, row)))
+            .map(|(key, row)| (Some(key), row))
+            .chain(self.other.values_mut().map(|row| (None, row)))
             .filter(|(_, row)| !row.interval.is_zero())
-            .map(|(pid, row)| {
+            .map(|(key, row)| {
                 let record = FileInterval {
                     service: row.process.service.clone(),
-                    pid,
+                    pid: key.map_or(0, |k| k.tgid),
                     comm: row.process.comm.clone(),
                     path: row.path.as_deref().map(str::to_owned),
                     class: row.class.to_string(),
+                    device: key.map_or(0, |k| u64::from(k.dev)),
+                    inode: key.map_or(0, |k| k.ino),
                     bytes_read: row.interval.bytes,
                     reads: row.interval.reads,
+                    bytes_written: 0,
+                    writes: 0,
                 };
                 row.interval = Reads::default();
                 record

@@ -96,8 +96,15 @@ pub struct FileInterval {
     /// `None` until the kernel told the path, and on an other row.
     pub path: Option<String>,
     pub class: String,
+    /// The file's device as the kernel encodes it (`major << 20 | minor`) and its inode: 0
+    /// on an other row. What lets detection follow a file from its writer to its reader.
+    pub device: u64,
+    pub inode: u64,
     pub bytes_read: u64,
     pub reads: u64,
+    /// Bytes written (buffered writes on filesystems with a write tracepoint: ext4, xfs).
+    pub bytes_written: u64,
+    pub writes: u64,
 }
 
 /// Everything that moved in `[start_ms, end_ms)` (Unix milliseconds). Flows and files that
