@@ -33,6 +33,7 @@ impl ProcessSource for Services {
             uid: Some(0),
             service: format!("svc-{}.service", pid % SERVICES),
             parents: Vec::new(),
+            lineage: sensor::flow::identity::Lineage::default(),
         })
     }
 }
@@ -128,5 +129,42 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, poll, interval, metrics);
+/// Detection over one interval record of 100k moved flows (100 services, each to 1,000
+/// destinations), steady state: every rule's windows already hold that traffic.
+fn detection(c: &mut Criterion) {
+    let before = sums(100_000, 1_000);
+    let mut t = table(&before);
+    t.tick(SystemTime::UNIX_EPOCH);
+    t.apply(SystemTime::UNIX_EPOCH, &sums(100_000, 2_000), &[], &Services);
+    let flows = t.tick(SystemTime::UNIX_EPOCH);
+    let config = sensor::detect::DetectConfig {
+        state_file: None,
+        ..sensor::detect::DetectConfig::default()
+    };
+    let mut detector = sensor::detect::Detector::new(&config, "bench").expect("default config");
+    let mut start = 1_795_392_000_000u64;
+    let mut next = || {
+        let interval = sensor::flow::interval::Interval {
+            start_ms: start,
+            end_ms: start + 10_000,
+            flows: flows.clone(),
+            files: Vec::new(),
+            processes: Vec::new(),
+        };
+        start += 10_000;
+        interval
+    };
+    for _ in 0..30 {
+        detector.observe(&next());
+    }
+    c.bench_function("detection: one interval of 100k moved flows", |b| {
+        b.iter_batched(
+            &mut next,
+            |interval| black_box(detector.observe(&interval)),
+            BatchSize::LargeInput,
+        );
+    });
+}
+
+criterion_group!(benches, poll, interval, metrics, detection);
 criterion_main!(benches);

@@ -4,7 +4,7 @@
 //! Time comes in with each poll, so tests drive it with a fake clock.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     time::{Duration, SystemTime},
 };
 
@@ -12,13 +12,14 @@ use sensor_common::{EVENT_EXIT, FilePathEvent, ProcessEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    api::{AlertRecord, FileRecord, Filter, FlowRecord, ServiceRecord},
+    api::{AlertChange, AlertEvent, AlertRecord, FileRecord, Filter, FlowRecord, ServiceRecord},
     config::{Config, ConfigError},
+    detect::Detector,
     flow::{
         FlowTable,
         files::FileTable,
         identity::ProcessSource,
-        interval::{Interval, unix_ms},
+        interval::{FileInterval, FlowInterval, Interval, ProcessInfo, unix_ms},
         paths::Mounts,
         process::{Identities, ProcessTable},
     },
@@ -81,7 +82,9 @@ pub struct Aggregator {
     metrics: Metrics,
     interval: Duration,
     interval_start: Option<SystemTime>,
-    alerts: Vec<AlertRecord>,
+    detector: Detector,
+    /// Where alert changes go (the sinks); nowhere by default.
+    notify: Box<dyn FnMut(&AlertEvent) + Send>,
 }
 
 impl Aggregator {
@@ -100,8 +103,34 @@ impl Aggregator {
             metrics,
             interval: config.agent.interval,
             interval_start: None,
-            alerts: Vec::new(),
+            detector: Detector::new(&config.detect, "config")?,
+            notify: Box::new(|_| {}),
         })
+    }
+
+    /// Reads the detection state file (the log line says what happened).
+    pub fn restore_detection(&mut self) {
+        match self.detector.restore() {
+            Ok(Some(note)) => tracing::warn!("{note}"),
+            Ok(None) => {}
+            Err(e) => tracing::error!("{e}; detection starts afresh"),
+        }
+    }
+
+    /// Sends every alert change to `notify` (the sinks). It must not block.
+    pub fn on_alert(&mut self, notify: impl FnMut(&AlertEvent) + Send + 'static) {
+        self.notify = Box::new(notify);
+    }
+
+    /// Writes the detection state now (at shutdown) or when it changed in a way worth
+    /// keeping. A failure is logged, never fatal: detection goes on in memory.
+    fn save_detection(&mut self, now: bool) {
+        if !(now || self.detector.dirty()) {
+            return;
+        }
+        if let Err(e) = self.detector.save() {
+            tracing::error!("{e}");
+        }
     }
 
     /// Takes one poll. Returns the interval that ended with it, if one did.
@@ -149,29 +178,67 @@ impl Aggregator {
     /// Ends the current interval now (every interval, and once more at shutdown).
     pub fn end_interval(&mut self, now: SystemTime) -> Interval {
         let start = self.interval_start.replace(now).unwrap_or(now);
+        let flows = self.flows.tick(now);
+        let files = self.files.tick(now);
+        let processes = self.processes_of(&flows, &files);
         let interval = Interval {
             start_ms: unix_ms(start),
             end_ms: unix_ms(now),
-            flows: self.flows.tick(now),
-            files: self.files.tick(now),
+            flows,
+            files,
+            processes,
         };
         self.metrics.observe_tables(&self.flows, &self.files);
         self.metrics.review(now);
+        for event in self.detector.observe(&interval) {
+            if event.change == AlertChange::Raised {
+                self.metrics.alert_raised(&event.alert.kind);
+                tracing::warn!(
+                    kind = event.alert.kind,
+                    service = event.alert.service,
+                    destination = event.alert.destination,
+                    bytes = event.alert.bytes,
+                    "{}",
+                    event.alert.summary
+                );
+            }
+            (self.notify)(&event);
+        }
+        self.save_detection(false);
         interval
+    }
+
+    /// Who each process of an interval's rows is, by pid.
+    fn processes_of(&self, flows: &[FlowInterval], files: &[FileInterval]) -> Vec<ProcessInfo> {
+        let pids: BTreeSet<u32> = flows
+            .iter()
+            .map(|f| f.pid)
+            .chain(files.iter().map(|f| f.pid))
+            .filter(|pid| *pid != 0)
+            .collect();
+        pids.into_iter()
+            .filter_map(|pid| {
+                let p = self
+                    .flows
+                    .process(pid)
+                    .or_else(|| self.files.process(pid))?;
+                Some(ProcessInfo {
+                    pid,
+                    comm: p.comm.clone(),
+                    exe: p.exe.clone(),
+                    service: p.service.clone(),
+                    session: p.lineage.session,
+                    ancestors: p.lineage.ancestors.clone(),
+                })
+            })
+            .collect()
     }
 
     pub fn answer(&self, query: &Query) -> Answer {
         match query {
             Query::Flows(filter) => Answer::Flows(self.flows.records(filter)),
             Query::Files(filter) => Answer::Files(self.files.records(filter)),
-            Query::Alerts(filter) => Answer::Alerts(
-                self.alerts
-                    .iter()
-                    .filter(|a| filter.keeps(&a.service, &a.kind))
-                    .take(filter.limit.unwrap_or(usize::MAX))
-                    .cloned()
-                    .collect(),
-            ),
+            Query::Alerts(filter) => Answer::Alerts(self.detector.alerts(filter)),
             Query::Services(per_service) => {
                 let mut services = self.flows.services(*per_service);
                 let read = self.files.service_totals();
@@ -220,6 +287,7 @@ impl Aggregator {
         if let Some(now) = last {
             on_interval(&self.end_interval(now));
         }
+        self.save_detection(true);
     }
 }
 
@@ -252,12 +320,17 @@ mod tests {
                 uid: Some(8),
                 service: "dovecot.service".into(),
                 parents: vec!["dovecot".into()],
+                lineage: crate::flow::identity::Lineage {
+                    session: Some(20),
+                    ancestors: vec![7],
+                },
             })
         }
     }
 
     fn aggregator() -> Aggregator {
-        let config = Config::default();
+        let mut config = Config::default();
+        config.detect.state_file = None;
         Aggregator::new(
             &config,
             Box::new(Live),
@@ -337,6 +410,18 @@ mod tests {
             ("dovecot.service", "imap", Some(8), 700)
         );
         assert_eq!(interval.files[0].bytes_read, 1_400);
+        assert_eq!(
+            interval.processes,
+            vec![ProcessInfo {
+                pid: 20,
+                comm: "imap".into(),
+                exe: "/usr/lib/dovecot/imap".into(),
+                service: "dovecot.service".into(),
+                session: Some(20),
+                ancestors: vec![7],
+            }],
+            "one entry for the process of both rows"
+        );
         assert_eq!(agg.poll(&poll(11, 750, Vec::new())), None);
         let last = agg.end_interval(at(12));
         assert_eq!(last.flows[0].bytes_sent, 50, "what moved since");
@@ -369,6 +454,46 @@ mod tests {
         assert_eq!(
             agg.answer(&Query::Alerts(Filter::default())),
             Answer::Alerts(Vec::new())
+        );
+    }
+
+    #[test]
+    fn an_interval_over_the_burst_threshold_raises_one_alert_counted_and_served() {
+        let mut agg = aggregator();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&seen);
+        agg.on_alert(move |e| {
+            if let Ok(mut events) = sink.lock() {
+                events.push((e.change, e.alert.bytes));
+            }
+        });
+        agg.poll(&poll(0, 0, Vec::new()));
+        agg.poll(&poll(5, 30 << 20, Vec::new()));
+        agg.poll(&poll(10, 60 << 20, Vec::new()))
+            .expect("an interval");
+        let Answer::Alerts(alerts) = agg.answer(&Query::Alerts(Filter::default())) else {
+            panic!("asked for alerts");
+        };
+        assert_eq!(
+            alerts
+                .iter()
+                .map(|a| (
+                    a.kind.as_str(),
+                    a.service.as_str(),
+                    a.destination.as_str(),
+                    a.bytes
+                ))
+                .collect::<Vec<_>>(),
+            vec![("burst", "dovecot.service", "198.51.100.7", 60 << 20)]
+        );
+        assert_eq!(
+            *seen.lock().expect("events"),
+            vec![(AlertChange::Raised, 60 << 20)]
+        );
+        let text = Metrics::render(&agg.metrics.registry());
+        assert!(
+            text.contains("exfil_sensor_alerts_total{kind=\"burst\"} 1\n"),
+            "{text}"
         );
     }
 

@@ -28,6 +28,12 @@ pub enum ConfigError {
         value: String,
         reason: &'static str,
     },
+    #[error("config {path}: detect.profile {profile:?}: {message}")]
+    Profile {
+        path: String,
+        profile: String,
+        message: String,
+    },
     #[error("config {path}: files.{cause}")]
     Pattern {
         path: String,
@@ -35,7 +41,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub agent: AgentConfig,
@@ -45,6 +51,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub kernel: KernelConfig,
     pub metrics: MetricsConfig,
+    pub detect: crate::detect::DetectConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -316,7 +323,89 @@ impl Config {
             ));
         }
         self.file_classes(path)?;
+        self.validate_detect(path)?;
         Ok(())
+    }
+
+    fn validate_detect(&self, path: &str) -> Result<(), ConfigError> {
+        let d = &self.detect;
+        let invalid = |key, value: String, reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            value,
+            reason,
+        };
+        let positive = [
+            ("detect.burst.bytes", d.burst.bytes.as_u64()),
+            ("detect.burst.spray_bytes", d.burst.spray_bytes.as_u64()),
+            ("detect.lineage.bytes", d.lineage.bytes.as_u64()),
+            (
+                "detect.new_destination.bytes",
+                d.new_destination.bytes.as_u64(),
+            ),
+            ("detect.slow_leak.min_sigma", d.slow_leak.min_sigma.as_u64()),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "0".into(), "must be more than 0 bytes"));
+            }
+        }
+        let windows = [
+            ("detect.burst.window", d.burst.window),
+            ("detect.burst.spray_window", d.burst.spray_window),
+            ("detect.lineage.window", d.lineage.window),
+            ("detect.lineage.file_window", d.lineage.file_window),
+            ("detect.quiet", d.quiet),
+        ];
+        for (key, value) in windows {
+            if value < self.agent.interval {
+                return Err(invalid(
+                    key,
+                    humantime::format_duration(value).to_string(),
+                    "must be at least agent.interval",
+                ));
+            }
+        }
+        let factors = [
+            ("detect.lineage.fraction", d.lineage.fraction, 0.0, 1.0),
+            ("detect.baseline.sigma", d.baseline.sigma, 0.0, 100.0),
+            ("detect.slow_leak.k", d.slow_leak.k, 0.0, 100.0),
+            ("detect.slow_leak.h", d.slow_leak.h, 0.0, 1000.0),
+        ];
+        for (key, value, low, high) in factors {
+            if !(value > low && value <= high) {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "must be above 0 and at most its sane maximum (fraction 1, sigma 100, k 100, h 1000)",
+                ));
+            }
+        }
+        for (key, value) in [
+            ("detect.baseline.min_days", d.baseline.min_days),
+            ("detect.slow_leak.min_days", d.slow_leak.min_days),
+        ] {
+            if !(1..=28).contains(&value) {
+                return Err(invalid(key, value.to_string(), "must be between 1 and 28"));
+            }
+        }
+        for (key, value) in [
+            ("detect.max_alerts", d.max_alerts),
+            ("detect.lineage.max_files", d.lineage.max_files),
+            (
+                "detect.new_destination.max_per_service",
+                d.new_destination.max_per_service,
+            ),
+        ] {
+            if !(1..=10_000_000).contains(&value) {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "must be between 1 and 10000000",
+                ));
+            }
+        }
+        crate::detect::Detector::new(d, path).map(|_| ())
     }
 
     /// The file classes, compiled.

@@ -59,12 +59,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new(&config.metrics);
     metrics.set_probes(sensor.probes());
     let registry = metrics.registry();
-    let aggregator = Aggregator::new(
+    let mut aggregator = Aggregator::new(
         &config,
         Box::new(ProcFs::new("/proc")),
         ProcessTable::new(crate::kernel::host::cgroup2_root()),
         metrics,
     )?;
+    aggregator.restore_detection();
     let (agent_tx, agent_rx) = agent::channel();
     let aggregating = std::thread::Builder::new()
         .name("aggregate".into())

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod detect;
 pub mod flow;
 pub mod http;
 pub mod kernel;

@@ -61,6 +61,8 @@ pub struct Agent {
     pin_dir: PathBuf,
     /// The agent's stderr; printed when a test fails, removed otherwise.
     log: PathBuf,
+    /// Its detection state file.
+    state: PathBuf,
 }
 
 /// How often the test agent polls; waits below are in multiples of it.
@@ -79,6 +81,19 @@ impl Agent {
 
     /// An agent that reads the kernel every `poll`, with `extra` config as above.
     pub fn start_polling(poll: Duration, extra: &str) -> anyhow::Result<Self> {
+        Self::start_config(poll, None, extra)
+    }
+
+    /// An agent whose interval records (what detection works on) are `interval` long.
+    pub fn start_with_interval(interval: Duration, extra: &str) -> anyhow::Result<Self> {
+        Self::start_config(POLL, Some(interval), extra)
+    }
+
+    fn start_config(
+        poll: Duration,
+        interval: Option<Duration>,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let bin = agent_bin();
         if !bin.exists() {
             bail!(
@@ -95,12 +110,24 @@ impl Agent {
         let config = dir.join(format!("exfil-e2e-{tag}.toml"));
         // A free loopback port: bound here, released, handed to the agent.
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        // Its own detection state, so that no test learns from another's traffic.
+        let state = dir.join(format!("exfil-e2e-{tag}.state.json"));
+        let state_key = format!("[detect]\nstate_file = \"{}\"\n", state.display());
+        let extra = if extra.contains("[detect]\n") {
+            extra.replacen("[detect]\n", &state_key, 1)
+        } else {
+            format!("{extra}\n{state_key}")
+        };
         std::fs::write(
             &config,
             format!(
-                "[agent]\npoll_interval = \"{}ms\"\n[http]\nlisten = \"{metrics}\"\n\
+                "[agent]\npoll_interval = \"{}ms\"\n{}[http]\nlisten = \"{metrics}\"\n\
                  [kernel]\npin_dir = \"{}\"\n{extra}",
                 poll.as_millis(),
+                interval.map_or_else(String::new, |i| format!(
+                    "interval = \"{}ms\"\n",
+                    i.as_millis()
+                )),
                 pin_dir.display()
             ),
         )?;
@@ -113,6 +140,7 @@ impl Agent {
             config,
             pin_dir,
             log,
+            state,
         };
         agent.wait_healthy(Duration::from_secs(20))?;
         Ok(agent)
@@ -294,6 +322,7 @@ impl Drop for Agent {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.state);
         let _ = std::fs::remove_file(&self.api_socket);
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -108,6 +108,15 @@ impl Traffic {
         Ok((sink, port))
     }
 
+    /// A sink on this host (loopback traffic).
+    pub fn sink_local(&self, proto: &str, ip: &str) -> anyhow::Result<(Proc, u16)> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["sink", proto, &socket_addr(ip, 0)]);
+        let mut sink = Proc::spawn(cmd, &format!("local {proto} sink"))?;
+        let port = sink.expect_line("port")?;
+        Ok((sink, port))
+    }
+
     /// The helper in `ns`, with these arguments.
     pub fn run_in(&self, ns: &NetNs, args: &[&str]) -> anyhow::Result<Proc> {
         let mut cmd = ns.command(&self.bin);

@@ -316,6 +316,11 @@ impl FileTable {
         self.seen.retain(|key, _| !exited.contains(&key.tgid));
     }
 
+    /// The process a row of this pid names.
+    pub fn process(&self, pid: u32) -> Option<&Arc<Process>> {
+        self.names.peek(pid)
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len() + self.other.len()
     }

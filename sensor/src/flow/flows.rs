@@ -286,6 +286,11 @@ impl FlowTable {
         });
     }
 
+    /// The process a row of this pid names.
+    pub fn process(&self, pid: u32) -> Option<&Arc<Process>> {
+        self.names.peek(pid)
+    }
+
     /// Rows held (own and other).
     pub fn len(&self) -> usize {
         self.rows + self.other.len()

@@ -18,6 +18,19 @@ pub struct Process {
     /// Comms of its ancestors, parent first, up to its service's root process (at most
     /// `MAX_PARENTS`): `["dovecot"]` for an `imap` process.
     pub parents: Vec<String>,
+    /// Who it works with, for following data from a reader to a sender.
+    pub lineage: Lineage,
+}
+
+/// A process's session and its ancestors in the same service and session: the processes a
+/// read by it can reach (`tar` and `curl` of one shell share their shell).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// Its session id (`/proc/PID/stat`), when read while it ran.
+    pub session: Option<u32>,
+    /// Pids of its ancestors in the same cgroup and session, parent first, at most
+    /// `MAX_PARENTS`.
+    pub ancestors: Vec<u32>,
 }
 
 /// How many ancestors a process's chain records.
@@ -36,6 +49,7 @@ impl Process {
             uid: None,
             service: service.to_owned(),
             parents: Vec::new(),
+            lineage: Lineage::default(),
         }
     }
 
@@ -47,6 +61,7 @@ impl Process {
             uid: None,
             service: UNKNOWN.to_owned(),
             parents: Vec::new(),
+            lineage: Lineage::default(),
         }
     }
 }
@@ -64,6 +79,11 @@ impl Names {
                 .entry(pid)
                 .or_insert_with(|| Arc::new(source.process(pid).unwrap_or_else(Process::gone))),
         )
+    }
+
+    /// The process as first seen, if a row still names it.
+    pub fn peek(&self, pid: u32) -> Option<&Arc<Process>> {
+        self.by_pid.get(&pid)
     }
 
     /// Forgets processes no table row refers to any more; they are read afresh if they
@@ -85,8 +105,10 @@ pub struct ProcFs {
 
 /// What `/proc/PID/stat` and `/proc/PID/cgroup` say, for walking up the parents.
 struct Node {
+    pid: u32,
     comm: String,
     ppid: u32,
+    session: u32,
     cgroup: Option<String>,
 }
 
@@ -100,9 +122,19 @@ impl ProcFs {
     }
 
     fn node(&self, pid: u32) -> Option<Node> {
-        let (comm, ppid) = parse_stat(&self.read(pid, "stat")?)?;
+        let Stat {
+            comm,
+            ppid,
+            session,
+        } = parse_stat(&self.read(pid, "stat")?)?;
         let cgroup = self.read(pid, "cgroup").and_then(|t| cgroup_path(&t));
-        Some(Node { comm, ppid, cgroup })
+        Some(Node {
+            pid,
+            comm,
+            ppid,
+            session,
+            cgroup,
+        })
     }
 }
 
@@ -137,12 +169,22 @@ impl ProcessSource for ProcFs {
             })
             .take(MAX_PARENTS)
             .collect();
+        let ancestors = chain
+            .iter()
+            .take_while(|node| node.cgroup == own_cgroup && node.session == me.session)
+            .map(|node| node.pid)
+            .take(MAX_PARENTS)
+            .collect();
         Some(Process {
             comm,
             exe,
             uid,
             service,
             parents,
+            lineage: Lineage {
+                session: Some(me.session),
+                ancestors,
+            },
         })
     }
 }
@@ -211,16 +253,30 @@ pub fn container_id(path: &str) -> Option<&str> {
     })
 }
 
-/// comm and ppid from `/proc/PID/stat`: `pid (comm) state ppid …`; comm may hold spaces and
+/// What `/proc/PID/stat` says that the agent uses.
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    comm: String,
+    ppid: u32,
+    session: u32,
+}
+
+/// `/proc/PID/stat`: `pid (comm) state ppid pgrp session …`; comm may hold spaces and
 /// parentheses, so it ends at the last `)`.
-fn parse_stat(stat: &str) -> Option<(String, u32)> {
+fn parse_stat(stat: &str) -> Option<Stat> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();
     let mut rest = stat.get(close + 1..)?.split_whitespace();
     let _state = rest.next()?;
     let ppid = rest.next()?.parse().ok()?;
-    Some((comm, ppid))
+    let _pgrp = rest.next()?;
+    let session = rest.next()?.parse().ok()?;
+    Some(Stat {
+        comm,
+        ppid,
+        session,
+    })
 }
 
 /// The real uid from `/proc/PID/status` (`Uid:\treal\teffective\tsaved\tfs`).
@@ -295,8 +351,12 @@ mod tests {
     #[test]
     fn stat_with_awkward_comm() {
         assert_eq!(
-            parse_stat("4242 (my (odd) name) S 17 4242 4242 0 -1"),
-            Some(("my (odd) name".to_owned(), 17))
+            parse_stat("4242 (my (odd) name) S 17 4242 4300 0 -1"),
+            Some(Stat {
+                comm: "my (odd) name".to_owned(),
+                ppid: 17,
+                session: 4300
+            })
         );
         assert_eq!(parse_stat("4242 broken"), None);
         assert_eq!(
@@ -305,14 +365,18 @@ mod tests {
         );
     }
 
-    /// A fake /proc entry: comm, ppid, cgroup path, uid, exe.
+    /// A fake /proc entry: comm, ppid, cgroup path, uid, exe; session 1.
     fn fake(root: &Path, pid: u32, comm: &str, ppid: u32, cgroup: &str, uid: u32) {
+        fake_in(root, 1, pid, comm, ppid, cgroup, uid);
+    }
+
+    fn fake_in(root: &Path, session: u32, pid: u32, comm: &str, ppid: u32, cgroup: &str, uid: u32) {
         let dir = root.join(pid.to_string());
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
         std::fs::write(
             dir.join("stat"),
-            format!("{pid} ({comm}) S {ppid} 1 1 0 -1\n"),
+            format!("{pid} ({comm}) S {ppid} {session} {session} 0 -1\n"),
         )
         .expect("stat");
         std::fs::write(
@@ -344,8 +408,9 @@ mod tests {
         );
         fake(&root, 4242, "imap", 200, "/system.slice/dovecot.service", 8);
         fake(&root, 300, "sshd", 1, "/", 0);
-        fake(&root, 301, "bash", 300, "/", 1000);
-        fake(&root, 302, "curl", 301, "/", 1000);
+        // A login shell: its own session, shared with what it starts.
+        fake_in(&root, 301, 301, "bash", 300, "/", 1000);
+        fake_in(&root, 301, 302, "curl", 301, "/", 1000);
         let proc_fs = ProcFs::new(&root);
         let imap = proc_fs.process(4242);
         let curl = proc_fs.process(302);
@@ -359,6 +424,10 @@ mod tests {
                 uid: Some(8),
                 service: "dovecot.service".into(),
                 parents: vec!["imap-login".into(), "dovecot".into()],
+                lineage: Lineage {
+                    session: Some(1),
+                    ancestors: vec![200, 100],
+                },
             })
         );
         let curl = curl.expect("curl");
@@ -369,6 +438,14 @@ mod tests {
                 Some(1000),
                 vec!["bash".to_owned(), "sshd".to_owned()]
             )
+        );
+        assert_eq!(
+            curl.lineage,
+            Lineage {
+                session: Some(301),
+                ancestors: vec![301],
+            },
+            "its shell, not the sshd outside its session"
         );
         assert_eq!(gone, None);
     }

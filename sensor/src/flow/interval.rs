@@ -107,6 +107,20 @@ pub struct FileInterval {
     pub writes: u64,
 }
 
+/// A process that moved bytes in an interval, and whom it works with: what lets detection
+/// follow a read by one process to a send by another of the same shell or service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub service: String,
+    /// Its session id, when read while it ran.
+    pub session: Option<u32>,
+    /// Its ancestors in the same service and session, parent first.
+    pub ancestors: Vec<u32>,
+}
+
 /// Everything that moved in `[start_ms, end_ms)` (Unix milliseconds). Flows and files that
 /// did not move are left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +129,8 @@ pub struct Interval {
     pub end_ms: u64,
     pub flows: Vec<FlowInterval>,
     pub files: Vec<FileInterval>,
+    /// Each process of `flows` and `files` (other rows aside), by pid.
+    pub processes: Vec<ProcessInfo>,
 }
 
 /// Unix milliseconds of a time; 0 before 1970.

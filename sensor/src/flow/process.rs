@@ -10,7 +10,7 @@ use std::{
 
 use sensor_common::{EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ProcessEvent};
 
-use super::identity::{MAX_PARENTS, Process, ProcessSource, service_of};
+use super::identity::{Lineage, MAX_PARENTS, Process, ProcessSource, service_of};
 
 /// How long an exited process stays known, for flows counted before it exited.
 const KEEP_EXITED: Duration = Duration::from_secs(600);
@@ -53,14 +53,29 @@ impl ProcessTable {
             let service = service_of(
                 cgroup.as_deref(),
                 &comm,
-                ancestors.iter().map(String::as_str),
+                ancestors.iter().map(|(_, p)| p.comm.as_str()),
             );
+            let parents: Vec<String> = ancestors
+                .iter()
+                .take(MAX_PARENTS)
+                .map(|(_, p)| p.comm.clone())
+                .collect();
+            // The session is not in the events; the fork tree within the service is.
+            let lineage = Lineage {
+                session: None,
+                ancestors: ancestors
+                    .iter()
+                    .take_while(|(_, p)| p.service == service)
+                    .map(|(pid, _)| *pid)
+                    .collect(),
+            };
             let process = |exe| Process {
                 comm: comm.clone(),
                 exe,
                 uid: None,
                 service: service.clone(),
-                parents: ancestors.iter().take(MAX_PARENTS).cloned().collect(),
+                parents: parents.clone(),
+                lineage: lineage.clone(),
             };
             match event.kind {
                 EVENT_FORK => {
@@ -92,14 +107,14 @@ impl ProcessTable {
         self.expire(now);
     }
 
-    /// Comms of the known ancestors from `ppid` up, parent first, stopping below init.
-    fn ancestors(&self, mut ppid: u32) -> Vec<String> {
+    /// The known ancestors from `ppid` up, parent first, stopping below init.
+    fn ancestors(&self, mut ppid: u32) -> Vec<(u32, &Process)> {
         let mut chain = Vec::new();
         while ppid > 1 && chain.len() < MAX_PARENTS {
             let Some(parent) = self.known.get(&ppid) else {
                 break;
             };
-            chain.push(parent.process.comm.clone());
+            chain.push((ppid, &parent.process));
             ppid = parent.ppid;
         }
         chain
@@ -249,6 +264,10 @@ mod tests {
                 uid: None,
                 service: "bash".into(),
                 parents: vec!["bash".into()],
+                lineage: Lineage {
+                    session: None,
+                    ancestors: vec![100],
+                },
             }),
             "a forked child runs its parent's program"
         );
@@ -282,6 +301,7 @@ mod tests {
                     uid: Some(0),
                     service: "s.service".into(),
                     parents: Vec::new(),
+                    lineage: Lineage::default(),
                 })
             }
         }

@@ -64,6 +64,7 @@ pub struct Metrics {
     last_drops: Vec<u64>,
     last_unattributed: u64,
     last_evictions: [Evictions; 2],
+    alerts: IntCounterVec,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -176,7 +177,7 @@ impl Metrics {
         for name in MAP_NAMES {
             kernel_drops.with_label_values(&[name]);
         }
-        // Registered with every kind at zero; detection (issue 8) will count into it.
+        // Registered with every kind at zero, so that `increase()` sees the first alert.
         for kind in ALERT_KINDS {
             alerts.with_label_values(&[kind]);
         }
@@ -205,7 +206,13 @@ impl Metrics {
             last_drops: vec![0; MAP_NAMES.len()],
             last_unattributed: 0,
             last_evictions: [Evictions::default(); 2],
+            alerts,
         }
+    }
+
+    /// Counts an alert raised (not its updates or resolution).
+    pub fn alert_raised(&self, kind: &str) {
+        self.alerts.with_label_values(&[kind]).inc();
     }
 
     pub fn registry(&self) -> Registry {
@@ -359,6 +366,7 @@ mod tests {
             uid: None,
             service: service.into(),
             parents: Vec::new(),
+            lineage: crate::flow::identity::Lineage::default(),
         })
     }
 

@@ -21,6 +21,7 @@ impl ProcessSource for FakeProc {
             uid: Some(0),
             service: service.into(),
             parents: Vec::new(),
+            lineage: crate::flow::identity::Lineage::default(),
         })
     }
 }

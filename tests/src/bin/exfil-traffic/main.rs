@@ -25,6 +25,9 @@
 //!   exfil-traffic connect-unix PATH      connect to a Unix socket, print `connected` or
 //!                                        `refused <reason>`
 //!
+//! With `EXFIL_TRAFFIC_READ_FIRST=FILE` set, any mode first reads all of FILE (a process that
+//! reads a file and then sends, for the lineage tests).
+//!
 //! Every run ends by itself within 60 s (SIGALRM), whatever the test does.
 
 mod file;
@@ -50,6 +53,10 @@ fn main() -> anyhow::Result<()> {
             .map(String::as_str)
             .with_context(|| format!("missing argument {}; see the file's doc comment", i + 1))
     };
+    if let Some(path) = std::env::var_os("EXFIL_TRAFFIC_READ_FIRST") {
+        let path = std::path::PathBuf::from(path);
+        std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    }
     if arg(0)? == "connect-unix" {
         return match std::os::unix::net::UnixStream::connect(arg(1)?) {
             Ok(_) => say("connected"),

@@ -1,0 +1,183 @@
+//! Alert lifecycle: a hit opens an episode (one alert) unless one is open for the same
+//! (kind, service, destination); the episode grows while bytes keep flowing, and is resolved
+//! after `quiet` without growth. Never a storm of duplicates.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Hit, Kind, Traffic};
+use crate::api::{AlertChange, AlertEvent, AlertRecord};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Episodes {
+    next_id: u64,
+    /// Open episodes by key (`kind/service/destination`).
+    open: BTreeMap<String, Open>,
+    /// Every alert kept for the API, by id (open ones included).
+    records: BTreeMap<u64, AlertRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Open {
+    id: u64,
+    service: String,
+    /// `None`: a service-wide episode, which grows only while its rule hits.
+    destination: Option<IpAddr>,
+    last_growth_ms: u64,
+}
+
+fn key(kind: Kind, service: &str, destination: Option<IpAddr>) -> String {
+    match destination {
+        Some(ip) => format!("{kind}/{service}/{ip}"),
+        None => format!("{kind}/{service}/*"),
+    }
+}
+
+/// RFC 3339, UTC, seconds.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+impl Episodes {
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &AlertRecord> {
+        self.records.values()
+    }
+
+    /// Grows open episodes with this interval's bytes, opens one per new hit, resolves the
+    /// quiet ones. Hits come sorted, so ids are the same on every run over the same input.
+    pub fn observe(
+        &mut self,
+        traffic: &Traffic<'_>,
+        hits: Vec<Hit>,
+        quiet: Duration,
+        max_records: usize,
+    ) -> Vec<AlertEvent> {
+        let now = traffic.end_ms;
+        let mut events = Vec::new();
+        // Bytes to each (service, destination) this interval, for per-destination episodes.
+        let mut sent: HashMap<(&str, IpAddr), u64> = HashMap::new();
+        for f in &traffic.flows {
+            if let Some(ip) = f.flow.destination {
+                *sent.entry((f.flow.service.as_str(), ip)).or_default() += f.flow.bytes_sent;
+            }
+        }
+        let mut hits_by_key: BTreeMap<String, Hit> = BTreeMap::new();
+        for hit in hits {
+            let k = key(
+                hit.kind,
+                &hit.service,
+                hit.per_destination.then_some(hit.destination).flatten(),
+            );
+            hits_by_key.entry(k).or_insert(hit);
+        }
+        // Open episodes grow.
+        for (k, open) in &mut self.open {
+            let growth = match open.destination {
+                Some(ip) => sent.get(&(open.service.as_str(), ip)).copied().unwrap_or(0),
+                None => hits_by_key.get(k).map_or(0, |h| h.growth),
+            };
+            if hits_by_key.contains_key(k) && open.destination.is_none() {
+                open.last_growth_ms = now;
+            }
+            if growth == 0 {
+                continue;
+            }
+            open.last_growth_ms = now;
+            if let Some(record) = self.records.get_mut(&open.id) {
+                if open.destination.is_some() {
+                    record.bytes += growth;
+                } else if let Some(hit) = hits_by_key.get(k) {
+                    record.bytes = record.bytes.max(hit.bytes);
+                }
+                record.updated_at = rfc3339(now);
+                events.push(AlertEvent {
+                    change: AlertChange::Updated,
+                    alert: record.clone(),
+                });
+            }
+        }
+        // New hits open episodes.
+        for (k, hit) in hits_by_key {
+            if self.open.contains_key(&k) {
+                continue;
+            }
+            self.next_id += 1;
+            let id = self.next_id;
+            let record = AlertRecord {
+                id,
+                kind: hit.kind.as_str().to_owned(),
+                severity: hit.kind.severity().to_owned(),
+                service: hit.service.clone(),
+                pid: hit.sender.pid,
+                comm: hit.sender.comm.clone(),
+                destination: hit
+                    .destination
+                    .map_or_else(|| "*".to_owned(), |ip| ip.to_string()),
+                port: hit.sender.port,
+                bytes: hit.bytes,
+                window_s: hit.window_s,
+                started_at: rfc3339(hit.started_ms),
+                raised_at: rfc3339(now),
+                updated_at: rfc3339(now),
+                resolved_at: None,
+                status: "firing".to_owned(),
+                class: hit.class.clone(),
+                summary: hit.summary.clone(),
+                description: hit.description.clone(),
+            };
+            self.open.insert(
+                k,
+                Open {
+                    id,
+                    service: hit.service,
+                    destination: hit.per_destination.then_some(hit.destination).flatten(),
+                    last_growth_ms: now,
+                },
+            );
+            events.push(AlertEvent {
+                change: AlertChange::Raised,
+                alert: record.clone(),
+            });
+            self.records.insert(id, record);
+        }
+        // Quiet ones are resolved.
+        let quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
+        let records = &mut self.records;
+        self.open.retain(|_, open| {
+            if now.saturating_sub(open.last_growth_ms) < quiet_ms {
+                return true;
+            }
+            if let Some(record) = records.get_mut(&open.id) {
+                record.status = "resolved".to_owned();
+                record.resolved_at = Some(rfc3339(now));
+                events.push(AlertEvent {
+                    change: AlertChange::Resolved,
+                    alert: record.clone(),
+                });
+            }
+            false
+        });
+        // Keep at most `max_records`: the oldest resolved go first, then the oldest.
+        while self.records.len() > max_records.max(1) {
+            let oldest_resolved = self
+                .records
+                .iter()
+                .find(|(_, r)| r.resolved_at.is_some())
+                .map(|(id, _)| *id);
+            let Some(id) = oldest_resolved.or_else(|| self.records.keys().next().copied()) else {
+                break;
+            };
+            self.records.remove(&id);
+        }
+        events
+    }
+}

@@ -1,0 +1,182 @@
+//! `burst`: one service sends ≥ 50 MiB to one external destination within 300 s (ATT&CK
+//! DET0131: more than 50 MB over one connection), or ≥ 200 MiB to all its external
+//! destinations together within an hour (spraying over many hosts).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use crate::detect::{Hit, Kind, Sender, Traffic, config::BurstConfig, size};
+
+/// Bytes per interval over a sliding window.
+#[derive(Debug, Default)]
+struct Window {
+    /// (interval start, bytes, its largest sender), oldest first.
+    entries: VecDeque<(u64, u64, Sender)>,
+    sum: u64,
+    /// The destination that got most, for a service's window.
+    destinations: HashMap<IpAddr, u64>,
+}
+
+impl Window {
+    fn add(&mut self, start_ms: u64, bytes: u64, sender: &Sender) {
+        match self.entries.back_mut() {
+            Some((start, total, largest)) if *start == start_ms => {
+                *total += bytes;
+                largest.keep_larger(sender);
+            }
+            _ => self.entries.push_back((start_ms, bytes, sender.clone())),
+        }
+        self.sum += bytes;
+    }
+
+    /// Drops intervals that started before `since`.
+    fn expire(&mut self, since: u64) {
+        while let Some((start, bytes, _)) = self.entries.front() {
+            if *start >= since {
+                break;
+            }
+            self.sum -= bytes;
+            self.entries.pop_front();
+        }
+    }
+
+    fn started(&self) -> u64 {
+        self.entries.front().map_or(0, |e| e.0)
+    }
+
+    fn largest_sender(&self) -> Sender {
+        self.entries
+            .iter()
+            .map(|e| &e.2)
+            .max_by_key(|s| s.bytes)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Destinations a service's window tells apart.
+const MAX_NAMED: usize = 10_000;
+
+#[derive(Debug, Default)]
+pub struct Burst {
+    pairs: HashMap<(String, IpAddr), Window>,
+    services: HashMap<String, Window>,
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Burst {
+    pub fn observe(&mut self, config: &BurstConfig, traffic: &Traffic<'_>) -> Vec<Hit> {
+        let start = traffic.start_ms;
+        let mut this_interval: HashMap<&str, u64> = HashMap::new();
+        for f in traffic.flows.iter().filter(|f| f.watched()) {
+            let flow = f.flow;
+            let sender = Sender::of(flow);
+            if let Some(ip) = flow.destination {
+                self.pairs
+                    .entry((flow.service.clone(), ip))
+                    .or_default()
+                    .add(start, flow.bytes_sent, &sender);
+            }
+            if f.many_destinations {
+                continue;
+            }
+            *this_interval.entry(&flow.service).or_default() += flow.bytes_sent;
+            let service = self.services.entry(flow.service.clone()).or_default();
+            service.add(start, flow.bytes_sent, &sender);
+            if let Some(ip) = flow.destination {
+                // For the description only; bounded, and emptied when the service goes quiet.
+                if service.destinations.len() < MAX_NAMED || service.destinations.contains_key(&ip)
+                {
+                    *service.destinations.entry(ip).or_default() += flow.bytes_sent;
+                }
+            }
+        }
+        let mut hits = Vec::new();
+        let window_start = traffic.end_ms.saturating_sub(ms(config.window));
+        let threshold = config.bytes.as_u64();
+        self.pairs.retain(|(service, ip), window| {
+            window.expire(window_start);
+            if window.sum >= threshold && window.sum > 0 {
+                let sender = window.largest_sender();
+                hits.push(Hit {
+                    kind: Kind::Burst,
+                    service: service.clone(),
+                    destination: Some(*ip),
+                    per_destination: true,
+                    bytes: window.sum,
+                    growth: 0,
+                    window_s: config.window.as_secs(),
+                    started_ms: window.started(),
+                    class: None,
+                    summary: format!(
+                        "{service} sent {} to {ip} within {}s",
+                        size(window.sum),
+                        config.window.as_secs()
+                    ),
+                    description: format!(
+                        "{service} sent {} bytes to the external address {ip} (mostly {} pid {} to port {}) in the last {} s; the burst threshold is {} within {} s.",
+                        window.sum,
+                        sender.comm,
+                        sender.pid,
+                        sender.port,
+                        config.window.as_secs(),
+                        size(threshold),
+                        config.window.as_secs()
+                    ),
+                    sender,
+                });
+            }
+            !window.entries.is_empty()
+        });
+        let spray_start = traffic.end_ms.saturating_sub(ms(config.spray_window));
+        let spray = config.spray_bytes.as_u64();
+        self.services.retain(|service, window| {
+            window.expire(spray_start);
+            if window.entries.is_empty() {
+                return false;
+            }
+            if window.sum >= spray && window.sum > 0 {
+                let (top, _) = window
+                    .destinations
+                    .iter()
+                    .max_by_key(|(ip, b)| (**b, std::cmp::Reverse(**ip)))
+                    .map_or((None, 0), |(ip, b)| (Some(*ip), *b));
+                let sender = window.largest_sender();
+                hits.push(Hit {
+                    kind: Kind::Burst,
+                    service: service.clone(),
+                    destination: top,
+                    per_destination: false,
+                    bytes: window.sum,
+                    growth: this_interval.get(service.as_str()).copied().unwrap_or(0),
+                    window_s: config.spray_window.as_secs(),
+                    started_ms: window.started(),
+                    class: None,
+                    summary: format!(
+                        "{service} sent {} to {} external destinations within {}s",
+                        size(window.sum),
+                        window.destinations.len(),
+                        config.spray_window.as_secs()
+                    ),
+                    description: format!(
+                        "{service} sent {} bytes to {} external destinations in the last {} s (the most to {}); the spraying threshold is {} within {} s.",
+                        window.sum,
+                        window.destinations.len(),
+                        config.spray_window.as_secs(),
+                        top.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+                        size(spray),
+                        config.spray_window.as_secs()
+                    ),
+                    sender,
+                });
+            }
+            true
+        });
+        hits
+    }
+}

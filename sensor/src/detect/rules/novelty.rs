@@ -1,0 +1,131 @@
+//! `new_destination`: after a learning period (7 days from the agent's first start, kept in
+//! the state file), a service sends ≥ 1 MiB to an external destination it never used
+//! (Elastic's rare-destination rule). A profile that talks to new hosts all day (a mail
+//! relay) is left out.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::{Hit, Kind, Sender, Traffic, config::NewDestinationConfig, size};
+
+/// A destination seen but not yet over the threshold, after learning.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    bytes: u64,
+    first_ms: u64,
+    sender: Sender,
+}
+
+const DAY_MS: u64 = 86_400_000;
+/// New destinations followed at once.
+const MAX_PENDING: usize = 100_000;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Novelty {
+    /// The first interval this state saw (Unix ms).
+    learning_started_ms: Option<u64>,
+    /// Per service, the external destinations it used, with when it last did.
+    known: BTreeMap<String, BTreeMap<IpAddr, u64>>,
+    #[serde(skip)]
+    pending: HashMap<(String, IpAddr), Pending>,
+}
+
+impl Novelty {
+    pub fn observe(&mut self, config: &NewDestinationConfig, traffic: &Traffic<'_>) -> Vec<Hit> {
+        let now = traffic.end_ms;
+        let started = *self.learning_started_ms.get_or_insert(traffic.start_ms);
+        let learning = u64::try_from(config.learning.as_millis()).unwrap_or(u64::MAX);
+        let learned = now.saturating_sub(started) >= learning;
+        let threshold = config.bytes.as_u64();
+        let mut hits = Vec::new();
+        for f in traffic.flows.iter().filter(|f| f.watched()) {
+            let flow = f.flow;
+            let Some(ip) = flow.destination else { continue };
+            let known = self.known.entry(flow.service.clone()).or_default();
+            if let Some(last) = known.get_mut(&ip) {
+                *last = now;
+                continue;
+            }
+            if !learned || f.many_destinations {
+                remember(known, ip, now, config.max_per_service);
+                continue;
+            }
+            let key = (flow.service.clone(), ip);
+            if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&key) {
+                // Beyond the bound a destination is learnt rather than followed: memory
+                // stays bounded under a spray over millions of hosts (which `burst` sees).
+                remember(known, ip, now, config.max_per_service);
+                continue;
+            }
+            let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
+                first_ms: traffic.start_ms,
+                ..Pending::default()
+            });
+            pending.bytes += flow.bytes_sent;
+            pending.sender.keep_larger(&Sender::of(flow));
+            if pending.bytes < threshold {
+                continue;
+            }
+            let service = &flow.service;
+            hits.push(Hit {
+                kind: Kind::NewDestination,
+                service: service.clone(),
+                destination: Some(ip),
+                per_destination: true,
+                sender: pending.sender.clone(),
+                bytes: pending.bytes,
+                growth: 0,
+                window_s: 0,
+                started_ms: pending.first_ms,
+                class: None,
+                summary: format!(
+                    "{service} sent {} to {ip}, a destination it never used",
+                    size(pending.bytes)
+                ),
+                description: format!(
+                    "{service} sent {} bytes to the external address {ip}, which it had not used since {} (the learning period ended {}); the threshold is {} to a new destination.",
+                    pending.bytes,
+                    super::super::episodes::rfc3339(started),
+                    super::super::episodes::rfc3339(started.saturating_add(learning)),
+                    size(threshold)
+                ),
+            });
+            remember(known, ip, now, config.max_per_service);
+            self.pending.remove(&key);
+        }
+        // A destination that stayed small for a day has been used: known from now on.
+        let known = &mut self.known;
+        self.pending.retain(|(service, ip), p| {
+            if now.saturating_sub(p.first_ms) < DAY_MS {
+                return true;
+            }
+            remember(
+                known.entry(service.clone()).or_default(),
+                *ip,
+                now,
+                config.max_per_service,
+            );
+            false
+        });
+        hits
+    }
+}
+
+/// Adds a destination, forgetting the least recently used one when the service has too many.
+fn remember(known: &mut BTreeMap<IpAddr, u64>, ip: IpAddr, now: u64, max: usize) {
+    known.insert(ip, now);
+    while known.len() > max.max(1) {
+        let Some(oldest) = known
+            .iter()
+            .min_by_key(|(ip, last)| (**last, **ip))
+            .map(|(ip, _)| *ip)
+        else {
+            break;
+        };
+        known.remove(&oldest);
+    }
+}

@@ -1,0 +1,229 @@
+//! Detection against the real kernel: an 80 MiB upload is a `burst` within 30 s naming its
+//! service and destination; a process that reads a secret and sends it out, and an archive
+//! of patient records uploaded by another process, are `lineage`; a large loopback transfer
+//! and a large ordinary file read raise nothing.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use exfil_tests::{Agent, NetNs, Proc, ServiceCgroup, require_root, socket_addr, traffic};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+struct Alert {
+    id: u64,
+    kind: String,
+    service: String,
+    destination: String,
+    pid: u32,
+    comm: String,
+    bytes: u64,
+    class: Option<String>,
+    status: String,
+}
+
+/// Interval records of 2 s: alerts come at most 2 s after a threshold is crossed.
+const INTERVAL: Duration = Duration::from_secs(2);
+
+fn alerts(agent: &Agent) -> Vec<Alert> {
+    agent.get_json("/api/v1/alerts").expect("/api/v1/alerts")
+}
+
+/// Waits up to `within` for an alert that `matches`.
+fn wait_for(agent: &Agent, within: Duration, matches: impl Fn(&Alert) -> bool) -> Option<Alert> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(a) = alerts(agent).into_iter().find(|a| matches(a)) {
+            return Some(a);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(exfil_tests::POLL);
+    }
+}
+
+/// `exfil-traffic send tcp` from a process in `cgroup`, with extra environment.
+fn send_from(
+    cgroup: &ServiceCgroup,
+    to: &str,
+    bytes: u64,
+    via: &str,
+    env: &[(&str, &Path)],
+) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfil-traffic"));
+    cmd.args(["send", "tcp", to, &bytes.to_string(), via]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cgroup.place(&mut cmd).expect("place in the cgroup");
+    Proc::spawn(cmd, "sender").expect("sender")
+}
+
+/// A directory of its own under the test target dir (on the disk: tmpfs has no page cache
+/// path the sensor sees).
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+fn write_file(path: &Path, size: usize, seed: u8) {
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    std::fs::write(path, data).expect("write test file");
+}
+
+#[test]
+fn an_80_mib_upload_is_one_burst_naming_service_and_destination() {
+    require_root();
+    const SIZE: u64 = 80 << 20;
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start_with_interval(INTERVAL, "").expect("agent");
+    let unit = "exfil-e2e-burst.service";
+    let cgroup = ServiceCgroup::create(unit).expect("cgroup");
+    let (mut sink, port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let start = Instant::now();
+    let mut upload = send_from(&cgroup, &socket_addr(ns.peer_ip, port), SIZE, "write", &[]);
+    assert_eq!(upload.expect_line::<u64>("sent").expect("sent"), SIZE);
+    assert_eq!(sink.expect_line::<u64>("received").expect("received"), SIZE);
+
+    let burst = wait_for(
+        &agent,
+        Duration::from_secs(30).saturating_sub(start.elapsed()),
+        |a| a.kind == "burst",
+    )
+    .expect("a burst alert within 30 s of the upload's start");
+    assert_eq!(
+        (
+            burst.service.as_str(),
+            burst.destination.as_str(),
+            burst.pid,
+            burst.comm.as_str(),
+            burst.status.as_str()
+        ),
+        (unit, ns.peer_ip, upload.pid(), "exfil-traffic", "firing")
+    );
+    // The episode holds every byte of the upload once the last interval is in.
+    let whole = wait_for(&agent, Duration::from_secs(10), |a| {
+        a.id == burst.id && a.bytes >= SIZE
+    })
+    .expect("the alert grows to the upload's size");
+    assert_eq!(whole.bytes, SIZE);
+    std::thread::sleep(INTERVAL * 2);
+    let all = alerts(&agent);
+    assert_eq!(all.len(), 1, "one alert, no duplicates: {all:?}");
+    assert_eq!(
+        agent
+            .metric("exfil_sensor_alerts_total{kind=\"burst\"}")
+            .expect("metric"),
+        1
+    );
+}
+
+#[test]
+fn reading_a_secret_then_sending_it_out_is_lineage() {
+    require_root();
+    let ns = NetNs::outside().expect("namespace");
+    let dir = fresh_dir("secrets");
+    let secret = dir.join("id_backup.key");
+    write_file(&secret, 5_000, 7);
+    let agent = Agent::start_with_interval(
+        INTERVAL,
+        &format!("[files]\nsecrets = [\"{}\"]\n", dir.display()),
+    )
+    .expect("agent");
+    let unit = "exfil-e2e-leak.service";
+    let cgroup = ServiceCgroup::create(unit).expect("cgroup");
+    let (mut sink, port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let mut leak = send_from(
+        &cgroup,
+        &socket_addr(ns.peer_ip, port),
+        5_100,
+        "write",
+        &[("EXFIL_TRAFFIC_READ_FIRST", &secret)],
+    );
+    assert_eq!(leak.expect_line::<u64>("sent").expect("sent"), 5_100);
+    assert_eq!(
+        sink.expect_line::<u64>("received").expect("received"),
+        5_100
+    );
+    let alert = wait_for(&agent, Duration::from_secs(20), |a| a.kind == "lineage")
+        .expect("a lineage alert");
+    assert_eq!(
+        (
+            alert.service.as_str(),
+            alert.destination.as_str(),
+            alert.pid,
+            alert.bytes,
+            alert.class.as_deref()
+        ),
+        (unit, ns.peer_ip, leak.pid(), 5_100, Some("secrets"))
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn loopback_transfers_and_ordinary_reads_raise_nothing() {
+    require_root();
+    const LOOPBACK: u64 = 300 << 20;
+    const FILE: usize = 200 << 20;
+    let dir = fresh_dir("ordinary");
+    let file = dir.join("video.bin");
+    write_file(&file, FILE, 3);
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).expect("stat"));
+    let agent = Agent::start_with_interval(INTERVAL, "").expect("agent");
+    let (mut sink, port) = traffic!().sink_local("tcp", "127.0.0.1").expect("sink");
+    let mut sender = traffic!()
+        .send(&[
+            "send",
+            "tcp",
+            &socket_addr("127.0.0.1", port),
+            &LOOPBACK.to_string(),
+        ])
+        .expect("sender");
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), LOOPBACK);
+    assert_eq!(
+        sink.expect_line::<u64>("received").expect("received"),
+        LOOPBACK
+    );
+    let mut reader = traffic!()
+        .send(&["read", file.to_str().expect("utf-8"), "1048576"])
+        .expect("reader");
+    assert_eq!(
+        reader.expect_line::<u64>("read").expect("read"),
+        FILE as u64
+    );
+    // Both were counted ...
+    let flow = agent
+        .settled_flow(sender.pid(), "127.0.0.1", port, "tcp", LOOPBACK)
+        .expect("API")
+        .expect("the loopback flow");
+    assert_eq!(flow.bytes_sent, LOOPBACK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let read = loop {
+        let read: u64 = agent
+            .files()
+            .expect("files")
+            .iter()
+            .filter(|f| f.pid == reader.pid() && f.inode == inode)
+            .map(|f| f.bytes_read)
+            .sum();
+        if read >= FILE as u64 || Instant::now() > deadline {
+            break read;
+        }
+        std::thread::sleep(exfil_tests::POLL);
+    };
+    assert_eq!(read, FILE as u64);
+    // ... through two more interval records, and nothing was raised.
+    std::thread::sleep(INTERVAL * 2 + exfil_tests::POLL * 2);
+    let all = alerts(&agent);
+    assert!(all.is_empty(), "{all:?}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
