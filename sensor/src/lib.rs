@@ -16,5 +16,6 @@ pub mod http;
 pub mod kernel;
 pub mod listing;
 pub mod metrics;
+pub mod sinks;
 pub mod table;
 pub mod top;
