@@ -135,7 +135,12 @@ fn detection(c: &mut Criterion) {
     let before = sums(100_000, 1_000);
     let mut t = table(&before);
     t.tick(SystemTime::UNIX_EPOCH);
-    t.apply(SystemTime::UNIX_EPOCH, &sums(100_000, 2_000), &[], &Services);
+    t.apply(
+        SystemTime::UNIX_EPOCH,
+        &sums(100_000, 2_000),
+        &[],
+        &Services,
+    );
     let flows = t.tick(SystemTime::UNIX_EPOCH);
     let config = sensor::detect::DetectConfig {
         state_file: None,

@@ -34,6 +34,11 @@ pub enum ConfigError {
         profile: String,
         message: String,
     },
+    #[error("config {path}: {cause}")]
+    Sinks {
+        path: String,
+        cause: Box<crate::sinks::SinkError>,
+    },
     #[error("config {path}: files.{cause}")]
     Pattern {
         path: String,
@@ -52,6 +57,8 @@ pub struct Config {
     pub kernel: KernelConfig,
     pub metrics: MetricsConfig,
     pub detect: crate::detect::DetectConfig,
+    /// Where alerts go besides `/api/v1/alerts` and the log.
+    pub alerts: crate::sinks::SinksConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -324,6 +331,10 @@ impl Config {
         }
         self.file_classes(path)?;
         self.validate_detect(path)?;
+        self.alerts.validate().map_err(|cause| ConfigError::Sinks {
+            path: path.to_owned(),
+            cause: Box::new(cause),
+        })?;
         Ok(())
     }
 
@@ -529,6 +540,50 @@ mod tests {
                 .classify(Some("192.0.2.1".parse().expect("ip"))),
             crate::flow::class::DestinationClass::Internal
         );
+    }
+
+    #[test]
+    fn detection_and_sink_settings_are_checked_by_key() {
+        let err = Config::parse("[detect.burst]\nbytes = 0\n", "x.toml").expect_err("zero");
+        assert_eq!(
+            err.to_string(),
+            "config x.toml: detect.burst.bytes = 0: must be more than 0 bytes"
+        );
+        let err = Config::parse("[detect.burst]\nbytes = \"lots\"\n", "x.toml").expect_err("text");
+        assert!(
+            err.to_string()
+                .starts_with("config x.toml: line 2, column 9: "),
+            "{err}"
+        );
+        let err = Config::parse("[detect]\nquiet = \"1s\"\n", "x.toml").expect_err("short");
+        assert_eq!(
+            err.to_string(),
+            "config x.toml: detect.quiet = 1s: must be at least agent.interval"
+        );
+        let err = Config::parse(
+            "[[detect.profile]]\nname = \"x\"\nservices = [\"[\"]\n",
+            "x.toml",
+        )
+        .expect_err("glob");
+        assert!(
+            err.to_string()
+                .starts_with("config x.toml: detect.profile \"x\": services: \"[\": "),
+            "{err}"
+        );
+        let err =
+            Config::parse("[alerts.webhook]\nurl = \"https://h/x\"\n", "x.toml").expect_err("tls");
+        assert!(
+            err.to_string()
+                .starts_with("config x.toml: alerts.webhook.url = "),
+            "{err}"
+        );
+        let c = Config::parse(
+            "[detect.burst]\nbytes = \"20 MiB\"\n[alerts]\njson_lines = \"/var/log/a.jsonl\"\n",
+            "x.toml",
+        )
+        .expect("parses");
+        assert_eq!(c.detect.burst.bytes.as_u64(), 20 << 20);
+        assert_eq!(c.alerts.json_lines, Some(PathBuf::from("/var/log/a.jsonl")));
     }
 
     #[test]

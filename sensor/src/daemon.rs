@@ -66,6 +66,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
     )?;
     aggregator.restore_detection();
+    let sinks = crate::sinks::Sinks::start(&config.alerts, &registry, &hostname())?;
+    let to_sinks = sinks.clone();
+    aggregator.on_alert(move |event| to_sinks.send(event));
     let (agent_tx, agent_rx) = agent::channel();
     let aggregating = std::thread::Builder::new()
         .name("aggregate".into())
@@ -132,7 +135,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if aggregated.is_err() {
         anyhow::bail!("the aggregating thread panicked");
     }
+    // What the last interval raised or resolved reaches the sinks before the agent exits.
+    sinks.flush(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// This host's name, the `instance` of its alerts in Alertmanager.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Hands the memory freed after loading (the parsed BTF of the whole kernel, tens of MiB)
@@ -146,7 +160,7 @@ fn release_freed_memory() {
     }
 }
 
-/// Until the journal and detection take them (issues 8 and 9), intervals are logged.
+/// Until the journal takes them (issue 9), intervals are logged.
 fn log_interval(interval: &Interval) {
     let sent: u64 = interval.flows.iter().map(|f| f.bytes_sent).sum();
     let read: u64 = interval.files.iter().map(|f| f.bytes_read).sum();

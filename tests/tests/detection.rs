@@ -227,3 +227,120 @@ fn loopback_transfers_and_ordinary_reads_raise_nothing() {
     assert!(all.is_empty(), "{all:?}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// A real Alertmanager (Debian's prometheus-alertmanager) on a free loopback port, with its
+/// state in a directory of its own; killed on drop.
+struct Alertmanager {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl Alertmanager {
+    fn start() -> Self {
+        let dir = fresh_dir("alertmanager");
+        let config = dir.join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: none\nreceivers:\n  - name: none\n",
+        )
+        .expect("config");
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager (Debian package; `cargo xtask test` installs it)");
+        let am = Self { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while exfil_tests::http_get_tcp(am.addr, "/-/ready").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Alertmanager did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        am
+    }
+
+    fn alerts(&self) -> Vec<serde_json::Value> {
+        let body = exfil_tests::http_get_tcp(self.addr, "/api/v2/alerts").expect("GET alerts");
+        serde_json::from_str(&body).expect("Alertmanager's JSON")
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_burst_reaches_a_real_alertmanager_with_its_labels() {
+    require_root();
+    const SIZE: u64 = 60 << 20;
+    let am = Alertmanager::start();
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start_with_interval(
+        INTERVAL,
+        &format!("[alerts.alertmanager]\nurl = \"http://{}\"\n", am.addr),
+    )
+    .expect("agent");
+    let unit = "exfil-e2e-am.service";
+    let cgroup = ServiceCgroup::create(unit).expect("cgroup");
+    let (mut sink, port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let mut upload = send_from(&cgroup, &socket_addr(ns.peer_ip, port), SIZE, "write", &[]);
+    assert_eq!(upload.expect_line::<u64>("sent").expect("sent"), SIZE);
+    assert_eq!(sink.expect_line::<u64>("received").expect("received"), SIZE);
+    let raised = wait_for(&agent, Duration::from_secs(20), |a| a.kind == "burst").expect("burst");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let alert = loop {
+        if let Some(a) = am
+            .alerts()
+            .into_iter()
+            .find(|a| a["labels"]["kind"] == "burst")
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no alert reached Alertmanager");
+        std::thread::sleep(exfil_tests::POLL);
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let labels = &alert["labels"];
+    let label = |name: &str| labels[name].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        (
+            label("alertname"),
+            label("kind"),
+            label("severity"),
+            label("service"),
+            label("destination"),
+            label("instance"),
+        ),
+        (
+            "ExfilSensorBurst".to_owned(),
+            "burst".to_owned(),
+            "critical".to_owned(),
+            unit.to_owned(),
+            ns.peer_ip.to_owned(),
+            hostname.trim().to_owned(),
+        )
+    );
+    assert_eq!(alert["status"]["state"], "active");
+    assert_eq!(alert["annotations"]["alert_id"], raised.id.to_string());
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains(ns.peer_ip)),
+        "{alert}"
+    );
+}

@@ -10,10 +10,12 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Debian packages the tests and tools use: `ip` for test namespaces, bpftool to inspect
 /// programs (ns per run), socat for hand checks; iperf3 and bpftrace (the peer the
 /// benchmarks compare against) and util-linux's fincore for `cargo xtask bench`; prometheus
-/// for promtool, which lints `/metrics` in the tests.
+/// for promtool, which lints `/metrics` in the tests; prometheus-alertmanager, the real
+/// Alertmanager the alert test delivers to.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
+    "prometheus-alertmanager",
     "bpftool",
     "socat",
     "iperf3",
