@@ -63,11 +63,22 @@ impl Episodes {
     ) -> Vec<AlertEvent> {
         let now = traffic.end_ms;
         let mut events = Vec::new();
-        // Bytes to each (service, destination) this interval, for per-destination episodes.
-        let mut sent: HashMap<(&str, IpAddr), u64> = HashMap::new();
-        for f in &traffic.flows {
-            if let Some(ip) = f.flow.destination {
-                *sent.entry((f.flow.service.as_str(), ip)).or_default() += f.flow.bytes_sent;
+        // Bytes to each open per-destination episode's (service, destination) this interval.
+        let mut sent: HashMap<String, HashMap<IpAddr, u64>> = HashMap::new();
+        for open in self.open.values() {
+            if let Some(ip) = open.destination {
+                sent.entry(open.service.clone()).or_default().insert(ip, 0);
+            }
+        }
+        if !sent.is_empty() {
+            for f in &traffic.flows {
+                if let Some(ip) = f.flow.destination
+                    && let Some(bytes) = sent
+                        .get_mut(f.flow.service.as_str())
+                        .and_then(|s| s.get_mut(&ip))
+                {
+                    *bytes += f.flow.bytes_sent;
+                }
             }
         }
         let mut hits_by_key: BTreeMap<String, Hit> = BTreeMap::new();
@@ -82,7 +93,11 @@ impl Episodes {
         // Open episodes grow.
         for (k, open) in &mut self.open {
             let growth = match open.destination {
-                Some(ip) => sent.get(&(open.service.as_str(), ip)).copied().unwrap_or(0),
+                Some(ip) => sent
+                    .get(open.service.as_str())
+                    .and_then(|s| s.get(&ip))
+                    .copied()
+                    .unwrap_or(0),
                 None => hits_by_key.get(k).map_or(0, |h| h.growth),
             };
             if hits_by_key.contains_key(k) && open.destination.is_none() {
@@ -150,7 +165,7 @@ impl Episodes {
             self.records.insert(id, record);
         }
         // Quiet ones are resolved.
-        let quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
+        let quiet_ms = super::rules::ms(quiet);
         let records = &mut self.records;
         self.open.retain(|_, open| {
             if now.saturating_sub(open.last_growth_ms) < quiet_ms {

@@ -106,10 +106,10 @@ impl Sender {
         }
     }
 
-    /// Keeps the larger of two.
-    fn keep_larger(&mut self, other: &Sender) {
-        if other.bytes > self.bytes {
-            *self = other.clone();
+    /// Becomes `flow`'s sender if it sent more (a name is copied only then).
+    fn keep_larger(&mut self, flow: &FlowInterval) {
+        if flow.bytes_sent > self.bytes {
+            *self = Self::of(flow);
         }
     }
 }
@@ -313,12 +313,17 @@ impl Detector {
     fn traffic<'a>(&self, interval: &'a Interval) -> Traffic<'a> {
         let processes: HashMap<u32, &ProcessInfo> =
             interval.processes.iter().map(|p| (p.pid, p)).collect();
+        // Profiles are matched once per (service, comm), not once per flow.
+        let mut matched: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
         let flows = interval
             .flows
             .iter()
             .filter(|f| f.bytes_sent > 0 && f.class != DestinationClass::Loopback)
             .map(|flow| {
-                let profiles = self.profiles.matching(&flow.service, &flow.comm);
+                let profiles = matched
+                    .entry((flow.service.as_str(), flow.comm.as_str()))
+                    .or_insert_with(|| self.profiles.matching(&flow.service, &flow.comm))
+                    .clone();
                 let allowed = flow
                     .destination
                     .is_some_and(|ip| self.profiles.allows(&profiles, ip, flow.class));

@@ -18,15 +18,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::robust;
+use super::{ByService, DAY_MS, HOUR_MS, largest, robust};
 use crate::detect::{
     Hit, Kind, Sender, Traffic,
     config::{BaselineConfig, SlowLeakConfig},
     size,
 };
 
-const HOUR_MS: u64 = 3_600_000;
-const DAY_MS: u64 = 24 * HOUR_MS;
 /// Samples kept per hour-of-week slot (weeks) and per hour-of-day slot (days), and days.
 const WEEKS: usize = 8;
 const DAYS: usize = 28;
@@ -81,12 +79,6 @@ fn add(map: &mut HashMap<IpAddr, u64>, ip: IpAddr, bytes: u64) {
     }
 }
 
-fn largest(map: &HashMap<IpAddr, u64>) -> Option<IpAddr> {
-    map.iter()
-        .max_by_key(|(ip, b)| (**b, std::cmp::Reverse(**ip)))
-        .map(|(ip, _)| *ip)
-}
-
 /// Hour-of-week slot of an hour index: 1970-01-01 was a Thursday (slot 72).
 fn hour_of_week(hour: u64) -> u16 {
     u16::try_from((hour + 72) % 168).unwrap_or(0)
@@ -121,14 +113,14 @@ impl History {
             if !self.services.contains_key(&flow.service) && self.services.len() >= MAX_SERVICES {
                 continue;
             }
-            let s = self.services.entry(flow.service.clone()).or_default();
+            let s = self.services.service_mut(&flow.service);
             s.hour_bytes += flow.bytes_sent;
             s.day_bytes += flow.bytes_sent;
             if let Some(ip) = flow.destination {
                 add(&mut s.hour_destinations, ip, flow.bytes_sent);
                 add(&mut s.day_destinations, ip, flow.bytes_sent);
             }
-            s.sender.keep_larger(&Sender::of(flow));
+            s.sender.keep_larger(flow);
             *this_interval.entry(&flow.service).or_default() += flow.bytes_sent;
         }
         let mut hits = Vec::new();

@@ -6,10 +6,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::Profiles;
+use super::{ByService, DAY_MS, Profiles};
 use crate::detect::{Hit, Kind, Sender, Traffic, config::BudgetConfig, size};
-
-const DAY_MS: u64 = 86_400_000;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Budget {
@@ -41,15 +39,12 @@ impl Budget {
         for f in &traffic.flows {
             let flow = f.flow;
             if let Some(budget) = profiles.daily_budget(&f.profiles) {
-                let total = self.daily.entry(flow.service.clone()).or_default();
+                let total = self.daily.service_mut(&flow.service);
                 *total += flow.bytes_sent;
                 let g = grown.entry(&flow.service).or_default();
                 g.0 += flow.bytes_sent;
                 g.1 = budget;
-                self.senders
-                    .entry(flow.service.clone())
-                    .or_default()
-                    .keep_larger(&Sender::of(flow));
+                self.senders.service_mut(&flow.service).keep_larger(flow);
             }
             let Some(ip) = flow.destination else { continue };
             if f.allowed || !profiles.has_allowlist(&f.profiles) {
@@ -57,8 +52,7 @@ impl Budget {
             }
             let outside = self
                 .outside
-                .entry(flow.service.clone())
-                .or_default()
+                .service_mut(&flow.service)
                 .entry(ip)
                 .or_default();
             *outside += flow.bytes_sent;

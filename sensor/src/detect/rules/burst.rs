@@ -7,7 +7,11 @@ use std::{
     net::IpAddr,
 };
 
-use crate::detect::{Hit, Kind, Sender, Traffic, config::BurstConfig, size};
+use super::{ByService, largest, ms};
+use crate::{
+    detect::{Hit, Kind, Sender, Traffic, config::BurstConfig, size},
+    flow::interval::FlowInterval,
+};
 
 /// Bytes per interval over a sliding window.
 #[derive(Debug, Default)]
@@ -20,15 +24,17 @@ struct Window {
 }
 
 impl Window {
-    fn add(&mut self, start_ms: u64, bytes: u64, sender: &Sender) {
+    fn add(&mut self, start_ms: u64, flow: &FlowInterval) {
         match self.entries.back_mut() {
             Some((start, total, largest)) if *start == start_ms => {
-                *total += bytes;
-                largest.keep_larger(sender);
+                *total += flow.bytes_sent;
+                largest.keep_larger(flow);
             }
-            _ => self.entries.push_back((start_ms, bytes, sender.clone())),
+            _ => self
+                .entries
+                .push_back((start_ms, flow.bytes_sent, Sender::of(flow))),
         }
-        self.sum += bytes;
+        self.sum += flow.bytes_sent;
     }
 
     /// Drops intervals that started before `since`.
@@ -61,12 +67,9 @@ const MAX_NAMED: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub struct Burst {
-    pairs: HashMap<(String, IpAddr), Window>,
+    /// Per service, per destination.
+    pairs: HashMap<String, HashMap<IpAddr, Window>>,
     services: HashMap<String, Window>,
-}
-
-fn ms(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Burst {
@@ -75,19 +78,19 @@ impl Burst {
         let mut this_interval: HashMap<&str, u64> = HashMap::new();
         for f in traffic.flows.iter().filter(|f| f.watched()) {
             let flow = f.flow;
-            let sender = Sender::of(flow);
             if let Some(ip) = flow.destination {
                 self.pairs
-                    .entry((flow.service.clone(), ip))
+                    .service_mut(&flow.service)
+                    .entry(ip)
                     .or_default()
-                    .add(start, flow.bytes_sent, &sender);
+                    .add(start, flow);
             }
             if f.many_destinations {
                 continue;
             }
             *this_interval.entry(&flow.service).or_default() += flow.bytes_sent;
-            let service = self.services.entry(flow.service.clone()).or_default();
-            service.add(start, flow.bytes_sent, &sender);
+            let service = self.services.service_mut(&flow.service);
+            service.add(start, flow);
             if let Some(ip) = flow.destination {
                 // For the description only; bounded, and emptied when the service goes quiet.
                 if service.destinations.len() < MAX_NAMED || service.destinations.contains_key(&ip)
@@ -99,7 +102,8 @@ impl Burst {
         let mut hits = Vec::new();
         let window_start = traffic.end_ms.saturating_sub(ms(config.window));
         let threshold = config.bytes.as_u64();
-        self.pairs.retain(|(service, ip), window| {
+        for (service, windows) in &mut self.pairs {
+            windows.retain(|ip, window| {
             window.expire(window_start);
             if window.sum >= threshold && window.sum > 0 {
                 let sender = window.largest_sender();
@@ -132,7 +136,9 @@ impl Burst {
                 });
             }
             !window.entries.is_empty()
-        });
+            });
+        }
+        self.pairs.retain(|_, windows| !windows.is_empty());
         let spray_start = traffic.end_ms.saturating_sub(ms(config.spray_window));
         let spray = config.spray_bytes.as_u64();
         self.services.retain(|service, window| {
@@ -141,11 +147,7 @@ impl Burst {
                 return false;
             }
             if window.sum >= spray && window.sum > 0 {
-                let (top, _) = window
-                    .destinations
-                    .iter()
-                    .max_by_key(|(ip, b)| (**b, std::cmp::Reverse(**ip)))
-                    .map_or((None, 0), |(ip, b)| (Some(*ip), *b));
+                let top = largest(&window.destinations);
                 let sender = window.largest_sender();
                 hits.push(Hit {
                     kind: Kind::Burst,

@@ -14,7 +14,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::Profiles;
+use super::{Profiles, ms};
 use crate::{
     detect::{Hit, Kind, Sender, Traffic, config::LineageConfig, size},
     flow::interval::Interval,
@@ -58,33 +58,58 @@ struct Sent {
     sender: Sender,
 }
 
+impl Taint {
+    fn new(now: u64, reader: String, via: Option<String>) -> Self {
+        Self {
+            read: 0,
+            largest: 0,
+            last_ms: now,
+            reader,
+            via,
+        }
+    }
+}
+
+/// Per group, per file class.
+type Taints = HashMap<Group, HashMap<String, Taint>>;
+
 #[derive(Debug, Default)]
 pub struct Lineage {
-    taints: HashMap<(Group, String), Taint>,
+    taints: Taints,
     files: HashMap<(u64, u64), FileTaint>,
     sent: BTreeMap<(String, IpAddr, String), Sent>,
 }
 
-fn ms(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// The live taints of one group: (class, taint).
+fn active<'a>(
+    taints: &'a Taints,
+    group: &Group,
+    now: u64,
+    window: u64,
+) -> impl Iterator<Item = (&'a str, &'a Taint)> {
+    taints
+        .get(group)
+        .into_iter()
+        .flatten()
+        .filter(move |(_, t)| now.saturating_sub(t.last_ms) <= window)
+        .map(|(class, t)| (class.as_str(), t))
+}
+
+/// The taint of `class` on `group`, made by `fresh` if it has none.
+fn taint_of<'a>(
+    taints: &'a mut Taints,
+    group: Group,
+    class: &str,
+    fresh: impl FnOnce() -> Taint,
+) -> &'a mut Taint {
+    let classes = taints.entry(group).or_default();
+    if !classes.contains_key(class) {
+        classes.insert(class.to_owned(), fresh());
+    }
+    classes.get_mut(class).expect("present: inserted above")
 }
 
 impl Lineage {
-    /// The live taints of one group, by class.
-    fn active<'a>(
-        &'a self,
-        group: &Group,
-        classes: &'a [&'a str],
-        now: u64,
-        window: u64,
-    ) -> impl Iterator<Item = (&'a str, &'a Taint)> {
-        let group = group.clone();
-        classes.iter().filter_map(move |class| {
-            let t = self.taints.get(&(group.clone(), (*class).to_owned()))?;
-            (now.saturating_sub(t.last_ms) <= window).then_some((*class, t))
-        })
-    }
-
     pub fn observe(
         &mut self,
         config: &LineageConfig,
@@ -125,16 +150,9 @@ impl Lineage {
                 continue;
             }
             for group in groups(file.pid, &file.service) {
-                let t = self
-                    .taints
-                    .entry((group, file.class.clone()))
-                    .or_insert_with(|| Taint {
-                        read: 0,
-                        largest: 0,
-                        last_ms: now,
-                        reader: file.comm.clone(),
-                        via: None,
-                    });
+                let t = taint_of(&mut self.taints, group, &file.class, || {
+                    Taint::new(now, file.comm.clone(), None)
+                });
                 t.read += file.bytes_read;
                 t.largest = t.largest.max(file.bytes_read);
                 t.last_ms = now;
@@ -142,13 +160,18 @@ impl Lineage {
         }
         // 2. Writes by tainted processes taint the file; reads of tainted files taint the
         // reader. Twice, so that an archive written and read in one interval is followed.
-        for _ in 0..2 {
+        let passes = if self.taints.is_empty() && self.files.is_empty() {
+            0
+        } else {
+            2
+        };
+        for _ in 0..passes {
             for file in interval.files.iter().filter(|f| f.pid != 0 && f.inode != 0) {
                 let id = (file.device, file.inode);
                 if file.bytes_written > 0 {
                     let strongest = groups(file.pid, &file.service)
                         .iter()
-                        .flat_map(|g| self.active(g, &classes, now, window))
+                        .flat_map(|g| active(&self.taints, g, now, window))
                         .max_by_key(|(class, t)| (t.read, std::cmp::Reverse(*class)))
                         .map(|(class, t)| (class.to_owned(), t.read));
                     if let Some((class, read)) = strongest {
@@ -172,19 +195,16 @@ impl Lineage {
                         continue;
                     }
                     for group in groups(file.pid, &file.service) {
-                        let t = self
-                            .taints
-                            .entry((group, taint.class.clone()))
-                            .or_insert_with(|| Taint {
-                                read: 0,
-                                largest: 0,
-                                last_ms: now,
-                                reader: format!(
+                        let t = taint_of(&mut self.taints, group, &taint.class, || {
+                            Taint::new(
+                                now,
+                                format!(
                                     "{} (reading a file {} wrote after reading {} bytes)",
                                     file.comm, taint.writer, taint.read
                                 ),
-                                via: Some(taint.path.clone().unwrap_or_default()),
-                            });
+                                Some(taint.path.clone().unwrap_or_default()),
+                            )
+                        });
                         // Both passes see the same row: keep the largest, never add twice.
                         t.read = t.read.max(file.bytes_read);
                         t.largest = t.largest.max(file.bytes_read);
@@ -196,27 +216,25 @@ impl Lineage {
         // 3. External sends by tainted processes.
         let mut hits = Vec::new();
         let mut touched = HashSet::new();
-        for f in traffic
-            .flows
-            .iter()
-            .filter(|f| f.watched() && f.flow.pid != 0)
-        {
+        let tainted = if self.taints.is_empty() {
+            &[][..]
+        } else {
+            &traffic.flows[..]
+        };
+        for f in tainted.iter().filter(|f| f.watched() && f.flow.pid != 0) {
             let flow = f.flow;
             let Some(ip) = flow.destination else { continue };
             // Each class once per flow, with the most read among the sender's groups.
-            let mut strongest: BTreeMap<String, Taint> = BTreeMap::new();
+            let mut strongest: BTreeMap<&str, &Taint> = BTreeMap::new();
             for group in groups(flow.pid, &flow.service) {
-                for (class, t) in self.active(&group, &classes, now, window) {
-                    let e = strongest
-                        .entry(class.to_owned())
-                        .or_insert_with(|| t.clone());
+                for (class, t) in active(&self.taints, &group, now, window) {
+                    let e = strongest.entry(class).or_insert(t);
                     if t.read > e.read {
-                        *e = t.clone();
+                        *e = t;
                     }
                 }
             }
             for (class, taint) in strongest {
-                let class = class.as_str();
                 let key = (flow.service.clone(), ip, class.to_owned());
                 let sent = self.sent.entry(key.clone()).or_insert_with(|| Sent {
                     first_ms: traffic.start_ms,
@@ -224,7 +242,7 @@ impl Lineage {
                 });
                 sent.bytes += flow.bytes_sent;
                 sent.last_ms = now;
-                sent.sender.keep_larger(&Sender::of(flow));
+                sent.sender.keep_larger(flow);
                 let secret = config.secret_classes.iter().any(|c| c == class);
                 #[allow(
                     clippy::cast_possible_truncation,
@@ -282,8 +300,10 @@ impl Lineage {
             }
         }
         // 4. Forget what is out of its window.
-        self.taints
-            .retain(|_, t| now.saturating_sub(t.last_ms) <= window);
+        self.taints.retain(|_, classes| {
+            classes.retain(|_, t| now.saturating_sub(t.last_ms) <= window);
+            !classes.is_empty()
+        });
         self.sent
             .retain(|_, s| now.saturating_sub(s.last_ms) <= window);
         let file_window = ms(config.file_window);

@@ -6,7 +6,11 @@ pub mod burst;
 pub mod lineage;
 pub mod novelty;
 
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::Duration,
+};
 
 use glob::Pattern;
 
@@ -96,6 +100,46 @@ impl Profiles {
             .filter_map(|i| self.get(*i)?.daily_budget)
             .map(|b| b.as_u64())
             .min()
+    }
+}
+
+pub const HOUR_MS: u64 = 3_600_000;
+pub const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// A duration in ms, as the intervals' times are.
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The destination that got the most bytes (the lowest address among equals).
+pub fn largest(destinations: &HashMap<IpAddr, u64>) -> Option<IpAddr> {
+    destinations
+        .iter()
+        .max_by_key(|(ip, b)| (**b, std::cmp::Reverse(**ip)))
+        .map(|(ip, _)| *ip)
+}
+
+/// Maps keyed by service name, looked up by `&str`: the name is copied only when a service
+/// is new, never once per flow.
+pub trait ByService<V> {
+    fn service_mut(&mut self, service: &str) -> &mut V;
+}
+
+impl<V: Default> ByService<V> for HashMap<String, V> {
+    fn service_mut(&mut self, service: &str) -> &mut V {
+        if !self.contains_key(service) {
+            self.insert(service.to_owned(), V::default());
+        }
+        self.get_mut(service).expect("present: inserted above")
+    }
+}
+
+impl<V: Default> ByService<V> for BTreeMap<String, V> {
+    fn service_mut(&mut self, service: &str) -> &mut V {
+        if !self.contains_key(service) {
+            self.insert(service.to_owned(), V::default());
+        }
+        self.get_mut(service).expect("present: inserted above")
     }
 }
 

@@ -10,6 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::{ByService, DAY_MS, ms};
 use crate::detect::{Hit, Kind, Sender, Traffic, config::NewDestinationConfig, size};
 
 /// A destination seen but not yet over the threshold, after learning.
@@ -20,7 +21,6 @@ struct Pending {
     sender: Sender,
 }
 
-const DAY_MS: u64 = 86_400_000;
 /// New destinations followed at once.
 const MAX_PENDING: usize = 100_000;
 
@@ -38,14 +38,14 @@ impl Novelty {
     pub fn observe(&mut self, config: &NewDestinationConfig, traffic: &Traffic<'_>) -> Vec<Hit> {
         let now = traffic.end_ms;
         let started = *self.learning_started_ms.get_or_insert(traffic.start_ms);
-        let learning = u64::try_from(config.learning.as_millis()).unwrap_or(u64::MAX);
+        let learning = ms(config.learning);
         let learned = now.saturating_sub(started) >= learning;
         let threshold = config.bytes.as_u64();
         let mut hits = Vec::new();
         for f in traffic.flows.iter().filter(|f| f.watched()) {
             let flow = f.flow;
             let Some(ip) = flow.destination else { continue };
-            let known = self.known.entry(flow.service.clone()).or_default();
+            let known = self.known.service_mut(&flow.service);
             if let Some(last) = known.get_mut(&ip) {
                 *last = now;
                 continue;
@@ -66,7 +66,7 @@ impl Novelty {
                 ..Pending::default()
             });
             pending.bytes += flow.bytes_sent;
-            pending.sender.keep_larger(&Sender::of(flow));
+            pending.sender.keep_larger(flow);
             if pending.bytes < threshold {
                 continue;
             }
@@ -103,12 +103,7 @@ impl Novelty {
             if now.saturating_sub(p.first_ms) < DAY_MS {
                 return true;
             }
-            remember(
-                known.entry(service.clone()).or_default(),
-                *ip,
-                now,
-                config.max_per_service,
-            );
+            remember(known.service_mut(service), *ip, now, config.max_per_service);
             false
         });
         hits
