@@ -19,3 +19,16 @@ pub mod metrics;
 pub mod sinks;
 pub mod table;
 pub mod top;
+
+/// An error and its causes on one line (`error: cause: cause`): the libraries the agent uses
+/// keep the useful part in the source (aya the errno, hyper-util the refused connection).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -226,8 +226,11 @@ fn attach_raw_tracepoint(
     raw.load().map_err(|e| refused(probe, &e))?;
     let link_id = raw
         .attach(name)
-        .map_err(|e| format!("attaching to {name}: {}", chain(&e)))?;
-    let link: FdLink = raw.take_link(link_id).map_err(|e| chain(&e))?.into();
+        .map_err(|e| format!("attaching to {name}: {}", crate::error_chain(&e)))?;
+    let link: FdLink = raw
+        .take_link(link_id)
+        .map_err(|e| crate::error_chain(&e))?
+        .into();
     pin_replacing(link, &pin_path)
 }
 
@@ -242,7 +245,7 @@ fn pin_replacing(link: FdLink, path: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(&staged);
     let pinned = link
         .pin(&staged)
-        .map_err(|e| format!("pinning {}: {}", staged.display(), chain(&e)))?;
+        .map_err(|e| format!("pinning {}: {}", staged.display(), crate::error_chain(&e)))?;
     std::fs::rename(&staged, path).map_err(|e| format!("pinning {}: {e}", path.display()))?;
     // The pin now holds the link; this process's handle may go.
     drop(pinned);
@@ -269,7 +272,7 @@ fn attach_cgroup(ebpf: &mut Ebpf, cx: &AttachContext<'_>, probe: &Probe) -> Resu
             format!(
                 "attaching to the cgroup2 root {}: {}",
                 root.display(),
-                chain(&e)
+                crate::error_chain(&e)
             )
         })?;
     Ok(())
@@ -284,17 +287,9 @@ fn program<'a>(
 }
 
 fn refused(probe: &Probe, e: &ProgramError) -> String {
-    format!("the verifier refused {}: {}", probe.program, chain(e))
-}
-
-/// An error and its causes on one line: aya's errors keep the errno in their source.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    format!(
+        "the verifier refused {}: {}",
+        probe.program,
+        crate::error_chain(e)
+    )
 }

@@ -109,7 +109,7 @@ pub(super) async fn post(
     let exchange = async {
         let response = client.request(request).await.map_err(|e| PostError::Send {
             url: url.clone(),
-            cause: cause_chain(&e),
+            cause: crate::error_chain(&e),
         })?;
         let status = response.status();
         // Read (a bounded part of) the answer: it lets the connection go back to the pool,
@@ -135,18 +135,6 @@ pub(super) async fn post(
             url: url.clone(),
             timeout,
         })?
-}
-
-/// `error: its cause: its cause`: hyper-util's own message alone is "client error (Connect)".
-fn cause_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
