@@ -139,8 +139,8 @@ impl History {
                 hits.push(hit);
             }
         }
-        // A leak keeps its episode open on days the service sends nothing in an interval;
-        // `this_interval` only lists services that sent, which is what an episode grows on.
+        // Only services that sent in this interval are checked: a service-wide episode grows,
+        // and stays open, only while its rule keeps hitting.
         (hits, hour_ended)
     }
 
