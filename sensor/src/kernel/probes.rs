@@ -61,6 +61,9 @@ const MAPPING_RANGE: &[&str] = &[
     "long unsigned int",
 ];
 
+/// (struct inode *inode, loff_t pos, unsigned int len): ext4's write_begin tracepoints.
+const INODE_POS_LEN: &[&str] = &["void *", "struct inode *", "loff_t", "unsigned int"];
+
 pub const PROBES: &[Probe] = &[
     Probe {
         probe: "sock:sock_send_length",
@@ -161,6 +164,33 @@ pub const PROBES: &[Probe] = &[
                 "unsigned int",
                 "size_t",
             ],
+        },
+    },
+    Probe {
+        probe: "ext4:ext4_da_write_begin",
+        program: "ext4_da_write_begin",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "ext4_da_write_begin",
+            params: INODE_POS_LEN,
+        },
+    },
+    Probe {
+        probe: "ext4:ext4_write_begin",
+        program: "ext4_write_begin",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "ext4_write_begin",
+            params: INODE_POS_LEN,
+        },
+    },
+    Probe {
+        probe: "xfs:xfs_file_buffered_write",
+        program: "xfs_file_buffered_write",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "xfs_file_buffered_write",
+            params: &["void *", "struct kiocb *", "struct iov_iter *"],
         },
     },
     Probe {
