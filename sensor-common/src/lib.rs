@@ -119,7 +119,7 @@ const _: () = assert!(core::mem::size_of::<FileRead>() == 40);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileWrite {
-    /// Bytes handed to the page cache: the sum of the filesystem's write tracepoints' lengths.
+    /// Bytes written through the page cache: ext4's `copied` per folio, xfs's count per call.
     pub bytes: u64,
     /// Tracepoint hits that added bytes: page-cache chunks on ext4 (a folio's worth at most,
     /// so one `write` call may be several), write calls on xfs.

@@ -1,22 +1,29 @@
 //! File writes: bytes each process writes to each file, through the page cache.
 //!
-//! ext4 (fs/ext4/inode.c): `ext4_da_write_begin` and `ext4_write_begin(struct inode *inode,
-//! loff_t pos, unsigned int len)` fire in the filesystem's `write_begin`, which
-//! `generic_perform_write` (mm/filemap.c) calls once per folio a buffered `write`, `pwrite`,
-//! `writev` or `splice` into the file touches, `len` being the bytes bound for that folio.
-//! Delayed allocation (the default) takes the first; `nodelalloc`, `data=journal` and the
-//! fall-back when free space runs low take the second, from inside `ext4_da_write_begin`
-//! before its own tracepoint, so a chunk is never counted twice. Summing `len` gives the bytes
-//! written: a 10,000,019-byte file written in 65,536-byte calls counts 10,000,019.
+//! ext4 (fs/ext4/inode.c): `ext4_da_write_end`, `ext4_write_end` and
+//! `ext4_journalled_write_end(struct inode *inode, loff_t pos, unsigned int len, unsigned
+//! int copied)` fire in the filesystem's `write_end`, which `generic_perform_write`
+//! (mm/filemap.c) calls once per folio a buffered `write`, `pwrite`, `writev` or `splice` into
+//! the file fills, `copied` being the bytes copied into that folio. Delayed allocation (the
+//! default) takes the first; `nodelalloc` and the fall-back when free space runs low the
+//! second (from inside `ext4_da_write_end`, before its own tracepoint, so a chunk never counts
+//! twice); `data=journal` the third. Summing `copied` gives the bytes written: a
+//! 10,000,019-byte file written in 65,536-byte calls counts 10,000,019.
+//!
+//! Not `write_begin`: its `len` is what the loop asks for, up to the largest folio size, and
+//! `generic_perform_write` then trims it to the folio it got and asks again for the rest, so
+//! a write into smaller folios counts part of itself twice (traced on 6.18: 10,007,496 bytes
+//! for that file; the `copied` of `write_end` summed to 10,000,019).
 //!
 //! xfs (fs/xfs/xfs_file.c): `xfs_file_buffered_write(struct kiocb *iocb, struct iov_iter
 //! *from)` fires once per buffered write call, after `generic_write_checks` clipped the count
-//! to the limits; the bytes are the iterator's count.
+//! to the limits; the bytes are the iterator's count, what the caller asked for.
 //!
-//! Both count what the writer handed the page cache, before the copy: a write that then fails
-//! (a fault in the caller's buffer, `ENOSPC` retried by xfs) counts what it asked for. Not
-//! counted: `O_DIRECT` writes and stores through a shared mapping (neither passes these
-//! tracepoints), and other filesystems.
+//! Counted before the filesystem's last word: a copy cut short by a fault in the writer's
+//! buffer, into a folio not yet up to date, is thrown away and retried, and counts twice; an
+//! xfs write that fails (`ENOSPC`, retried once by xfs) counts what it asked for. Not counted:
+//! `O_DIRECT` writes and stores through a shared mapping (neither passes these tracepoints),
+//! and other filesystems.
 //!
 //! These fire per folio of every buffered write on the host, so the work is one per-CPU hash
 //! lookup and two adds; the path walk happens once per (process, file), on creation. Per-CPU
@@ -36,25 +43,31 @@ use crate::{
     maps::{FILE_WRITE_OVERFLOW, FILE_WRITES, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, agent, bump},
 };
 
-#[raw_tracepoint(tracepoint = "ext4_da_write_begin")]
-pub fn ext4_da_write_begin(ctx: RawTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "ext4_da_write_end")]
+pub fn ext4_da_write_end(ctx: RawTracePointContext) -> i32 {
     ext4_chunk(&ctx);
     0
 }
 
-#[raw_tracepoint(tracepoint = "ext4_write_begin")]
-pub fn ext4_write_begin(ctx: RawTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "ext4_write_end")]
+pub fn ext4_write_end(ctx: RawTracePointContext) -> i32 {
     ext4_chunk(&ctx);
     0
 }
 
-/// `len` (`arg(2)`, an `unsigned int`) bytes of the inode in `arg(0)` are being written.
+#[raw_tracepoint(tracepoint = "ext4_journalled_write_end")]
+pub fn ext4_journalled_write_end(ctx: RawTracePointContext) -> i32 {
+    ext4_chunk(&ctx);
+    0
+}
+
+/// `copied` (`arg(3)`, an `unsigned int`) bytes went into the inode in `arg(0)`.
 #[inline(always)]
 fn ext4_chunk(ctx: &RawTracePointContext) {
     let inode = ctx.arg::<u64>(0) as *const u8;
     // The kernel widens each argument to u64; only the low 32 bits are the `unsigned int`.
-    let len = ctx.arg::<u64>(2) & 0xffff_ffff;
-    if try_write(inode, len).is_err() {
+    let copied = ctx.arg::<u64>(3) & 0xffff_ffff;
+    if try_write(inode, copied).is_err() {
         bump(&KERNEL_ERRORS, PROG_FILE_WRITE);
     }
 }

@@ -61,8 +61,15 @@ const MAPPING_RANGE: &[&str] = &[
     "long unsigned int",
 ];
 
-/// (struct inode *inode, loff_t pos, unsigned int len): ext4's write_begin tracepoints.
-const INODE_POS_LEN: &[&str] = &["void *", "struct inode *", "loff_t", "unsigned int"];
+/// (struct inode *inode, loff_t pos, unsigned int len, unsigned int copied): ext4's
+/// write_end tracepoints.
+const INODE_POS_LEN_COPIED: &[&str] = &[
+    "void *",
+    "struct inode *",
+    "loff_t",
+    "unsigned int",
+    "unsigned int",
+];
 
 pub const PROBES: &[Probe] = &[
     Probe {
@@ -167,21 +174,30 @@ pub const PROBES: &[Probe] = &[
         },
     },
     Probe {
-        probe: "ext4:ext4_da_write_begin",
-        program: "ext4_da_write_begin",
+        probe: "ext4:ext4_da_write_end",
+        program: "ext4_da_write_end",
         required: false,
         hook: Hook::RawTracepoint {
-            name: "ext4_da_write_begin",
-            params: INODE_POS_LEN,
+            name: "ext4_da_write_end",
+            params: INODE_POS_LEN_COPIED,
         },
     },
     Probe {
-        probe: "ext4:ext4_write_begin",
-        program: "ext4_write_begin",
+        probe: "ext4:ext4_write_end",
+        program: "ext4_write_end",
         required: false,
         hook: Hook::RawTracepoint {
-            name: "ext4_write_begin",
-            params: INODE_POS_LEN,
+            name: "ext4_write_end",
+            params: INODE_POS_LEN_COPIED,
+        },
+    },
+    Probe {
+        probe: "ext4:ext4_journalled_write_end",
+        program: "ext4_journalled_write_end",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "ext4_journalled_write_end",
+            params: INODE_POS_LEN_COPIED,
         },
     },
     Probe {
