@@ -180,7 +180,8 @@ impl Sensor {
         host::check_privileges()?;
         host::ensure_mounted("bpf", Path::new("/sys/fs/bpf"))?;
         let cgroup2 = host::cgroup2_root();
-        let btf = Btf::from_file(&options.btf)?;
+        let mut btf = Btf::from_file(&options.btf)?;
+        let module_prototypes = probes::module_prototypes(&mut btf, &options.btf);
         // aya relocates against the same BTF (CO-RE); parse failures were caught just above.
         let aya_btf =
             aya::Btf::parse_file(&options.btf, aya::Endianness::default()).map_err(|cause| {
@@ -224,6 +225,7 @@ impl Sensor {
         }
         let cx = AttachContext {
             btf: &btf,
+            module_prototypes: &module_prototypes,
             cgroup2: cgroup2.as_deref(),
             pins: &pins,
             keep_pinned_links: reuse == Reuse::MapsAndLinks,
