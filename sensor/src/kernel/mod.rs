@@ -538,6 +538,31 @@ fn read_counter_array(
 mod tests {
     use super::*;
 
+    /// An exited process's read and write keys and overflow buckets all go; the living stay.
+    #[test]
+    fn dead_keys_take_an_exited_processs_writes_too() {
+        let key = |tgid| FileKey {
+            tgid,
+            dev: 254 << 20,
+            ino: 12,
+        };
+        let sums = KernelSums {
+            file_reads: vec![(key(7), FileRead::default()), (key(8), FileRead::default())],
+            file_writes: vec![
+                (key(7), FileWrite::default()),
+                (key(8), FileWrite::default()),
+            ],
+            file_write_overflow: vec![(7, 10), (8, 10)],
+            ..KernelSums::default()
+        };
+        let dead = DeadKeys::of(&sums, &HashSet::from([7]));
+        assert_eq!(dead.files, vec![key(7)]);
+        assert_eq!(dead.file_writes, vec![key(7)]);
+        assert_eq!(dead.file_write_overflow, vec![7]);
+        assert!(!dead.is_empty());
+        assert!(DeadKeys::of(&sums, &HashSet::from([9])).is_empty());
+    }
+
     /// Pinned programs keep writing to the maps they were loaded with; a map left unpinned
     /// would be a fresh, unread one for the next agent (a ring buffer nobody drains).
     #[test]
