@@ -7,7 +7,7 @@
 
 /// Layout version of the shared map types. Bumped on any change to a key or value type, so
 /// that a future agent can tell pinned maps of an older layout from its own.
-pub const MAP_LAYOUT_VERSION: u32 = 6;
+pub const MAP_LAYOUT_VERSION: u32 = 7;
 
 /// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
 pub const FAMILY_IPV4: u8 = 4;
@@ -84,7 +84,7 @@ pub struct UdpDest {
 }
 const _: () = assert!(core::mem::size_of::<UdpDest>() == 32);
 
-/// One process reading one file: the key of the file-read map.
+/// One process reading or writing one file: the key of the file-read and file-write maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileKey {
@@ -114,6 +114,23 @@ pub struct FileRead {
 }
 const _: () = assert!(core::mem::size_of::<FileRead>() == 40);
 
+/// What one process wrote to one file (key [`FileKey`]), per CPU; userspace adds the CPUs
+/// together, so threads of one process writing one file from several CPUs lose nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileWrite {
+    /// Bytes written through the page cache: ext4's `copied` per folio, xfs's count per call.
+    pub bytes: u64,
+    /// Tracepoint hits that added bytes: page-cache chunks on ext4 (a folio's worth at most,
+    /// so one `write` call may be several), write calls on xfs.
+    pub writes: u64,
+    /// As [`FileRead::path_generation`], for this CPU's copy: the agent generation that last
+    /// had the path sent (or found sent) from this CPU.
+    pub path_generation: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FileWrite>() == 24);
+
 /// The running agent, as the programs see it in the `AGENT` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,7 +147,7 @@ const _: () = assert!(core::mem::size_of::<AgentState>() == 8);
 pub const PATH_DEPTH: usize = 16;
 pub const PATH_NAME_LEN: usize = 64;
 
-/// The path of a file, sent once on the first read of its (device, inode): the dentry
+/// The path of a file, sent once on the first read or write of its (device, inode): the dentry
 /// names from the file up to its filesystem's root, NUL-terminated each. The agent adds the
 /// mount point. Sent over the `FILE_PATHS` ring buffer.
 #[repr(C)]
@@ -246,8 +263,9 @@ pub const PROG_SOCK_RECV_LENGTH: u32 = 2;
 pub const PROG_INET_SOCK_SET_STATE: u32 = 3;
 pub const PROG_PROCESS: u32 = 4;
 pub const PROG_FILE_READ: u32 = 5;
+pub const PROG_FILE_WRITE: u32 = 6;
 /// Number of programs with an error slot; the array's size.
-pub const PROG_COUNT: u32 = 6;
+pub const PROG_COUNT: u32 = 7;
 /// Program names, in index order, as exported in `exfil_sensor_kernel_errors_total{program}`.
 pub const PROG_NAMES: [&str; PROG_COUNT as usize] = [
     "sock_send_length",
@@ -256,6 +274,7 @@ pub const PROG_NAMES: [&str; PROG_COUNT as usize] = [
     "inet_sock_set_state",
     "process",
     "file_read",
+    "file_write",
 ];
 
 /// Index of each map in the `KERNEL_DROPS` per-CPU array: inserts refused because it was full.
@@ -265,8 +284,9 @@ pub const MAP_FLOW_OVERFLOW: u32 = 2;
 pub const MAP_PROCESS_EVENTS: u32 = 3;
 pub const MAP_FILE_READS: u32 = 4;
 pub const MAP_FILE_PATHS: u32 = 5;
+pub const MAP_FILE_WRITES: u32 = 6;
 /// Number of maps with a drop slot; the array's size.
-pub const MAP_COUNT: u32 = 6;
+pub const MAP_COUNT: u32 = 7;
 /// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
 pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
     "flows",
@@ -275,16 +295,17 @@ pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
     "process_events",
     "file_reads",
     "file_paths",
+    "file_writes",
 ];
 
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        AgentState, FileId, FileKey, FilePathEvent, FileRead, FlowCounters, FlowKey, KernelLayout,
-        PortRange, ProcessEvent, UdpDest,
+        AgentState, FileId, FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey,
+        KernelLayout, PortRange, ProcessEvent, UdpDest,
     };
 
-    // SAFETY: all eleven are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // SAFETY: all twelve are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
     // fields, so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
@@ -303,6 +324,8 @@ mod user {
     unsafe impl aya::Pod for FileKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FileRead {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FileWrite {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FilePathEvent {}
     // SAFETY: as above.

@@ -18,6 +18,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
     macros::raw_tracepoint,
+    maps::PerCpuHashMap,
     programs::RawTracePointContext,
 };
 use sensor_common::{
@@ -170,8 +171,8 @@ fn try_direct(iocb: *const u8, iter: *const u8) -> Result<(), ReadError> {
     })
 }
 
-/// The `struct inode` fields every read needs, from one helper call.
-struct InodeFields {
+/// The `struct inode` fields every read and write needs, from one helper call.
+pub(crate) struct InodeFields {
     sb: u64,
     ino: u64,
     size: i64,
@@ -180,7 +181,10 @@ struct InodeFields {
 const SPAN: usize = INODE_SPAN_LEN as usize;
 
 #[inline(always)]
-fn inode_fields(inode: *const u8, layout: &KernelLayout) -> Result<InodeFields, ReadError> {
+pub(crate) fn inode_fields(
+    inode: *const u8,
+    layout: &KernelLayout,
+) -> Result<InodeFields, ReadError> {
     let base = layout.inode_sb.min(layout.inode_ino).min(layout.inode_size);
     let span: [u8; SPAN] = read_kernel(inode, base)?;
     Ok(InodeFields {
@@ -191,9 +195,11 @@ fn inode_fields(inode: *const u8, layout: &KernelLayout) -> Result<InodeFields, 
 }
 
 impl InodeFields {
-    /// The map key of `tgid` reading this inode.
+    /// The map key of `tgid` reading (or writing) this inode: the device is the inode's
+    /// `i_sb->s_dev`, whichever program computes it, so that reads and writes of one file
+    /// share their (device, inode).
     #[inline(always)]
-    fn key(&self, tgid: u32, layout: &KernelLayout) -> Result<FileKey, ReadError> {
+    pub(crate) fn key(&self, tgid: u32, layout: &KernelLayout) -> Result<FileKey, ReadError> {
         Ok(FileKey {
             tgid,
             dev: read_kernel(self.sb as *const u8, layout.sb_dev)?,
@@ -243,19 +249,30 @@ fn insert(key: &FileKey, read: &FileRead) {
         return;
     }
     bump(&KERNEL_DROPS, MAP_FILE_READS);
-    match FILE_OVERFLOW.get_ptr_mut(key.tgid) {
-        // SAFETY: this CPU's value of a live entry.
-        Some(bytes) => unsafe { *bytes += read.bytes },
+    add_overflow(&FILE_OVERFLOW, key.tgid, read.bytes);
+}
+
+/// Adds `bytes` to the process's per-CPU overflow bucket, creating it on first use.
+#[inline(always)]
+pub(crate) fn add_overflow(map: &PerCpuHashMap<u32, u64>, tgid: u32, bytes: u64) {
+    match map.get_ptr_mut(tgid) {
+        // SAFETY: this CPU's value of a live entry; programs do not nest on one CPU.
+        Some(sum) => unsafe { *sum += bytes },
         None => {
-            let _ = FILE_OVERFLOW.insert(key.tgid, read.bytes, 0);
+            let _ = map.insert(tgid, bytes, 0);
         }
     }
 }
 
-/// Sends the file's path the first time any process reads it (as far as [`PATH_SENT`]
-/// remembers): the names from its dentry up to its filesystem's root, at most `PATH_DEPTH`.
+/// Sends the file's path the first time any process reads or writes it (as far as
+/// [`PATH_SENT`] remembers): the names from its dentry up to its filesystem's root, at most
+/// `PATH_DEPTH`.
 #[inline(always)]
-fn send_path_once(inode: *const u8, key: &FileKey, layout: &KernelLayout) -> Result<(), ReadError> {
+pub(crate) fn send_path_once(
+    inode: *const u8,
+    key: &FileKey,
+    layout: &KernelLayout,
+) -> Result<(), ReadError> {
     let (dev, ino) = (key.dev, key.ino);
     let id = FileId { dev, _pad: 0, ino };
     if PATH_SENT.get_ptr(id).is_some() {

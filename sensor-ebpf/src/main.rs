@@ -8,6 +8,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod file_read;
+mod file_write;
 mod flow;
 mod maps;
 mod net_send;

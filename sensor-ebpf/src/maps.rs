@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    AgentState, FileId, FileKey, FileRead, FlowCounters, FlowKey, KernelLayout, MAP_COUNT,
-    PROG_COUNT, PortRange, UdpDest,
+    AgentState, FileId, FileKey, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout,
+    MAP_COUNT, PROG_COUNT, PortRange, UdpDest,
 };
 
 /// Bytes sent and received per (process, remote address, port, protocol, direction).
@@ -58,15 +58,30 @@ pub(crate) static FILE_READS: HashMap<FileKey, FileRead> = HashMap::with_max_ent
 pub(crate) static FILE_OVERFLOW: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(4_096, 0);
 
+/// Bytes each process wrote to each file. Key [`FileKey`] (the same device and inode as
+/// [`FILE_READS`], so that a file's writer and its readers meet), value [`FileWrite`] per CPU.
+/// Written by the `file_write` programs; read (and summed over CPUs) by the agent. Max
+/// entries: set from `kernel.file_map_entries` at load. Not an LRU: it holds counts.
+#[map]
+pub(crate) static FILE_WRITES: PerCpuHashMap<FileKey, FileWrite> =
+    PerCpuHashMap::with_max_entries(65_536, 0);
+
+/// Bytes a process wrote while [`FILE_WRITES`] was full, without their file. Key: tgid;
+/// value: bytes per CPU. Written by the `file_write` programs; read by the agent.
+#[map]
+pub(crate) static FILE_WRITE_OVERFLOW: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(4_096, 0);
+
 /// Files whose path was sent on [`FILE_PATHS`]: key [`FileId`]. Written by the `file_read`
-/// programs; emptied by each agent at start, so that it learns the paths again. An LRU: a
-/// file evicted here only has its path sent once more.
+/// and `file_write` programs; emptied by each agent at start, so that it learns the paths
+/// again. An LRU: a file evicted here only has its path sent once more.
 #[map]
 pub(crate) static PATH_SENT: LruHashMap<FileId, u8> = LruHashMap::with_max_entries(65_536, 0);
 
-/// File paths ([`sensor_common::FilePathEvent`]), one per file on its first read. Written by
-/// the `file_read` programs; drained by the agent at every poll. 1 MiB: about 1,000 new files
-/// between two polls; a full buffer drops the path (counted as `file_paths`), never a byte.
+/// File paths ([`sensor_common::FilePathEvent`]), one per file on its first read or write.
+/// Written by the `file_read` and `file_write` programs; drained by the agent at every poll.
+/// 1 MiB: about 1,000 new files between two polls; a full buffer drops the path (counted as
+/// `file_paths`), never a byte.
 #[map]
 pub(crate) static FILE_PATHS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 

@@ -17,7 +17,7 @@ use crate::{
     detect::Detector,
     flow::{
         FlowTable,
-        files::FileTable,
+        files::{FileSums, FileTable},
         identity::ProcessSource,
         interval::{FileInterval, FlowInterval, Interval, ProcessInfo, unix_ms},
         paths::Mounts,
@@ -147,18 +147,21 @@ impl Aggregator {
             events: &self.processes,
         };
         let sums = &input.sums;
+        let file_sums = FileSums {
+            reads: &sums.file_reads,
+            read_overflow: &sums.file_overflow,
+            writes: &sums.file_writes,
+            write_overflow: &sums.file_write_overflow,
+        };
         if input.adopt {
             self.flows
                 .adopt(now, &sums.flows, &sums.flow_overflow, &identities);
-            self.files
-                .adopt(now, &sums.file_reads, &sums.file_overflow, &identities);
+            self.files.adopt(now, file_sums, &identities);
         }
         let flow_changes = self
             .flows
             .apply(now, &sums.flows, &sums.flow_overflow, &identities);
-        let file_changes =
-            self.files
-                .apply(now, &sums.file_reads, &sums.file_overflow, &identities);
+        let file_changes = self.files.apply(now, file_sums, &identities);
         self.metrics
             .observe_poll(now, &flow_changes, &file_changes, sums, input.took);
         // Exited processes cannot count again: the poll thread deletes their kernel keys

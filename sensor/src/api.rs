@@ -34,7 +34,7 @@ pub struct FlowRecord {
     pub last_seen: String,
 }
 
-/// One (process, file) read.
+/// One (process, file): what the process read from it and wrote to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
     pub pid: u32,
@@ -52,6 +52,14 @@ pub struct FileRecord {
     /// Bytes read: each page of a sequential run once, the last page clipped to the size.
     pub bytes_read: u64,
     pub reads: u64,
+    /// Bytes written through the page cache (ext4, xfs), exact since the agent (or its pinned
+    /// maps) started. Absent from an older agent's answer: read as 0.
+    #[serde(default)]
+    pub bytes_written: u64,
+    /// Write tracepoint hits: page-cache chunks on ext4 (one `write` may be several), write
+    /// calls on xfs.
+    #[serde(default)]
+    pub writes: u64,
 }
 
 /// One alert: an episode of one kind for one service and destination, raised once, updated

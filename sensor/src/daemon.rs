@@ -164,6 +164,7 @@ fn release_freed_memory() {
 fn log_interval(interval: &Interval) {
     let sent: u64 = interval.flows.iter().map(|f| f.bytes_sent).sum();
     let read: u64 = interval.files.iter().map(|f| f.bytes_read).sum();
+    let written: u64 = interval.files.iter().map(|f| f.bytes_written).sum();
     tracing::debug!(
         start_ms = interval.start_ms,
         end_ms = interval.end_ms,
@@ -171,6 +172,7 @@ fn log_interval(interval: &Interval) {
         files = interval.files.len(),
         bytes_sent = sent,
         bytes_read = read,
+        bytes_written = written,
         "interval"
     );
 }

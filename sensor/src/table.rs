@@ -45,12 +45,13 @@ const FLOW_COLUMNS: [Column; 11] = [
     left("LAST_SEEN"),
 ];
 
-const FILE_COLUMNS: [Column; 6] = [
+const FILE_COLUMNS: [Column; 7] = [
     left("SERVICE"),
     right("PID"),
     left("COMM"),
     left("CLASS"),
     right("BYTES_READ"),
+    right("BYTES_WRITTEN"),
     left("PATH"),
 ];
 
@@ -97,6 +98,7 @@ pub fn files(records: &[FileRecord]) -> String {
                 printable(&f.comm),
                 printable(&f.class),
                 f.bytes_read.to_string(),
+                f.bytes_written.to_string(),
                 f.path.as_deref().map_or_else(|| "-".to_owned(), printable),
             ]
         })
@@ -220,7 +222,7 @@ postfix@-.service    17  curl  2001:db8::25  external   443  tcp    outbound    
 
     #[test]
     fn files_show_a_dash_for_an_unknown_path() {
-        let file = |path: Option<&str>, class: &str, bytes_read| FileRecord {
+        let file = |path: Option<&str>, class: &str, bytes_read, bytes_written| FileRecord {
             pid: 311,
             comm: "dovecot".into(),
             exe: "/usr/sbin/dovecot".into(),
@@ -231,17 +233,19 @@ postfix@-.service    17  curl  2001:db8::25  external   443  tcp    outbound    
             inode: 1234,
             bytes_read,
             reads: 3,
+            bytes_written,
+            writes: 2,
         };
         let text = files(&[
-            file(Some("/var/mail/alice"), "mail_store", 10_000_019),
-            file(None, "other", 4096),
+            file(Some("/var/mail/alice"), "mail_store", 10_000_019, 0),
+            file(None, "other", 4096, 10_000_019),
         ]);
         assert_eq!(
             text,
             "\
-SERVICE          PID  COMM     CLASS       BYTES_READ  PATH
-dovecot.service  311  dovecot  mail_store    10000019  /var/mail/alice
-dovecot.service  311  dovecot  other             4096  -
+SERVICE          PID  COMM     CLASS       BYTES_READ  BYTES_WRITTEN  PATH
+dovecot.service  311  dovecot  mail_store    10000019              0  /var/mail/alice
+dovecot.service  311  dovecot  other             4096       10000019  -
 "
         );
     }
@@ -279,7 +283,10 @@ RAISED_AT             KIND   STATUS  SEVERITY  SERVICE         DESTINATION     B
 
     #[test]
     fn an_empty_list_prints_the_header_only() {
-        assert_eq!(files(&[]), "SERVICE  PID  COMM  CLASS  BYTES_READ  PATH\n");
+        assert_eq!(
+            files(&[]),
+            "SERVICE  PID  COMM  CLASS  BYTES_READ  BYTES_WRITTEN  PATH\n"
+        );
         assert_eq!(
             alerts(&[]),
             "RAISED_AT  KIND  STATUS  SEVERITY  SERVICE  DESTINATION  BYTES  SUMMARY\n"

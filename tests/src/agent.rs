@@ -48,6 +48,8 @@ pub struct FileRow {
     pub inode: u64,
     pub path: Option<String>,
     pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub writes: u64,
 }
 
 /// The real agent, with its API on a private socket; SIGTERM and reaped on drop.

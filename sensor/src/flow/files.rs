@@ -1,6 +1,8 @@
-//! The file table: the kernel's per-(process, file) read totals as rows with the process
-//! named, the path and its class, per-interval deltas, in bounded memory (the same rules as
-//! the flow table: idle rows make room, else bytes go to the service's other row).
+//! The file table: the kernel's per-(process, file) read and write totals as rows with the
+//! process named, the path and its class, per-interval deltas, in bounded memory (the same
+//! rules as the flow table: idle rows make room, else bytes go to the service's other row).
+//! Reads and writes of one (process, file) share a row, keyed by the same (device, inode),
+//! so that detection can follow a file from its writer to its readers.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,7 +10,7 @@ use std::{
     time::SystemTime,
 };
 
-use sensor_common::{FileKey, FilePathEvent, FileRead};
+use sensor_common::{FileKey, FilePathEvent, FileRead, FileWrite};
 
 use super::{
     class::{FileClasses, OTHER_FILE_CLASS},
@@ -19,31 +21,118 @@ use super::{
 };
 use crate::api::{FileRecord, Filter};
 
-/// Bytes and reads.
+/// Bytes and calls, read and written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Reads {
-    bytes: u64,
+struct Counts {
+    bytes_read: u64,
     reads: u64,
+    bytes_written: u64,
+    writes: u64,
 }
 
-impl Reads {
+/// Which of a row's two kernel maps a total came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Read,
+    Write,
+}
+
+impl Counts {
+    /// What moved since `before`, each side on its own: a side whose totals went down was
+    /// counted anew (its kernel key was deleted and made again), so all of it is new, and the
+    /// other side is untouched.
     fn since(self, before: Self) -> Self {
-        if self.bytes < before.bytes || self.reads < before.reads {
-            return self;
-        }
+        let side = |now: (u64, u64), then: (u64, u64)| {
+            if now.0 < then.0 || now.1 < then.1 {
+                now
+            } else {
+                (now.0 - then.0, now.1 - then.1)
+            }
+        };
+        let (bytes_read, reads) = side(
+            (self.bytes_read, self.reads),
+            (before.bytes_read, before.reads),
+        );
+        let (bytes_written, writes) = side(
+            (self.bytes_written, self.writes),
+            (before.bytes_written, before.writes),
+        );
         Self {
-            bytes: self.bytes - before.bytes,
-            reads: self.reads - before.reads,
+            bytes_read,
+            reads,
+            bytes_written,
+            writes,
+        }
+    }
+
+    /// These totals with one side replaced by the kernel's `bytes` and `calls`.
+    fn with(self, side: Side, bytes: u64, calls: u64) -> Self {
+        match side {
+            Side::Read => Self {
+                bytes_read: bytes,
+                reads: calls,
+                ..self
+            },
+            Side::Write => Self {
+                bytes_written: bytes,
+                writes: calls,
+                ..self
+            },
         }
     }
 
     fn add(&mut self, other: Self) {
-        self.bytes += other.bytes;
+        self.bytes_read += other.bytes_read;
         self.reads += other.reads;
+        self.bytes_written += other.bytes_written;
+        self.writes += other.writes;
     }
 
     fn is_zero(self) -> bool {
         self == Self::default()
+    }
+
+    /// The size rows are ranked by: bytes moved either way.
+    fn bytes(self) -> u64 {
+        self.bytes_read.saturating_add(self.bytes_written)
+    }
+}
+
+/// One poll's running totals from the kernel's file maps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileSums<'a> {
+    pub reads: &'a [(FileKey, FileRead)],
+    /// Per process, bytes read while the read map was full.
+    pub read_overflow: &'a [(u32, u64)],
+    pub writes: &'a [(FileKey, FileWrite)],
+    /// Per process, bytes written while the write map was full.
+    pub write_overflow: &'a [(u32, u64)],
+}
+
+impl FileSums<'_> {
+    /// Every total as (key, side, bytes, calls); overflow under its process's overflow key,
+    /// with no calls.
+    fn totals(&self) -> impl Iterator<Item = (FileKey, Side, u64, u64)> + '_ {
+        let reads = self
+            .reads
+            .iter()
+            .map(|(key, r)| (*key, Side::Read, r.bytes, r.reads));
+        let read_overflow = self
+            .read_overflow
+            .iter()
+            .map(|(tgid, bytes)| (overflow_key(*tgid), Side::Read, *bytes, 0));
+        let writes = self
+            .writes
+            .iter()
+            .map(|(key, w)| (*key, Side::Write, w.bytes, w.writes));
+        let write_overflow = self
+            .write_overflow
+            .iter()
+            .map(|(tgid, bytes)| (overflow_key(*tgid), Side::Write, *bytes, 0));
+        reads
+            .chain(read_overflow)
+            .chain(writes)
+            .chain(write_overflow)
     }
 }
 
@@ -51,8 +140,8 @@ struct Row {
     process: Arc<Process>,
     path: Option<Arc<str>>,
     class: Arc<str>,
-    totals: Reads,
-    interval: Reads,
+    totals: Counts,
+    interval: Counts,
     last_seen: SystemTime,
 }
 
@@ -60,7 +149,8 @@ struct Row {
 pub struct FileChange {
     pub process: Arc<Process>,
     pub class: Arc<str>,
-    pub bytes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
 }
 
 pub struct FileTable {
@@ -68,7 +158,9 @@ pub struct FileTable {
     classes: FileClasses,
     /// Interned class names, so rows and changes share them.
     class_names: HashMap<String, Arc<str>>,
-    seen: HashMap<FileKey, (Reads, bool)>,
+    /// Per kernel key: its last totals (both sides), and whether its bytes go to the other
+    /// row.
+    seen: HashMap<FileKey, (Counts, bool)>,
     rows: HashMap<FileKey, Row>,
     other: HashMap<String, Row>,
     /// Per service: bytes read since start.
@@ -79,7 +171,8 @@ pub struct FileTable {
     pub evictions: Evictions,
 }
 
-/// The key of a process's row of reads that found no room in the kernel's file map.
+/// The key of a process's row of reads and writes that found no room in the kernel's file
+/// maps.
 fn overflow_key(tgid: u32) -> FileKey {
     FileKey {
         tgid,
@@ -134,29 +227,13 @@ impl FileTable {
     pub fn apply(
         &mut self,
         now: SystemTime,
-        reads: &[(FileKey, FileRead)],
-        overflow: &[(u32, u64)],
+        sums: FileSums<'_>,
         source: &dyn ProcessSource,
     ) -> Vec<FileChange> {
-        let rows = reads
-            .iter()
-            .map(|(key, read)| {
-                let totals = Reads {
-                    bytes: read.bytes,
-                    reads: read.reads,
-                };
-                (*key, totals)
-            })
-            .chain(overflow.iter().map(|(tgid, bytes)| {
-                let totals = Reads {
-                    bytes: *bytes,
-                    reads: 0,
-                };
-                (overflow_key(*tgid), totals)
-            }));
         let mut changes = Vec::new();
-        for (key, totals) in rows {
+        for (key, side, bytes, calls) in sums.totals() {
             let (before, to_other) = self.seen.get(&key).copied().unwrap_or_default();
+            let totals = before.with(side, bytes, calls);
             let delta = totals.since(before);
             if delta.is_zero() {
                 continue;
@@ -209,15 +286,17 @@ impl FileTable {
             };
             // get_mut first: the service's name is copied once, not on every delta.
             match self.services.get_mut(&process.service) {
-                Some(total) => *total += delta.bytes,
+                Some(total) => *total += delta.bytes_read,
                 None => {
-                    self.services.insert(process.service.clone(), delta.bytes);
+                    self.services
+                        .insert(process.service.clone(), delta.bytes_read);
                 }
             }
             changes.push(FileChange {
                 process,
                 class,
-                bytes: delta.bytes,
+                bytes_read: delta.bytes_read,
+                bytes_written: delta.bytes_written,
             });
         }
         changes
@@ -241,38 +320,27 @@ impl FileTable {
     }
 
     /// The first poll of maps an earlier agent left pinned: totals, not news.
-    pub fn adopt(
-        &mut self,
-        now: SystemTime,
-        reads: &[(FileKey, FileRead)],
-        overflow: &[(u32, u64)],
-        source: &dyn ProcessSource,
-    ) {
-        for (key, read) in reads {
-            let totals = Reads {
-                bytes: read.bytes,
-                reads: read.reads,
-            };
-            self.seen.insert(*key, (totals, false));
-            if self.rows.len() < self.limits.max_rows {
+    pub fn adopt(&mut self, now: SystemTime, sums: FileSums<'_>, source: &dyn ProcessSource) {
+        for (key, side, bytes, calls) in sums.totals() {
+            let (before, _) = self.seen.get(&key).copied().unwrap_or_default();
+            let totals = before.with(side, bytes, calls);
+            self.seen.insert(key, (totals, false));
+            let is_file = key != overflow_key(key.tgid);
+            if let Some(row) = self.rows.get_mut(&key) {
+                row.totals = totals;
+            } else if is_file && self.rows.len() < self.limits.max_rows {
                 let process = self.names.get(key.tgid, source);
                 let path = self.paths.get(&(key.dev, key.ino)).cloned();
                 let class = self.class_of(path.as_deref());
                 let mut row = Row::new(&process, path, class, now);
                 row.totals = totals;
-                self.rows.insert(*key, row);
+                self.rows.insert(key, row);
             }
-        }
-        for (tgid, bytes) in overflow {
-            let totals = Reads {
-                bytes: *bytes,
-                reads: 0,
-            };
-            self.seen.insert(overflow_key(*tgid), (totals, false));
         }
     }
 
-    /// Ends an interval: each row's reads since the last call; drops rows idle for the TTL.
+    /// Ends an interval: each row's reads and writes since the last call; drops rows idle for
+    /// the TTL.
     pub fn tick(&mut self, now: SystemTime) -> Vec<FileInterval> {
         let mut records: Vec<FileInterval> = self
             .rows
@@ -289,16 +357,16 @@ impl FileTable {
                     class: row.class.to_string(),
                     device: key.map_or(0, |k| u64::from(k.dev)),
                     inode: key.map_or(0, |k| k.ino),
-                    bytes_read: row.interval.bytes,
+                    bytes_read: row.interval.bytes_read,
                     reads: row.interval.reads,
-                    bytes_written: 0,
-                    writes: 0,
+                    bytes_written: row.interval.bytes_written,
+                    writes: row.interval.writes,
                 };
-                row.interval = Reads::default();
+                row.interval = Counts::default();
                 record
             })
             .collect();
-        records.sort_by_key(|r| std::cmp::Reverse(r.bytes_read));
+        records.sort_by_key(|r| std::cmp::Reverse(r.bytes_read.saturating_add(r.bytes_written)));
         let ttl = self.limits.idle_ttl;
         let idle = |row: &Row| now.duration_since(row.last_seen).unwrap_or_default() >= ttl;
         let before = self.rows.len() + self.other.len();
@@ -333,7 +401,8 @@ impl FileTable {
         &self.services
     }
 
-    /// The API view, largest readers first, filtered by service and file class.
+    /// The API view, the rows that moved the most bytes (read plus written) first, filtered
+    /// by service and file class.
     pub fn records(&self, filter: &Filter) -> Vec<FileRecord> {
         let mut rows: Vec<(Option<&FileKey>, &Row)> = self
             .rows
@@ -343,7 +412,7 @@ impl FileTable {
             .filter(|(_, row)| filter.keeps(&row.process.service, &row.class))
             .collect();
         largest_first(&mut rows, filter.limit, |(key, row)| {
-            (row.totals.bytes, key.map(|k| k.tgid))
+            (row.totals.bytes(), key.map(|k| k.tgid))
         });
         rows.into_iter()
             .map(|(key, row)| {
@@ -362,8 +431,10 @@ impl FileTable {
                     class: row.class.to_string(),
                     device,
                     inode: key.map_or(0, |k| k.ino),
-                    bytes_read: row.totals.bytes,
+                    bytes_read: row.totals.bytes_read,
                     reads: row.totals.reads,
+                    bytes_written: row.totals.bytes_written,
+                    writes: row.totals.writes,
                 }
             })
             .collect()
@@ -381,9 +452,12 @@ impl Row {
             process: Arc::clone(process),
             path,
             class,
-            totals: Reads::default(),
-            interval: Reads::default(),
+            totals: Counts::default(),
+            interval: Counts::default(),
             last_seen: now,
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -87,78 +87,7 @@ impl Btf {
 
     /// Parses little-endian BTF (the only byte order of the kernels we run on).
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        if u16_at(data, 0)? != MAGIC {
-            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
-        }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
-        let section = |off: usize, len: usize| {
-            let start = hdr_len.checked_add(off)?;
-            data.get(start..start.checked_add(len)?)
-        };
-        let type_data = section(type_off, type_len).ok_or(BtfError::Malformed("type section"))?;
-        let strings = section(str_off, str_len)
-            .ok_or(BtfError::Malformed("string section"))?
-            .to_vec();
-
-        let mut types = Vec::new();
-        let mut at = 0;
-        while at < type_data.len() {
-            let name = u32_at(type_data, at)?;
-            let info = u32_at(type_data, at + 4)?;
-            let size_or_type = u32_at(type_data, at + 8)?;
-            at += 12;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            let extra = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(type_data, m + 8)?;
-                        members.push(Member {
-                            name: u32_at(type_data, m)?,
-                            type_id: u32_at(type_data, m + 4)?,
-                            // With kind_flag the top 8 bits hold a bitfield's size.
-                            bit_offset: if kind_flag {
-                                offset & 0x00ff_ffff
-                            } else {
-                                offset
-                            },
-                        });
-                    }
-                    vlen * 12
-                }
-                KIND_FUNC_PROTO => {
-                    for i in 0..vlen {
-                        let p = at + i * 8;
-                        members.push(Member {
-                            name: u32_at(type_data, p)?,
-                            type_id: u32_at(type_data, p + 4)?,
-                            bit_offset: 0,
-                        });
-                    }
-                    vlen * 8
-                }
-                KIND_ENUM => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                0..=19 => 0,
-                _ => return Err(BtfError::Malformed("unknown type kind")),
-            };
-            at += extra;
-            types.push(Type {
-                kind,
-                name,
-                size_or_type,
-                members,
-            });
-        }
+        let (types, strings) = parse_sections(data)?;
         let mut btf = Self {
             types,
             strings,
@@ -268,6 +197,33 @@ impl Btf {
         })
     }
 
+    /// [`Btf::raw_tracepoint_params`] for a tracepoint of a kernel module (ext4 or xfs built as
+    /// a module): its `btf_trace_<name>` typedef is in the module's split BTF
+    /// (`/sys/kernel/btf/<module>`), whose type ids and string offsets continue this vmlinux
+    /// BTF's, so its sections are appended for the lookup and taken off again. `Ok(None)` when
+    /// the module does not have it.
+    pub fn module_raw_tracepoint_params(
+        &mut self,
+        module: &[u8],
+        name: &str,
+    ) -> Result<Option<Vec<String>>, BtfError> {
+        let typedef = format!("btf_trace_{name}\0");
+        if !module
+            .windows(typedef.len())
+            .any(|w| w == typedef.as_bytes())
+        {
+            return Ok(None); // not even its name: skip parsing
+        }
+        let (types, strings) = parse_sections(module)?;
+        let (own_types, own_strings) = (self.types.len(), self.strings.len());
+        self.types.extend(types);
+        self.strings.extend_from_slice(&strings);
+        let params = self.raw_tracepoint_params(name);
+        self.types.truncate(own_types);
+        self.strings.truncate(own_strings);
+        Ok(params)
+    }
+
     /// C-like text of a type, without qualifiers: `int`, `struct sock *`, `void *`.
     fn type_text(&self, id: u32, depth: u32) -> String {
         if id == 0 {
@@ -314,6 +270,84 @@ impl Btf {
         }
         None
     }
+}
+
+/// The type records and the string section of BTF bytes (whole, or a module's split BTF,
+/// whose type ids and string offsets continue those of vmlinux).
+fn parse_sections(data: &[u8]) -> Result<(Vec<Type>, Vec<u8>), BtfError> {
+    if u16_at(data, 0)? != MAGIC {
+        return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+    }
+    let hdr_len = u32_at(data, 4)? as usize;
+    let type_off = u32_at(data, 8)? as usize;
+    let type_len = u32_at(data, 12)? as usize;
+    let str_off = u32_at(data, 16)? as usize;
+    let str_len = u32_at(data, 20)? as usize;
+    let section = |off: usize, len: usize| {
+        let start = hdr_len.checked_add(off)?;
+        data.get(start..start.checked_add(len)?)
+    };
+    let type_data = section(type_off, type_len).ok_or(BtfError::Malformed("type section"))?;
+    let strings = section(str_off, str_len)
+        .ok_or(BtfError::Malformed("string section"))?
+        .to_vec();
+
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at < type_data.len() {
+        let name = u32_at(type_data, at)?;
+        let info = u32_at(type_data, at + 4)?;
+        let size_or_type = u32_at(type_data, at + 8)?;
+        at += 12;
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        let kind_flag = info >> 31 == 1;
+        let mut members = Vec::new();
+        let extra = match kind {
+            KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+            KIND_ARRAY => 12,
+            KIND_STRUCT | KIND_UNION => {
+                for i in 0..vlen {
+                    let m = at + i * 12;
+                    let offset = u32_at(type_data, m + 8)?;
+                    members.push(Member {
+                        name: u32_at(type_data, m)?,
+                        type_id: u32_at(type_data, m + 4)?,
+                        // With kind_flag the top 8 bits hold a bitfield's size.
+                        bit_offset: if kind_flag {
+                            offset & 0x00ff_ffff
+                        } else {
+                            offset
+                        },
+                    });
+                }
+                vlen * 12
+            }
+            KIND_FUNC_PROTO => {
+                for i in 0..vlen {
+                    let p = at + i * 8;
+                    members.push(Member {
+                        name: u32_at(type_data, p)?,
+                        type_id: u32_at(type_data, p + 4)?,
+                        bit_offset: 0,
+                    });
+                }
+                vlen * 8
+            }
+            KIND_ENUM => vlen * 8,
+            KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+            0..=19 => 0,
+            _ => return Err(BtfError::Malformed("unknown type kind")),
+        };
+        at += extra;
+        types.push(Type {
+            kind,
+            name,
+            size_or_type,
+            members,
+        });
+    }
+    Ok((types, strings))
 }
 
 #[cfg(test)]
@@ -414,6 +448,87 @@ mod tests {
             ])
         );
         assert_eq!(btf.raw_tracepoint_params("absent"), None);
+    }
+
+    /// BTF bytes of these type records and strings, behind a standard header.
+    fn bytes(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let types: Vec<u8> = types.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut data = Vec::new();
+        data.extend_from_slice(&MAGIC.to_le_bytes());
+        data.extend_from_slice(&[1, 0]);
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            data.extend_from_slice(&w.to_le_bytes());
+        }
+        data.extend_from_slice(&types);
+        data.extend_from_slice(strings);
+        data
+    }
+
+    /// A module's tracepoint, its types in split BTF on top of `sample()`: ids from 11 on,
+    /// string offsets past the base's strings, parameters reaching into the base.
+    #[test]
+    fn raw_tracepoint_prototype_of_a_module() {
+        let base = sample();
+        let mut btf = Btf::parse(&base).expect("parses");
+        let base_types = btf.types.len() as u32;
+        let base_strings = btf.strings.len() as u32;
+        let strings = b"\0btf_trace_modprobe\0";
+        let module = bytes(
+            &[
+                // 11: pointer to struct outer (base id 4)
+                0,
+                KIND_PTR << 24,
+                4,
+                // 12: func_proto (void *, struct outer *, int) -> void; 13: pointer; 14: typedef
+                0,
+                (KIND_FUNC_PROTO << 24) | 3,
+                0,
+                0,
+                7,
+                0,
+                base_types + 1,
+                0,
+                1,
+                0,
+                KIND_PTR << 24,
+                base_types + 2,
+                base_strings + 1,
+                KIND_TYPEDEF << 24,
+                base_types + 3,
+            ],
+            strings,
+        );
+        assert_eq!(
+            btf.raw_tracepoint_params("modprobe"),
+            None,
+            "not in vmlinux"
+        );
+        assert_eq!(
+            btf.module_raw_tracepoint_params(&module, "modprobe")
+                .expect("parses"),
+            Some(vec![
+                "void *".to_owned(),
+                "struct outer *".to_owned(),
+                "int".to_owned()
+            ])
+        );
+        assert_eq!(
+            btf.module_raw_tracepoint_params(&module, "probe")
+                .expect("parses"),
+            None,
+            "a vmlinux tracepoint is not the module's"
+        );
+        assert_eq!(
+            (btf.types.len() as u32, btf.strings.len() as u32),
+            (base_types, base_strings),
+            "the module's types are taken off again"
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    AgentState, FileId, FileKey, FilePathEvent, FileRead, FlowCounters, FlowKey, KernelLayout,
-    MAP_COUNT, PROG_COUNT, ProcessEvent,
+    AgentState, FileId, FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey,
+    KernelLayout, MAP_COUNT, PROG_COUNT, ProcessEvent,
 };
 use thiserror::Error;
 
@@ -84,6 +84,10 @@ pub struct KernelSums {
     pub file_reads: Vec<(FileKey, FileRead)>,
     /// Per process, bytes read while the file map was full.
     pub file_overflow: Vec<(u32, u64)>,
+    /// Per (process, file): bytes written (summed over CPUs).
+    pub file_writes: Vec<(FileKey, FileWrite)>,
+    /// Per process, bytes written while the file-write map was full.
+    pub file_write_overflow: Vec<(u32, u64)>,
     /// Per program, in `sensor_common::PROG_NAMES` order.
     pub errors: [u64; PROG_COUNT as usize],
     /// Per map, in `sensor_common::MAP_NAMES` order.
@@ -97,6 +101,8 @@ pub struct DeadKeys {
     pub flow_overflow: Vec<u32>,
     pub files: Vec<FileKey>,
     pub file_overflow: Vec<u32>,
+    pub file_writes: Vec<FileKey>,
+    pub file_write_overflow: Vec<u32>,
 }
 
 impl DeadKeys {
@@ -130,6 +136,18 @@ impl DeadKeys {
                 .map(|(t, _)| *t)
                 .filter(|t| exited.contains(t))
                 .collect(),
+            file_writes: sums
+                .file_writes
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| exited.contains(&k.tgid))
+                .collect(),
+            file_write_overflow: sums
+                .file_write_overflow
+                .iter()
+                .map(|(t, _)| *t)
+                .filter(|t| exited.contains(t))
+                .collect(),
         }
     }
 
@@ -138,6 +156,8 @@ impl DeadKeys {
             && self.flow_overflow.is_empty()
             && self.files.is_empty()
             && self.file_overflow.is_empty()
+            && self.file_writes.is_empty()
+            && self.file_write_overflow.is_empty()
     }
 }
 
@@ -160,7 +180,8 @@ impl Sensor {
         host::check_privileges()?;
         host::ensure_mounted("bpf", Path::new("/sys/fs/bpf"))?;
         let cgroup2 = host::cgroup2_root();
-        let btf = Btf::from_file(&options.btf)?;
+        let mut btf = Btf::from_file(&options.btf)?;
+        let module_prototypes = probes::module_prototypes(&mut btf, &options.btf);
         // aya relocates against the same BTF (CO-RE); parse failures were caught just above.
         let aya_btf =
             aya::Btf::parse_file(&options.btf, aya::Endianness::default()).map_err(|cause| {
@@ -185,7 +206,12 @@ impl Sensor {
             // at least 1024.
             .map_max_entries("FLOW_OVERFLOW", (options.flow_map_entries / 16).max(1024))
             .map_max_entries("FILE_READS", options.file_map_entries)
-            .map_max_entries("FILE_OVERFLOW", (options.file_map_entries / 16).max(1024));
+            .map_max_entries("FILE_OVERFLOW", (options.file_map_entries / 16).max(1024))
+            .map_max_entries("FILE_WRITES", options.file_map_entries)
+            .map_max_entries(
+                "FILE_WRITE_OVERFLOW",
+                (options.file_map_entries / 16).max(1024),
+            );
         let map_paths: Vec<(&str, PathBuf)> =
             PINNED_MAPS.iter().map(|m| (*m, pins.map_path(m))).collect();
         for (map, path) in &map_paths {
@@ -199,6 +225,7 @@ impl Sensor {
         }
         let cx = AttachContext {
             btf: &btf,
+            module_prototypes: &module_prototypes,
             cgroup2: cgroup2.as_deref(),
             pins: &pins,
             keep_pinned_links: reuse == Reuse::MapsAndLinks,
@@ -278,17 +305,29 @@ impl Sensor {
                 .filter(|k| files.remove(k).is_ok())
                 .count();
         }
-        if !dead.file_overflow.is_empty() {
-            let mut overflow: PerCpuHashMap<&mut MapData, u32, u64> =
-                PerCpuHashMap::try_from(self.map_mut("FILE_OVERFLOW")?)
-                    .map_err(map_err("FILE_OVERFLOW"))?;
+        removed += self.forget_overflow("FILE_OVERFLOW", &dead.file_overflow)?;
+        if !dead.file_writes.is_empty() {
+            let mut writes: PerCpuHashMap<&mut MapData, FileKey, FileWrite> =
+                PerCpuHashMap::try_from(self.map_mut("FILE_WRITES")?)
+                    .map_err(map_err("FILE_WRITES"))?;
             removed += dead
-                .file_overflow
+                .file_writes
                 .iter()
-                .filter(|t| overflow.remove(t).is_ok())
+                .filter(|k| writes.remove(k).is_ok())
                 .count();
         }
+        removed += self.forget_overflow("FILE_WRITE_OVERFLOW", &dead.file_write_overflow)?;
         Ok(removed)
+    }
+
+    /// Deletes `tgids` from a per-process byte overflow map; how many went.
+    fn forget_overflow(&mut self, name: &'static str, tgids: &[u32]) -> Result<usize, KernelError> {
+        if tgids.is_empty() {
+            return Ok(0);
+        }
+        let mut overflow: PerCpuHashMap<&mut MapData, u32, u64> =
+            PerCpuHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        Ok(tgids.iter().filter(|t| overflow.remove(t).is_ok()).count())
     }
 
     /// The compatibility table: each probe, attached or skipped with the reason.
@@ -335,14 +374,32 @@ impl Sensor {
                 sums.file_reads.push(entry.map_err(map_err("FILE_READS"))?);
             }
         }
-        let file_overflow: PerCpuHashMap<&MapData, u32, u64> =
-            PerCpuHashMap::try_from(self.map("FILE_OVERFLOW")?)
-                .map_err(map_err("FILE_OVERFLOW"))?;
-        for entry in file_overflow.iter() {
-            let (tgid, per_cpu) = entry.map_err(map_err("FILE_OVERFLOW"))?;
-            sums.file_overflow.push((tgid, per_cpu.iter().sum()));
+        sums.file_overflow = self.overflow("FILE_OVERFLOW")?;
+        if let Some(writes) = self.batched("FILE_WRITES", self.cpus, sum_writes)? {
+            sums.file_writes = writes;
+        } else {
+            let writes: PerCpuHashMap<&MapData, FileKey, FileWrite> =
+                PerCpuHashMap::try_from(self.map("FILE_WRITES")?)
+                    .map_err(map_err("FILE_WRITES"))?;
+            for entry in writes.iter() {
+                let (key, per_cpu) = entry.map_err(map_err("FILE_WRITES"))?;
+                sums.file_writes.push((key, sum_writes(&per_cpu)));
+            }
         }
+        sums.file_write_overflow = self.overflow("FILE_WRITE_OVERFLOW")?;
         Ok(sums)
+    }
+
+    /// A per-process byte overflow map, summed over CPUs.
+    fn overflow(&self, name: &'static str) -> Result<Vec<(u32, u64)>, KernelError> {
+        let map: PerCpuHashMap<&MapData, u32, u64> =
+            PerCpuHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        map.iter()
+            .map(|entry| {
+                let (tgid, per_cpu) = entry.map_err(map_err(name))?;
+                Ok((tgid, per_cpu.iter().sum()))
+            })
+            .collect()
     }
 
     /// Every process event the kernel queued since the last call, oldest first.
@@ -454,6 +511,17 @@ fn sum_counters(per_cpu: &[FlowCounters]) -> FlowCounters {
         })
 }
 
+/// A file's writes from every CPU; `path_generation` is per CPU and means nothing summed.
+fn sum_writes(per_cpu: &[FileWrite]) -> FileWrite {
+    per_cpu
+        .iter()
+        .fold(FileWrite::default(), |acc, w| FileWrite {
+            bytes: acc.bytes + w.bytes,
+            writes: acc.writes + w.writes,
+            ..acc
+        })
+}
+
 fn read_counter_array(
     map: &aya::maps::Map,
     name: &'static str,
@@ -469,6 +537,31 @@ fn read_counter_array(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An exited process's read and write keys and overflow buckets all go; the living stay.
+    #[test]
+    fn dead_keys_take_an_exited_processs_writes_too() {
+        let key = |tgid| FileKey {
+            tgid,
+            dev: 254 << 20,
+            ino: 12,
+        };
+        let sums = KernelSums {
+            file_reads: vec![(key(7), FileRead::default()), (key(8), FileRead::default())],
+            file_writes: vec![
+                (key(7), FileWrite::default()),
+                (key(8), FileWrite::default()),
+            ],
+            file_write_overflow: vec![(7, 10), (8, 10)],
+            ..KernelSums::default()
+        };
+        let dead = DeadKeys::of(&sums, &HashSet::from([7]));
+        assert_eq!(dead.files, vec![key(7)]);
+        assert_eq!(dead.file_writes, vec![key(7)]);
+        assert_eq!(dead.file_write_overflow, vec![7]);
+        assert!(!dead.is_empty());
+        assert!(DeadKeys::of(&sums, &HashSet::from([9])).is_empty());
+    }
 
     /// Pinned programs keep writing to the maps they were loaded with; a map left unpinned
     /// would be a fresh, unread one for the next agent (a ring buffer nobody drains).

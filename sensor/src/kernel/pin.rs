@@ -27,6 +27,8 @@ pub const PINNED_MAPS: &[&str] = &[
     "AGENT",
     "FILE_READS",
     "FILE_OVERFLOW",
+    "FILE_WRITES",
+    "FILE_WRITE_OVERFLOW",
     "PATH_SENT",
     "FILE_PATHS",
 ];

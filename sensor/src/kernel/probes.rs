@@ -1,7 +1,7 @@
 //! The probe table, and attaching each probe: raw tracepoints (pinned, so they keep counting
 //! between agents) and cgroup hooks. A probe that cannot attach is skipped with its reason.
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use aya::{
     Ebpf,
@@ -59,6 +59,16 @@ const MAPPING_RANGE: &[&str] = &[
     "struct address_space *",
     "long unsigned int",
     "long unsigned int",
+];
+
+/// (struct inode *inode, loff_t pos, unsigned int len, unsigned int copied): ext4's
+/// write_end tracepoints.
+const INODE_POS_LEN_COPIED: &[&str] = &[
+    "void *",
+    "struct inode *",
+    "loff_t",
+    "unsigned int",
+    "unsigned int",
 ];
 
 pub const PROBES: &[Probe] = &[
@@ -164,6 +174,42 @@ pub const PROBES: &[Probe] = &[
         },
     },
     Probe {
+        probe: "ext4:ext4_da_write_end",
+        program: "ext4_da_write_end",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "ext4_da_write_end",
+            params: INODE_POS_LEN_COPIED,
+        },
+    },
+    Probe {
+        probe: "ext4:ext4_write_end",
+        program: "ext4_write_end",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "ext4_write_end",
+            params: INODE_POS_LEN_COPIED,
+        },
+    },
+    Probe {
+        probe: "ext4:ext4_journalled_write_end",
+        program: "ext4_journalled_write_end",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "ext4_journalled_write_end",
+            params: INODE_POS_LEN_COPIED,
+        },
+    },
+    Probe {
+        probe: "xfs:xfs_file_buffered_write",
+        program: "xfs_file_buffered_write",
+        required: false,
+        hook: Hook::RawTracepoint {
+            name: "xfs_file_buffered_write",
+            params: &["void *", "struct kiocb *", "struct iov_iter *"],
+        },
+    },
+    Probe {
         probe: "cgroup:sendmsg4",
         program: "udp_sendmsg4",
         required: false,
@@ -180,6 +226,8 @@ pub const PROBES: &[Probe] = &[
 /// What attaching needs to know about the host and the pins.
 pub struct AttachContext<'a> {
     pub btf: &'a Btf,
+    /// Prototypes of the raw tracepoints vmlinux's BTF lacks, found in modules' BTF.
+    pub module_prototypes: &'a HashMap<&'static str, Vec<String>>,
     pub cgroup2: Option<&'a Path>,
     pub pins: &'a Pins,
     /// The pinned links were made by this very build: keep them instead of attaching again.
@@ -202,8 +250,17 @@ fn attach_raw_tracepoint(
     name: &str,
     params: &[&str],
 ) -> Result<(), String> {
-    match cx.btf.raw_tracepoint_params(name) {
-        None => return Err(format!("the kernel has no tracepoint {name}")),
+    let found = cx
+        .btf
+        .raw_tracepoint_params(name)
+        .or_else(|| cx.module_prototypes.get(name).cloned());
+    match found {
+        None => {
+            return Err(format!(
+                "the kernel has no tracepoint {name} (not in the BTF of vmlinux or of any \
+                 loaded module)"
+            ));
+        }
         Some(found) if found != params => {
             return Err(format!(
                 "tracepoint {name} takes ({}), the program expects ({})",
@@ -250,6 +307,50 @@ fn pin_replacing(link: FdLink, path: &Path) -> Result<(), String> {
     // The pin now holds the link; this process's handle may go.
     drop(pinned);
     Ok(())
+}
+
+/// The prototypes of the probes' raw tracepoints that vmlinux's BTF lacks but a loaded
+/// module's has: ext4 and xfs are modules on many distributions, and a module's tracepoint
+/// types are in its own split BTF, `/sys/kernel/btf/<module>` beside `vmlinux`. The kernel
+/// attaches raw tracepoints of modules by name like built-in ones. A module loaded after the
+/// agent started is not seen until the next start.
+pub fn module_prototypes(btf: &mut Btf, vmlinux: &Path) -> HashMap<&'static str, Vec<String>> {
+    let missing: Vec<&'static str> = PROBES
+        .iter()
+        .filter_map(|probe| match probe.hook {
+            Hook::RawTracepoint { name, .. } => Some(name),
+            Hook::CgroupSockAddr => None,
+        })
+        .filter(|name| btf.raw_tracepoint_params(name).is_none())
+        .collect();
+    let mut found = HashMap::new();
+    let Some(dir) = vmlinux.parent().filter(|_| !missing.is_empty()) else {
+        return found;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path == vmlinux || found.len() == missing.len() {
+            continue;
+        }
+        let Ok(data) = std::fs::read(&path) else {
+            continue;
+        };
+        for name in &missing {
+            match btf.module_raw_tracepoint_params(&data, name) {
+                Ok(Some(params)) => {
+                    found.insert(*name, params);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(btf = %path.display(), error = %e, "unreadable module BTF");
+                    break;
+                }
+            }
+        }
+    }
+    found
 }
 
 fn attach_cgroup(ebpf: &mut Ebpf, cx: &AttachContext<'_>, probe: &Probe) -> Result<(), String> {

@@ -46,9 +46,8 @@ const OTHER_SERVICE: &str = "other";
 pub struct Metrics {
     registry: Registry,
     egress: TopK,
-    file_read: IntCounterVec,
-    /// service → class → counter, so a poll's lookups allocate nothing.
-    file_read_series: HashMap<String, HashMap<Arc<str>, IntCounter>>,
+    file_read: ClassCounters,
+    file_write: ClassCounters,
     /// Services with labels of their own, at most `max_services`.
     services: HashSet<String>,
     max_services: usize,
@@ -65,6 +64,39 @@ pub struct Metrics {
     last_unattributed: u64,
     last_evictions: [Evictions; 2],
     alerts: IntCounterVec,
+}
+
+/// A `{service, class}` byte counter, with its series kept by service and class, so that a
+/// poll's lookups allocate nothing.
+struct ClassCounters {
+    vec: IntCounterVec,
+    series: HashMap<String, HashMap<Arc<str>, IntCounter>>,
+}
+
+impl ClassCounters {
+    fn new(vec: IntCounterVec) -> Self {
+        Self {
+            vec,
+            series: HashMap::new(),
+        }
+    }
+
+    /// Adds `bytes` to the series; none is made for zero bytes.
+    fn add(&mut self, service: &str, class: &Arc<str>, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        if !self.series.contains_key(service) {
+            self.series.insert(service.to_owned(), HashMap::new());
+        }
+        let Some(by_class) = self.series.get_mut(service) else {
+            return;
+        };
+        let counter = by_class
+            .entry(Arc::clone(class))
+            .or_insert_with_key(|class| self.vec.with_label_values(&[service, class]));
+        counter.inc_by(bytes);
+    }
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -100,6 +132,12 @@ impl Metrics {
             &registry,
             "exfil_sensor_file_read_bytes_total",
             "Bytes a service read from files of a class (classes from the config; never a path).",
+            &["service", "class"],
+        );
+        let file_write = counter_vec(
+            &registry,
+            "exfil_sensor_file_write_bytes_total",
+            "Bytes a service wrote to files of a class through the page cache (ext4, xfs; classes from the config; never a path).",
             &["service", "class"],
         );
         let kernel_errors = counter_vec(
@@ -190,8 +228,8 @@ impl Metrics {
         Self {
             registry,
             egress: TopK::new(egress, config.destinations_per_service, config.series_ttl),
-            file_read,
-            file_read_series: HashMap::new(),
+            file_read: ClassCounters::new(file_read),
+            file_write: ClassCounters::new(file_write),
             services: HashSet::new(),
             max_services: config.max_services,
             unattributed,
@@ -266,17 +304,10 @@ impl Metrics {
         self.egress.admit(now);
         for change in files {
             let service = self.service_label(&change.process.service);
-            if !self.file_read_series.contains_key(service) {
-                self.file_read_series
-                    .insert(service.to_owned(), HashMap::new());
-            }
-            let Some(by_class) = self.file_read_series.get_mut(service) else {
-                continue;
-            };
-            let counter = by_class
-                .entry(Arc::clone(&change.class))
-                .or_insert_with_key(|class| self.file_read.with_label_values(&[service, class]));
-            counter.inc_by(change.bytes);
+            self.file_read
+                .add(service, &change.class, change.bytes_read);
+            self.file_write
+                .add(service, &change.class, change.bytes_written);
         }
         add_deltas(
             &self.kernel_errors,
@@ -452,7 +483,8 @@ mod tests {
         let files = [FileChange {
             process: process("b.service"),
             class: Arc::from("mail_store"),
-            bytes: 4_096,
+            bytes_read: 4_096,
+            bytes_written: 0,
         }];
         metrics.observe_poll(
             NOW,
@@ -475,6 +507,53 @@ mod tests {
                 "exfil_sensor_file_read_bytes_total{class=\"mail_store\",service=\"other\"}"
             ),
             Some(4_096)
+        );
+        assert!(
+            !text.contains("exfil_sensor_file_write_bytes_total{"),
+            "no series for zero bytes written:\n{text}"
+        );
+    }
+
+    #[test]
+    fn file_writes_count_per_service_and_class_beside_reads() {
+        let mut metrics = Metrics::new(&config(5, 10));
+        let change = |read, written| FileChange {
+            process: process("backup.service"),
+            class: Arc::from("records"),
+            bytes_read: read,
+            bytes_written: written,
+        };
+        let sums = KernelSums::default();
+        metrics.observe_poll(NOW, &[], &[change(0, 10_000_000)], &sums, Duration::ZERO);
+        metrics.observe_poll(NOW, &[], &[change(7, 19)], &sums, Duration::ZERO);
+        let text = Metrics::render(&metrics.registry());
+        assert_eq!(
+            value(
+                &text,
+                "exfil_sensor_file_write_bytes_total{class=\"records\",service=\"backup.service\"}"
+            ),
+            Some(10_000_019)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "exfil_sensor_file_read_bytes_total{class=\"records\",service=\"backup.service\"}"
+            ),
+            Some(7)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "exfil_sensor_kernel_drops_total{map=\"file_writes\"}"
+            ),
+            Some(0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "exfil_sensor_kernel_errors_total{program=\"file_write\"}"
+            ),
+            Some(0)
         );
     }
 

@@ -151,3 +151,67 @@ pub(crate) fn read_direct(path: &str, chunk: usize) -> anyhow::Result<usize> {
     unsafe { std::alloc::dealloc(buf, layout) };
     result
 }
+
+/// Writes `size` bytes to `path` in `chunk`-byte calls, by `how`:
+/// - `create`: a new (or truncated) file, written front to back with `write`;
+/// - `overwrite`: an existing file, `pwrite` from offset 0, its size unchanged if larger;
+/// - `threads`: a new file, four threads `pwrite`-ing a quarter each at once, so that one
+///   process's writes to one file come from several CPUs.
+///
+/// Prints `wrote N` and stays alive until stdin closes.
+pub(crate) fn write_file(path: &str, size: u64, chunk: usize, how: &str) -> anyhow::Result<()> {
+    let chunk = chunk.max(1);
+    let mut open = std::fs::OpenOptions::new();
+    match how {
+        "create" | "threads" => open.write(true).create(true).truncate(true),
+        "overwrite" => open.write(true),
+        other => bail!("unknown write path {other}"),
+    };
+    let mut file = open.open(path).with_context(|| format!("open {path}"))?;
+    let block: Vec<u8> = (0..=255u8).cycle().take(chunk).collect();
+    let total = match how {
+        "threads" => {
+            let file = std::sync::Arc::new(file);
+            let quarter = size / 4;
+            let workers: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let (file, block) = (std::sync::Arc::clone(&file), block.clone());
+                    let start = i * quarter;
+                    let end = if i == 3 { size } else { start + quarter };
+                    std::thread::spawn(move || write_range(&file, &block, start, end))
+                })
+                .collect();
+            let mut total = 0;
+            for worker in workers {
+                total += worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a writer thread panicked"))??;
+            }
+            total
+        }
+        "overwrite" => write_range(&file, &block, 0, size)?,
+        _ => {
+            let mut left = size;
+            while left > 0 {
+                let n = usize::try_from(left.min(chunk as u64))?;
+                file.write_all(&block[..n])?;
+                left -= n as u64;
+            }
+            size
+        }
+    };
+    say(&format!("wrote {total}"))?;
+    hold()
+}
+
+/// `pwrite`s bytes `start..end` of the file, `block` at a time; returns how many.
+fn write_range(file: &std::fs::File, block: &[u8], start: u64, end: u64) -> anyhow::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let mut at = start;
+    while at < end {
+        let n = usize::try_from((end - at).min(block.len() as u64))?;
+        file.write_all_at(&block[..n], at)?;
+        at += n as u64;
+    }
+    Ok(end - start)
+}

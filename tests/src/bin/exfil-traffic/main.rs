@@ -17,6 +17,10 @@
 //!   exfil-traffic read FILE CHUNK [read|pread|readv|mmap|direct]
 //!                                        read all of FILE, CHUNK bytes a call (or page by
 //!                                        page through a mapping), print `read N`, stay alive
+//!   exfil-traffic write FILE SIZE CHUNK [create|overwrite|threads]
+//!                                        write SIZE bytes to FILE, CHUNK bytes a call (a new
+//!                                        file; `pwrite` from 0 on an existing one; four
+//!                                        threads a quarter each), print `wrote N`, stay alive
 //!   exfil-traffic unix BYTES             send BYTES over a Unix-domain socket pair, print
 //!                                        `sent N`, stay alive until stdin closes
 //!   exfil-traffic sendto COUNT SIZE ADDR...
@@ -99,6 +103,14 @@ fn main() -> anyhow::Result<()> {
             arg(1)?,
             arg(2)?.parse().context("CHUNK")?,
             args.get(3).map_or("read", String::as_str),
+        );
+    }
+    if arg(0)? == "write" {
+        return file::write_file(
+            arg(1)?,
+            arg(2)?.parse().context("SIZE")?,
+            arg(3)?.parse().context("CHUNK")?,
+            args.get(4).map_or("create", String::as_str),
         );
     }
     if let mode @ ("serve" | "fetch") = arg(0)? {
