@@ -67,15 +67,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { file } => {
             Config::load(&file)?;
-            println!("{}: ok", file.display());
-            Ok(ExitCode::SUCCESS)
+            out(&format!("{}: ok\n", file.display()))
         }
         Command::Config {
             command: ConfigCommand::Default,
-        } => {
-            print!("{}", config::DEFAULT_TOML);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => out(config::DEFAULT_TOML),
     }
 }
 
@@ -86,8 +82,22 @@ fn list(listing: Listing, args: &ListArgs) -> anyhow::Result<ExitCode> {
         Format::Table
     };
     let text = listing::show(listing, &args.agent.api_socket, &args.filter(), format)?;
-    print!("{text}");
-    Ok(ExitCode::SUCCESS)
+    out(&text)
+}
+
+/// Writes a command's output to stdout. A reader that stops early (`| head`) ends the
+/// command quietly, as it does `ls` or `grep`: the output it did not want is no error.
+fn out(text: &str) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
 }
 
 fn not_implemented(command: &str) -> ExitCode {

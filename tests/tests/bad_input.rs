@@ -122,3 +122,26 @@ fn default_config_checks_clean() {
     std::fs::remove_file(&config).expect("cleanup");
     assert_eq!((code, stderr.as_str()), (0, ""));
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_listing_quietly() {
+    // `exfil-sensor … | head`: the pipe's reader is gone before the output is written.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut cmd = Command::new(agent_bin());
+    cmd.stdout(writer);
+    assert_eq!(agent_as(cmd, &["config", "default"]), (0, String::new()));
+}
+
+#[test]
+fn a_full_disk_under_stdout_is_named() {
+    let mut cmd = Command::new(agent_bin());
+    cmd.stdout(std::fs::File::create("/dev/full").expect("/dev/full"));
+    assert_eq!(
+        agent_as(cmd, &["config", "default"]),
+        (
+            1,
+            "exfil-sensor: writing to stdout: No space left on device (os error 28)\n".into()
+        )
+    );
+}
