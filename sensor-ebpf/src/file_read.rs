@@ -232,24 +232,26 @@ fn record(
         return Ok(());
     }
     send_path_once(inode, key, layout)?;
-    insert(
-        key,
-        &FileRead {
-            path_generation: generation,
-            ..fresh()
-        },
-    );
-    Ok(())
-}
-
-/// A new (process, file) entry; when the map is full, the bytes count for the process alone.
-#[inline(always)]
-fn insert(key: &FileKey, read: &FileRead) {
-    if FILE_READS.insert(key, read, u64::from(BPF_NOEXIST)).is_ok() {
-        return;
+    let read = FileRead {
+        path_generation: generation,
+        ..fresh()
+    };
+    if FILE_READS
+        .insert(key, &read, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return Ok(());
     }
+    // Another thread of this process created the entry since the lookup above: add to it.
+    if let Some(state) = FILE_READS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        add(unsafe { &mut *state });
+        return Ok(());
+    }
+    // The map is full: the bytes count for the process alone.
     bump(&KERNEL_DROPS, MAP_FILE_READS);
     add_overflow(&FILE_OVERFLOW, key.tgid, read.bytes);
+    Ok(())
 }
 
 /// Adds `bytes` to the process's per-CPU overflow bucket, creating it on first use.
