@@ -236,10 +236,7 @@ fn record(
         path_generation: generation,
         ..fresh()
     };
-    if FILE_READS
-        .insert(key, &read, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
+    if FILE_READS.insert(key, read, u64::from(BPF_NOEXIST)).is_ok() {
         return Ok(());
     }
     // Another thread of this process created the entry since the lookup above: add to it.

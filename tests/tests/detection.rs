@@ -344,14 +344,18 @@ impl Drop for Alertmanager {
 }
 
 #[test]
-fn a_burst_reaches_a_real_alertmanager_with_its_labels() {
+fn a_burst_reaches_a_real_alertmanager_with_its_labels_and_resolves_there() {
     require_root();
     const SIZE: u64 = 60 << 20;
     let am = Alertmanager::start();
     let ns = NetNs::outside().expect("namespace");
+    // Episodes end after 4 s without traffic (10 min by default).
     let agent = Agent::start_with_interval(
         INTERVAL,
-        &format!("[alerts.alertmanager]\nurl = \"http://{}\"\n", am.addr),
+        &format!(
+            "[alerts.alertmanager]\nurl = \"http://{}\"\n[detect]\nquiet = \"4s\"\n",
+            am.addr
+        ),
     )
     .expect("agent");
     let unit = "exfil-e2e-am.service";
@@ -403,4 +407,24 @@ fn a_burst_reaches_a_real_alertmanager_with_its_labels() {
             .is_some_and(|s| s.contains(ns.peer_ip)),
         "{alert}"
     );
+
+    // The upload is over: the episode resolves after the quiet period, and Alertmanager,
+    // told the end time, no longer lists the alert as firing.
+    let resolved = wait_for(&agent, Duration::from_secs(20), |a| {
+        a.id == raised.id && a.status == "resolved"
+    })
+    .expect("the burst resolves after 4 s of quiet");
+    assert_eq!(resolved.bytes, SIZE);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while am
+        .alerts()
+        .iter()
+        .any(|a| a["labels"]["kind"] == "burst" && a["status"]["state"] == "active")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Alertmanager still lists the resolved alert as active"
+        );
+        std::thread::sleep(exfil_tests::POLL);
+    }
 }
