@@ -19,6 +19,7 @@ use crate::{cargo, status, workspace_root};
 use report::{render, render_micro, results_json};
 
 pub mod flood;
+mod latency;
 mod load;
 mod report;
 
@@ -32,6 +33,7 @@ struct Plan {
     rounds: usize,
     iperf_seconds: u32,
     file_bytes: u64,
+    latency_trials: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -64,6 +66,8 @@ struct Bench {
 /// Sums of bytes per pid, as the peer would be written by hand.
 const PEER_READS: &str =
     "tracepoint:syscalls:sys_exit_read /args->ret > 0/ { @[pid] = sum(args->ret); }";
+const PEER_WRITES: &str =
+    "tracepoint:syscalls:sys_exit_write /args->ret > 0/ { @[pid] = sum(args->ret); }";
 const PEER_SENDS: &str =
     "tracepoint:sock:sock_send_length /args->ret > 0/ { @[pid] = sum(args->ret); }";
 
@@ -87,6 +91,12 @@ const BENCHES: &[Bench] = &[
         run: |_, data| mmap_read(data),
     },
     Bench {
+        name: "dd 64 KiB writes, new file",
+        target: 0.90,
+        peer: PEER_WRITES,
+        run: |plan, data| dd_write(plan, data),
+    },
+    Bench {
         name: "iperf3 TCP over veth, 128 KiB writes",
         target: 0.97,
         peer: PEER_SENDS,
@@ -106,12 +116,14 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             rounds: 2,
             iperf_seconds: 3,
             file_bytes: 256 << 20,
+            latency_trials: 2,
         }
     } else {
         Plan {
             rounds: 5,
             iperf_seconds: 10,
             file_bytes: 1 << 30,
+            latency_trials: 8,
         }
     };
     let mut build = cargo();
@@ -144,13 +156,14 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let kernel = kernel_costs(&plan, &data)?;
     let floor = empty_program_cost(&data)?;
     let load = load::run(u64::from(plan.iperf_seconds))?;
+    let latency = latency::run(plan.latency_trials)?;
     let micro = micro_benches(quick)?;
-    let mut report = render(&plan, &samples, &kernel, floor, &load)?;
+    let mut report = render(&plan, &samples, &kernel, floor, &load, &latency)?;
     render_micro(&mut report, &micro)?;
     std::fs::write(workspace_root().join("BENCHMARKS.md"), &report)?;
     std::fs::write(
         out_dir.join("results.json"),
-        results_json(&samples, &kernel, floor, &load, &micro),
+        results_json(&samples, &kernel, floor, &load, &latency, &micro),
     )?;
     println!("{report}");
     Ok(())
@@ -212,6 +225,28 @@ fn dd(data: &Path, bs: &str) -> anyhow::Result<f64> {
         bail!("dd failed");
     }
     Ok(bytes as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+/// MB/s of `dd` writing a new file of the read benches' size in 64 KiB blocks, into the
+/// page cache (no sync: the sensor counts writes as they enter the cache); the file is
+/// removed after, its dirty pages discarded unwritten.
+fn dd_write(plan: &Plan, data: &Path) -> anyhow::Result<f64> {
+    let out = data.with_file_name("written.bin");
+    let _ = std::fs::remove_file(&out);
+    let blocks = plan.file_bytes >> 16;
+    let started = Instant::now();
+    let ok = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", out.display()))
+        .args(["bs=64k", &format!("count={blocks}"), "status=none"])
+        .status()?
+        .success();
+    let elapsed = started.elapsed();
+    std::fs::remove_file(&out)?;
+    if !ok {
+        bail!("dd failed");
+    }
+    Ok((blocks << 16) as f64 / elapsed.as_secs_f64() / 1e6)
 }
 
 /// MB/s of mapping the warmed file and reading every byte of it (summed as u64 words, so
@@ -451,11 +486,12 @@ impl Drop for Server {
 }
 
 /// Per program: (runs, ns per run) under the sensor, with `kernel.bpf_stats_enabled=1`,
-/// over 4 KiB reads and 1 KiB sends.
+/// over 4 KiB reads, 64 KiB writes and 1 KiB sends.
 fn kernel_costs(plan: &Plan, data: &Path) -> anyhow::Result<BTreeMap<String, (u64, f64)>> {
     let _running = Running::start(Config::Sensor, "")?;
     program_costs_during(OUR_PROGRAMS, || {
         dd(data, "4k")?;
+        dd_write(plan, data)?;
         iperf(plan, "1K").map(drop)
     })
 }
@@ -483,6 +519,10 @@ const OUR_PROGRAMS: &[&str] = &[
     "mm_filemap_map_",
     "mm_filemap_faul",
     "iomap_dio_rw_be",
+    "ext4_da_write_e",
+    "ext4_write_end",
+    "ext4_journalled",
+    "xfs_file_buffer",
     "sched_process_e",
     "sched_process_f",
     "udp_sendmsg4",
