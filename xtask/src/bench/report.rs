@@ -54,7 +54,8 @@ pub(super) fn render(
          per-round ratios to `off` (min–max in brackets). iperf3 runs {} s per sample; the \
          read benches use a {} MiB file checked resident with fincore before each run. \
          The peer is the bpftrace one-liner a user would write instead: a per-pid sum on \
-         `syscalls:sys_exit_read` for reads, on `sock:sock_send_length` for sends.\n",
+         `syscalls:sys_exit_read` for reads, on `syscalls:sys_exit_write` for writes, on \
+         `sock:sock_send_length` for sends.\n",
         command_line("date", &["-u", "+%Y-%m-%d"]),
         command_line("uname", &["-r"]),
         command_line("git", &["rev-parse", "--short", "HEAD"]),
