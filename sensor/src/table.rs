@@ -7,24 +7,24 @@ use std::fmt::Write as _;
 use crate::api::{AlertRecord, FileRecord, FlowRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
-struct Column {
+pub(crate) struct Column {
     title: &'static str,
     align: Align,
 }
 
-const fn left(title: &'static str) -> Column {
+pub(crate) const fn left(title: &'static str) -> Column {
     Column {
         title,
         align: Align::Left,
     }
 }
 
-const fn right(title: &'static str) -> Column {
+pub(crate) const fn right(title: &'static str) -> Column {
     Column {
         title,
         align: Align::Right,
@@ -145,7 +145,7 @@ pub fn printable(text: &str) -> String {
 
 /// One header line and one line per row; columns two spaces apart, each as wide as its
 /// widest cell (in characters); no trailing spaces.
-fn render(columns: &[Column], rows: &[Vec<String>]) -> String {
+pub(crate) fn render(columns: &[Column], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = columns.iter().map(|c| c.title.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -43,6 +43,12 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// Unix ms of an RFC 3339 time as [`rfc3339`] writes it; `None` when it is not one.
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let time = humantime::parse_rfc3339(text).ok()?;
+    u64::try_from(time.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+}
+
 impl Episodes {
     pub fn open(&self) -> usize {
         self.open.len()

@@ -19,6 +19,7 @@ use std::{
 };
 
 pub use config::DetectConfig;
+pub use episodes::{parse_rfc3339_ms, rfc3339};
 use serde::{Deserialize, Serialize};
 
 use self::{

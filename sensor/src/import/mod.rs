@@ -1,0 +1,3 @@
+//! Evidence from other sensors, turned into interval records for the journal.
+
+pub mod zeek;

@@ -1,0 +1,306 @@
+//! `exfil-sensor report`: what left the host, from which service, to where and when, from a
+//! journal's interval records, with the alerts the agent raised — the page of an incident
+//! report. Only external destinations count: the volume that left.
+//!
+//! One pass over the records: hourly sums per (service, destination), rolled up to days for
+//! spans longer than three days; the timeline keeps the top destinations apart and sums the
+//! rest of each service into `other`, so its size is bounded by services × top, not by the
+//! number of hosts a mail server talked to.
+
+mod render;
+mod svg;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::{
+    api::{AlertEvent, AlertRecord},
+    detect::rfc3339,
+    flow::{class::DestinationClass, interval::Interval},
+};
+
+pub use render::{csv, json, table};
+pub use svg::svg;
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+/// Spans longer than this are shown per day when the bucket is `auto`.
+const HOURLY_UP_TO_MS: u64 = 3 * DAY_MS;
+/// The destination name of a service's bytes to destinations outside the top.
+pub const OTHER: &str = "other";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    Hour,
+    Day,
+}
+
+impl Bucket {
+    pub fn ms(self) -> u64 {
+        match self {
+            Self::Hour => HOUR_MS,
+            Self::Day => DAY_MS,
+        }
+    }
+}
+
+/// What to report on.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Only this service (exact name).
+    pub service: Option<String>,
+    /// Only intervals that end after `from_ms` and start before `to_ms` (Unix ms).
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    /// `None`: hours for spans up to three days, days beyond.
+    pub bucket: Option<Bucket>,
+    /// How many destinations the timeline keeps apart.
+    pub top: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            service: None,
+            from_ms: None,
+            to_ms: None,
+            bucket: None,
+            top: 10,
+        }
+    }
+}
+
+/// A destination's external bytes over the report's span.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Destination {
+    pub destination: String,
+    pub bytes: u64,
+    /// The services that sent to it, most bytes first.
+    pub services: Vec<String>,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// One (service, destination) pair's bytes per bucket; destination `other` for the rest of
+/// the service's destinations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Series {
+    pub service: String,
+    pub destination: String,
+    pub bytes: u64,
+    /// (bucket start, RFC 3339; bytes) for each bucket with bytes, in time order.
+    pub points: Vec<Point>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Point {
+    pub start: String,
+    #[serde(skip)]
+    pub start_ms: u64,
+    pub bytes: u64,
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The span of the intervals reported on (RFC 3339), `None` when there were none.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    #[serde(skip)]
+    pub span_ms: Option<(u64, u64)>,
+    pub bucket: Bucket,
+    /// External bytes sent in the span.
+    pub external_bytes: u64,
+    /// The top destinations, most bytes first.
+    pub destinations: Vec<Destination>,
+    /// The timeline: the top destinations' pairs, then each service's `other`.
+    pub series: Vec<Series>,
+    /// The alerts the agent raised in the span, in the state of their last change.
+    pub alerts: Vec<AlertRecord>,
+}
+
+#[derive(Default)]
+struct PairSums {
+    bytes: u64,
+    hourly: BTreeMap<u64, u64>,
+}
+
+#[derive(Default)]
+struct DestinationSums {
+    bytes: u64,
+    first_ms: u64,
+    last_ms: u64,
+}
+
+/// Collects interval records and alerts, then [`Builder::finish`]es into a [`Report`].
+pub struct Builder {
+    options: Options,
+    pairs: HashMap<(String, String), PairSums>,
+    destinations: HashMap<String, DestinationSums>,
+    span: Option<(u64, u64)>,
+    alerts: BTreeMap<u64, AlertRecord>,
+}
+
+impl Builder {
+    pub fn new(options: Options) -> Self {
+        Self {
+            options,
+            pairs: HashMap::new(),
+            destinations: HashMap::new(),
+            span: None,
+            alerts: BTreeMap::new(),
+        }
+    }
+
+    fn in_range(&self, start_ms: u64, end_ms: u64) -> bool {
+        self.options.from_ms.is_none_or(|from| end_ms > from)
+            && self.options.to_ms.is_none_or(|to| start_ms < to)
+    }
+
+    pub fn interval(&mut self, interval: &Interval) {
+        if !self.in_range(interval.start_ms, interval.end_ms) {
+            return;
+        }
+        let (start, end) = self.span.unwrap_or((interval.start_ms, interval.end_ms));
+        self.span = Some((start.min(interval.start_ms), end.max(interval.end_ms)));
+        let hour = interval.start_ms - interval.start_ms % HOUR_MS;
+        for flow in &interval.flows {
+            if flow.class != DestinationClass::External || flow.bytes_sent == 0 {
+                continue;
+            }
+            if self
+                .options
+                .service
+                .as_ref()
+                .is_some_and(|s| *s != flow.service)
+            {
+                continue;
+            }
+            let Some(ip) = flow.destination else {
+                continue;
+            };
+            let destination = ip.to_string();
+            let pair = self
+                .pairs
+                .entry((flow.service.clone(), destination.clone()))
+                .or_default();
+            pair.bytes += flow.bytes_sent;
+            *pair.hourly.entry(hour).or_default() += flow.bytes_sent;
+            let sums = self
+                .destinations
+                .entry(destination)
+                .or_insert(DestinationSums {
+                    bytes: 0,
+                    first_ms: interval.start_ms,
+                    last_ms: interval.end_ms,
+                });
+            sums.bytes += flow.bytes_sent;
+            sums.first_ms = sums.first_ms.min(interval.start_ms);
+            sums.last_ms = sums.last_ms.max(interval.end_ms);
+        }
+    }
+
+    /// An alert change the agent recorded; the report keeps each alert's last state.
+    pub fn alert(&mut self, event: &AlertEvent) {
+        let alert = &event.alert;
+        if self
+            .options
+            .service
+            .as_ref()
+            .is_some_and(|s| *s != alert.service)
+        {
+            return;
+        }
+        let raised_ms = crate::detect::parse_rfc3339_ms(&alert.raised_at).unwrap_or(0);
+        let updated_ms = crate::detect::parse_rfc3339_ms(&alert.updated_at).unwrap_or(raised_ms);
+        if !self.in_range(raised_ms, updated_ms.saturating_add(1)) {
+            return;
+        }
+        self.alerts.insert(alert.id, alert.clone());
+    }
+
+    pub fn finish(self) -> Report {
+        let bucket = self.options.bucket.unwrap_or(match self.span {
+            Some((start, end)) if end - start > HOURLY_UP_TO_MS => Bucket::Day,
+            _ => Bucket::Hour,
+        });
+        let mut ranked: Vec<(&String, &DestinationSums)> = self.destinations.iter().collect();
+        ranked.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.0.cmp(b.0)));
+        ranked.truncate(self.options.top);
+        let top: HashMap<&str, usize> = ranked
+            .iter()
+            .enumerate()
+            .map(|(rank, (d, _))| (d.as_str(), rank))
+            .collect();
+        let destinations = ranked
+            .iter()
+            .map(|(destination, sums)| {
+                let mut services: Vec<(&String, u64)> = self
+                    .pairs
+                    .iter()
+                    .filter(|((_, d), _)| d == *destination)
+                    .map(|((s, _), p)| (s, p.bytes))
+                    .collect();
+                services.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+                Destination {
+                    destination: (*destination).clone(),
+                    bytes: sums.bytes,
+                    services: services.into_iter().map(|(s, _)| s.clone()).collect(),
+                    first_seen: rfc3339(sums.first_ms),
+                    last_seen: rfc3339(sums.last_ms),
+                }
+            })
+            .collect();
+        // Pairs of top destinations as they are; the rest summed per service into `other`.
+        let mut merged: BTreeMap<(Option<usize>, String), PairSums> = BTreeMap::new();
+        for ((service, destination), pair) in &self.pairs {
+            let rank = top.get(destination.as_str()).copied();
+            let into = merged.entry((rank, service.clone())).or_default();
+            into.bytes += pair.bytes;
+            for (hour, bytes) in &pair.hourly {
+                *into.hourly.entry(hour - hour % bucket.ms()).or_default() += bytes;
+            }
+        }
+        // Top destinations by rank (`None` sorts first: put `other` last).
+        let mut keyed: Vec<((Option<usize>, String), PairSums)> = merged.into_iter().collect();
+        keyed.sort_by(|a, b| {
+            (a.0.0.is_none(), a.0.0, &a.0.1).cmp(&(b.0.0.is_none(), b.0.0, &b.0.1))
+        });
+        let series = keyed
+            .into_iter()
+            .map(|((rank, service), sums)| Series {
+                destination: rank
+                    .and_then(|r| ranked.get(r))
+                    .map_or_else(|| OTHER.to_owned(), |(d, _)| (*d).clone()),
+                service,
+                bytes: sums.bytes,
+                points: sums
+                    .hourly
+                    .into_iter()
+                    .map(|(start_ms, bytes)| Point {
+                        start: rfc3339(start_ms),
+                        start_ms,
+                        bytes,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut alerts: Vec<AlertRecord> = self.alerts.into_values().collect();
+        alerts.sort_by(|a, b| a.raised_at.cmp(&b.raised_at).then(a.id.cmp(&b.id)));
+        Report {
+            from: self.span.map(|(s, _)| rfc3339(s)),
+            to: self.span.map(|(_, e)| rfc3339(e)),
+            span_ms: self.span,
+            bucket,
+            external_bytes: self.destinations.values().map(|d| d.bytes).sum(),
+            destinations,
+            series,
+            alerts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
