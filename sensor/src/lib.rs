@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod detect;
 pub mod flow;
 pub mod http;
+pub mod journal;
 pub mod kernel;
 pub mod listing;
 pub mod metrics;
