@@ -2,6 +2,7 @@
 //! around damage are recovered, and the writer rotates, retires and repairs its tail.
 
 mod damage;
+mod live;
 mod records;
 mod tampering;
 mod writing;
