@@ -23,6 +23,7 @@ use crate::{
         paths::Mounts,
         process::{Identities, ProcessTable},
     },
+    journal::{ProcessEventKind, ProcessRecord, Record},
     kernel::KernelSums,
     metrics::Metrics,
 };
@@ -85,6 +86,8 @@ pub struct Aggregator {
     detector: Detector,
     /// Where alert changes go (the sinks); nowhere by default.
     notify: Box<dyn FnMut(&AlertEvent) + Send>,
+    /// Where journal records go (the journal's writer thread); none by default.
+    journal: Option<Box<dyn FnMut(Record) + Send>>,
 }
 
 impl Aggregator {
@@ -105,6 +108,7 @@ impl Aggregator {
             interval_start: None,
             detector: Detector::new(&config.detect, "config")?,
             notify: Box::new(|_| {}),
+            journal: None,
         })
     }
 
@@ -115,6 +119,17 @@ impl Aggregator {
             Ok(None) => {}
             Err(e) => tracing::error!("{e}; detection starts afresh"),
         }
+    }
+
+    /// The detection state file's text as restored, for the journal's start record.
+    pub fn restored_detection_state(&self) -> Option<String> {
+        self.detector.restored_state().map(str::to_owned)
+    }
+
+    /// Sends every journal record to `journal`: each interval after detection, then the
+    /// alert changes it caused, and each process exec and exit. It must not block.
+    pub fn on_record(&mut self, journal: impl FnMut(Record) + Send + 'static) {
+        self.journal = Some(Box::new(journal));
     }
 
     /// Sends every alert change to `notify` (the sinks). It must not block.
@@ -138,7 +153,26 @@ impl Aggregator {
         let now = input.now;
         let start = *self.interval_start.get_or_insert(now);
         // Events first: a process that sent and exited since the last poll is named by them.
-        self.processes.apply(now, &input.events);
+        let seen = self.processes.apply(now, &input.events);
+        if let Some(journal) = &mut self.journal {
+            // The events carry no time of their own: the poll's (at most one poll late).
+            let at_ms = unix_ms(now);
+            for p in seen {
+                journal(Record::Process(ProcessRecord {
+                    at_ms,
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    event: if p.exit {
+                        ProcessEventKind::Exit
+                    } else {
+                        ProcessEventKind::Exec
+                    },
+                    comm: p.comm,
+                    exe: p.exe,
+                    service: p.service,
+                }));
+            }
+        }
         if let Some(mounts) = &input.mounts {
             self.files.learn_paths(&input.paths, mounts);
         }
@@ -193,7 +227,12 @@ impl Aggregator {
         };
         self.metrics.observe_tables(&self.flows, &self.files);
         self.metrics.review(now);
-        for event in self.detector.observe(&interval) {
+        let events = self.detector.observe(&interval);
+        // The interval first, then the alerts it caused: a replay reads them in that order.
+        if let Some(journal) = &mut self.journal {
+            journal(Record::Interval(interval.clone()));
+        }
+        for event in events {
             if event.change == AlertChange::Raised {
                 self.metrics.alert_raised(&event.alert.kind);
                 tracing::warn!(
@@ -206,6 +245,9 @@ impl Aggregator {
                 );
             }
             (self.notify)(&event);
+            if let Some(journal) = &mut self.journal {
+                journal(Record::Alert(event));
+            }
         }
         self.save_detection(false);
         interval

@@ -59,6 +59,7 @@ pub struct Config {
     pub detect: crate::detect::DetectConfig,
     /// Where alerts go besides `/api/v1/alerts` and the log.
     pub alerts: crate::sinks::SinksConfig,
+    pub journal: crate::journal::JournalConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -331,6 +332,7 @@ impl Config {
         }
         self.file_classes(path)?;
         self.validate_detect(path)?;
+        self.journal.validate(path)?;
         self.alerts.validate().map_err(|cause| ConfigError::Sinks {
             path: path.to_owned(),
             cause: Box::new(cause),

@@ -11,13 +11,29 @@ use anyhow::Context as _;
 use crate::{
     agent::{self, Aggregator, Message, PollInput},
     config::Config,
-    flow::{identity::ProcFs, interval::Interval, paths::Mounts, process::ProcessTable},
+    flow::{
+        identity::ProcFs,
+        interval::{Interval, unix_ms},
+        paths::Mounts,
+        process::ProcessTable,
+    },
     http,
+    journal::{
+        StartRecord,
+        live::{JournalMetrics, JournalThread},
+    },
     kernel::{DeadKeys, KernelOptions, KernelSums, ProbeState, Sensor},
     metrics::Metrics,
 };
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Where the config came from, and its text: the journal's start record keeps both.
+pub struct ConfigSource {
+    /// The file's path, or `(embedded default)`.
+    pub path: String,
+    pub text: String,
+}
+
+pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     // Fail on missing privileges before anything else, with one line that says so.
     crate::kernel::host::check_privileges()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -25,10 +41,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, source))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     // Bind first: a port in use is reported before any probe is attached.
     let tcp = http::bind_tcp(config.http.listen).await?;
     let unix = http::bind_unix(&config.http.api_socket)?;
@@ -69,6 +85,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let sinks = crate::sinks::Sinks::start(&config.alerts, &registry, &hostname())?;
     let to_sinks = sinks.clone();
     aggregator.on_alert(move |event| to_sinks.send(event));
+    let journal = start_journal(&config, source, &aggregator, &registry)?;
+    if let Some(journal) = &journal {
+        let to_journal = journal.sender();
+        aggregator.on_record(move |record| to_journal.send(record));
+    }
     let (agent_tx, agent_rx) = agent::channel();
     let aggregating = std::thread::Builder::new()
         .name("aggregate".into())
@@ -116,6 +137,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("stopping");
+    if let Some(journal) = &journal {
+        journal.closing();
+    }
     let _ = stop_serving.send(());
     let _ = stop_tx.send(());
     let polled = tokio::task::spawn_blocking(move || poller.join())
@@ -135,9 +159,40 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if aggregated.is_err() {
         anyhow::bail!("the aggregating thread panicked");
     }
+    // After the last interval and its alerts: the stop record, synced.
+    if let Some(journal) = journal {
+        tokio::task::spawn_blocking(move || journal.stop(SystemTime::now()))
+            .await
+            .context("joining the journal thread")?;
+    }
     // What the last interval raised or resolved reaches the sinks before the agent exits.
     sinks.flush(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// The journal's writer thread, with its start record, when `[journal]` is enabled. Its
+/// metrics are registered either way.
+fn start_journal(
+    config: &Config,
+    source: ConfigSource,
+    aggregator: &Aggregator,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<JournalThread>> {
+    let metrics = JournalMetrics::register(registry);
+    if !config.journal.enabled {
+        return Ok(None);
+    }
+    let start = StartRecord {
+        at_ms: unix_ms(SystemTime::now()),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        hostname: hostname(),
+        config_source: source.path,
+        config_toml: source.text,
+        detect_state: aggregator.restored_detection_state(),
+    };
+    let thread = JournalThread::start(config.journal.clone(), start, metrics)
+        .context("starting the journal thread")?;
+    Ok(Some(thread))
 }
 
 /// This host's name, the `instance` of its alerts in Alertmanager.
@@ -160,7 +215,7 @@ fn release_freed_memory() {
     }
 }
 
-/// Until the journal takes them (issue 9), intervals are logged.
+/// Each interval's sums, in the log at debug level.
 fn log_interval(interval: &Interval) {
     let sent: u64 = interval.flows.iter().map(|f| f.bytes_sent).sum();
     let read: u64 = interval.files.iter().map(|f| f.bytes_read).sum();

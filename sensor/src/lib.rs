@@ -14,6 +14,7 @@ pub mod detect;
 pub mod flow;
 pub mod http;
 pub mod import;
+pub mod journal;
 pub mod kernel;
 pub mod listing;
 pub mod metrics;

@@ -8,7 +8,8 @@ use clap::Parser as _;
 use sensor::{
     cli::{Cli, Command, ConfigCommand, ImportSource, JournalCommand, ListArgs, LogFormat},
     config::{self, Config},
-    daemon,
+    daemon::{self, ConfigSource},
+    journal,
     listing::{self, Format, Listing},
     top,
 };
@@ -40,8 +41,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Journal {
-            command: JournalCommand::Verify { .. },
-        } => Ok(not_implemented("journal verify")),
+            command: JournalCommand::Verify { dir },
+        } => verify(&dir),
         Command::Replay { .. } => Ok(not_implemented("replay")),
         Command::Report { .. } => Ok(not_implemented("report")),
         Command::Import {
@@ -52,17 +53,29 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             api_socket,
         } => {
-            let mut config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::parse(config::DEFAULT_TOML, "(embedded default)")?,
+            let source = match config {
+                Some(path) => ConfigSource {
+                    path: path.display().to_string(),
+                    text: std::fs::read_to_string(&path).map_err(|cause| {
+                        config::ConfigError::Read {
+                            path: path.display().to_string(),
+                            cause,
+                        }
+                    })?,
+                },
+                None => ConfigSource {
+                    path: "(embedded default)".to_owned(),
+                    text: config::DEFAULT_TOML.to_owned(),
+                },
             };
+            let mut config = Config::parse(&source.text, &source.path)?;
             if let Some(listen) = listen {
                 config.http.listen = listen;
             }
             if let Some(api_socket) = api_socket {
                 config.http.api_socket = api_socket;
             }
-            daemon::run(config)?;
+            daemon::run(config, source)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
@@ -73,6 +86,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: ConfigCommand::Default,
         } => out(config::DEFAULT_TOML),
     }
+}
+
+/// `journal verify`: one line on stdout; exit 0 when intact, 1 at the first damage.
+fn verify(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let verdict = journal::verify(dir)?;
+    let code = out(&format!("{}\n", verdict.line(dir)))?;
+    Ok(match verdict {
+        journal::Verdict::Intact(_) => code,
+        journal::Verdict::Damaged(_) => ExitCode::FAILURE,
+    })
 }
 
 fn list(listing: Listing, args: &ListArgs) -> anyhow::Result<ExitCode> {

@@ -65,6 +65,8 @@ pub struct Agent {
     log: PathBuf,
     /// Its detection state file.
     state: PathBuf,
+    /// Its journal directory.
+    journal: PathBuf,
 }
 
 /// How often the test agent polls; waits below are in multiples of it.
@@ -120,6 +122,14 @@ impl Agent {
         } else {
             format!("{extra}\n{state_key}")
         };
+        // And its own journal, never the system's.
+        let journal = dir.join(format!("exfil-e2e-{tag}-journal"));
+        let journal_key = format!("[journal]\ndir = \"{}\"\n", journal.display());
+        let extra = if extra.contains("[journal]\n") {
+            extra.replacen("[journal]\n", &journal_key, 1)
+        } else {
+            format!("{extra}\n{journal_key}")
+        };
         std::fs::write(
             &config,
             format!(
@@ -143,6 +153,7 @@ impl Agent {
             pin_dir,
             log,
             state,
+            journal,
         };
         agent.wait_healthy(Duration::from_secs(20))?;
         Ok(agent)
@@ -199,6 +210,30 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The agent's journal directory.
+    pub fn journal_dir(&self) -> &Path {
+        &self.journal
+    }
+
+    /// SIGTERM, and the agent's exit status once it has stopped (within 10 s).
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: kill(2) on our own child's pid.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("SIGTERM: {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Makes the agent send over TCP (it answers `scrapes` scrapes of `/metrics`), waits three
@@ -309,7 +344,8 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
+        // Not once reaped (Agent::stop): its pid may be another process's by now.
+        if let (Ok(None), Ok(pid)) = (self.child.try_wait(), i32::try_from(self.child.id())) {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
@@ -325,6 +361,7 @@ impl Drop for Agent {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_file(&self.state);
+        let _ = std::fs::remove_dir_all(&self.journal);
         let _ = std::fs::remove_file(&self.api_socket);
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -178,6 +178,8 @@ pub struct Detector {
     /// The state changed in a way worth writing now (an alert raised or resolved, an hour
     /// ended).
     dirty: bool,
+    /// The state file's text as [`Detector::restore`] read it.
+    restored: Option<String>,
 }
 
 /// What survives a restart (the state file), and the short windows that need not.
@@ -206,6 +208,7 @@ impl Detector {
             state: State::default(),
             state_file: config.state_file.clone(),
             dirty: false,
+            restored: None,
         })
     }
 
@@ -218,13 +221,14 @@ impl Detector {
         };
         match state::read::<State>(&path)? {
             state::Read::Missing => Ok(None),
-            state::Read::Loaded(state) => {
+            state::Read::Loaded(state, text) => {
                 let note = format!(
                     "detection state restored from {}: {} alerts open",
                     path.display(),
                     state.episodes.open()
                 );
                 self.state = *state;
+                self.restored = Some(text);
                 Ok(Some(note))
             }
             state::Read::SetAside { moved_to, reason } => Ok(Some(format!(
@@ -233,6 +237,12 @@ impl Detector {
                 moved_to.display()
             ))),
         }
+    }
+
+    /// The state file's JSON text as it was restored, `None` when detection started afresh:
+    /// the journal keeps it, so that a replay starts from the same learning.
+    pub fn restored_state(&self) -> Option<&str> {
+        self.restored.as_deref()
     }
 
     /// Writes the state file (atomically, mode 0600) if one is configured.

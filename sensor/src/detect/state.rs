@@ -39,7 +39,8 @@ struct Stored<T> {
 
 pub enum Read<T> {
     Missing,
-    Loaded(Box<T>),
+    /// The state, and the file's text (what the journal's start record keeps).
+    Loaded(Box<T>, String),
     /// It could not be used and was renamed to `moved_to`.
     SetAside {
         moved_to: PathBuf,
@@ -61,7 +62,9 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Read<T>, StateError> {
         Err(e) => return Err(io(path)(e)),
     };
     let reason = match serde_json::from_str::<Stored<T>>(&text) {
-        Ok(stored) if stored.version == VERSION => return Ok(Read::Loaded(Box::new(stored.state))),
+        Ok(stored) if stored.version == VERSION => {
+            return Ok(Read::Loaded(Box::new(stored.state), text));
+        }
         Ok(stored) => format!("version {} (this agent writes {VERSION})", stored.version),
         Err(e) => e.to_string(),
     };

@@ -24,6 +24,20 @@ struct Known {
     exited: Option<SystemTime>,
 }
 
+/// An exec or an exit, with the names the table gives the process by then: what the
+/// journal keeps of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecExit {
+    pub pid: u32,
+    /// 0 when its fork was not seen.
+    pub ppid: u32,
+    pub exit: bool,
+    pub comm: String,
+    /// What it exec'd; empty when not known.
+    pub exe: String,
+    pub service: String,
+}
+
 /// What the events said about each process.
 pub struct ProcessTable {
     known: HashMap<u32, Known>,
@@ -39,8 +53,10 @@ impl ProcessTable {
         }
     }
 
-    /// Takes one poll's events, oldest first. `now` is injected so tests control time.
-    pub fn apply(&mut self, now: SystemTime, events: &[ProcessEvent]) {
+    /// Takes one poll's events, oldest first, and returns each exec and exit among them, in
+    /// order. `now` is injected so tests control time.
+    pub fn apply(&mut self, now: SystemTime, events: &[ProcessEvent]) -> Vec<ExecExit> {
+        let mut seen = Vec::new();
         for event in events {
             let comm = c_string(&event.comm);
             let cgroup = self.cgroups.path(event.cgroup_id);
@@ -87,24 +103,39 @@ impl ProcessTable {
                         .unwrap_or_default();
                     self.remember(event.tgid, ppid, process(exe));
                 }
-                EVENT_EXEC => self.remember(event.tgid, ppid, process(c_string(&event.filename))),
-                EVENT_EXIT => match self.known.get_mut(&event.tgid) {
-                    Some(known) => known.exited = Some(now),
-                    None => {
-                        self.known.insert(
-                            event.tgid,
-                            Known {
-                                process: process(String::new()),
-                                ppid,
-                                exited: Some(now),
-                            },
-                        );
-                    }
-                },
+                EVENT_EXEC => {
+                    let exe = c_string(&event.filename);
+                    seen.push(ExecExit {
+                        pid: event.tgid,
+                        ppid,
+                        exit: false,
+                        comm: comm.clone(),
+                        exe: exe.clone(),
+                        service: service.clone(),
+                    });
+                    self.remember(event.tgid, ppid, process(exe));
+                }
+                EVENT_EXIT => {
+                    let known = self.known.entry(event.tgid).or_insert_with(|| Known {
+                        process: process(String::new()),
+                        ppid,
+                        exited: None,
+                    });
+                    known.exited = Some(now);
+                    seen.push(ExecExit {
+                        pid: event.tgid,
+                        ppid,
+                        exit: true,
+                        comm: known.process.comm.clone(),
+                        exe: known.process.exe.clone(),
+                        service: known.process.service.clone(),
+                    });
+                }
                 _ => {}
             }
         }
         self.expire(now);
+        seen
     }
 
     /// The known ancestors from `ppid` up, parent first, stopping below init.
@@ -271,13 +302,22 @@ mod tests {
             }),
             "a forked child runs its parent's program"
         );
-        table.apply(
+        let seen = table.apply(
             t0,
             &[
                 event(EVENT_EXEC, 101, 0, "curl", "/usr/bin/curl"),
                 event(EVENT_EXIT, 101, 0, "curl", ""),
             ],
         );
+        let curl = |exit| ExecExit {
+            pid: 101,
+            ppid: 100,
+            exit,
+            comm: "curl".into(),
+            exe: "/usr/bin/curl".into(),
+            service: "bash".into(),
+        };
+        assert_eq!(seen, vec![curl(false), curl(true)], "for the journal");
         let gone = table.process(101).expect("known after exit");
         assert_eq!(
             (gone.comm.as_str(), gone.exe.as_str(), gone.service.as_str()),

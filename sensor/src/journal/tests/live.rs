@@ -1,0 +1,224 @@
+//! The live agent's side: the aggregator hands over process events, each interval and then
+//! its alerts, in that order; the writer thread writes them between a start and a stop
+//! record, and counts what it could not write without holding anyone up.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use prometheus::Registry;
+use sensor_common::{
+    DIRECTION_OUTBOUND, EVENT_EXEC, EVENT_EXIT, EXEC_FILENAME_LEN, FAMILY_IPV4, FlowCounters,
+    FlowKey, PROTO_TCP, ProcessEvent,
+};
+
+use super::{TempDir, at, busy_interval, config, read, records};
+use crate::{
+    agent::{Aggregator, PollInput},
+    api::AlertChange,
+    config::Config,
+    flow::{
+        identity::{Process, ProcessSource},
+        process::ProcessTable,
+    },
+    journal::{
+        ProcessEventKind, ProcessRecord, Record, StartRecord,
+        live::{JournalMetrics, JournalThread},
+    },
+    kernel::KernelSums,
+    metrics::Metrics,
+};
+
+struct NoneAlive;
+impl ProcessSource for NoneAlive {
+    fn process(&self, _: u32) -> Option<Process> {
+        None
+    }
+}
+
+fn event(kind: u8) -> ProcessEvent {
+    let mut e = ProcessEvent {
+        kind,
+        _pad: [0; 3],
+        tgid: 31,
+        ppid: 0,
+        _pad2: 0,
+        cgroup_id: 0,
+        comm: [0; 16],
+        filename: [0; EXEC_FILENAME_LEN],
+    };
+    e.comm[..4].copy_from_slice(b"curl");
+    e.filename[..13].copy_from_slice(b"/usr/bin/curl");
+    e
+}
+
+fn poll(secs: u64, sent: u64, events: Vec<ProcessEvent>) -> PollInput {
+    let mut addr = [0; 16];
+    addr[..4].copy_from_slice(&[198, 51, 100, 7]);
+    let key = FlowKey {
+        tgid: 31,
+        port: 443,
+        family: FAMILY_IPV4,
+        protocol: PROTO_TCP,
+        addr,
+        direction: DIRECTION_OUTBOUND,
+        _pad: [0; 7],
+    };
+    PollInput {
+        now: at(secs),
+        events,
+        paths: Vec::new(),
+        mounts: None,
+        sums: KernelSums {
+            flows: vec![(
+                key,
+                FlowCounters {
+                    sent,
+                    sends: 1,
+                    ..FlowCounters::default()
+                },
+            )],
+            ..KernelSums::default()
+        },
+        took: Duration::ZERO,
+        adopt: false,
+    }
+}
+
+#[test]
+fn the_aggregator_hands_over_processes_then_each_interval_then_its_alerts() {
+    let mut config = Config::default();
+    config.detect.state_file = None;
+    let mut aggregator = Aggregator::new(
+        &config,
+        Box::new(NoneAlive),
+        ProcessTable::new(None),
+        Metrics::new(&config.metrics),
+    )
+    .expect("default config");
+    let journal = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&journal);
+    aggregator.on_record(move |record| sink.lock().expect("lock").push(record));
+    aggregator.poll(&poll(0, 0, vec![event(EVENT_EXEC)]));
+    aggregator.poll(&poll(5, 30 << 20, Vec::new()));
+    let interval = aggregator
+        .poll(&poll(10, 60 << 20, vec![event(EVENT_EXIT)]))
+        .expect("an interval");
+    let written = journal.lock().expect("lock").clone();
+    let process = |event, at_ms| {
+        Record::Process(ProcessRecord {
+            at_ms,
+            pid: 31,
+            ppid: 0,
+            event,
+            comm: "curl".into(),
+            exe: "/usr/bin/curl".into(),
+            service: "curl".into(),
+        })
+    };
+    assert_eq!(written.len(), 4, "{written:?}");
+    assert_eq!(
+        written[..3],
+        [
+            process(ProcessEventKind::Exec, 1_795_392_000_000),
+            process(ProcessEventKind::Exit, 1_795_392_010_000),
+            Record::Interval(interval),
+        ]
+    );
+    let Record::Alert(alert) = &written[3] else {
+        panic!("an alert last: {:?}", written[3]);
+    };
+    assert_eq!(
+        (alert.change, alert.alert.kind.as_str(), alert.alert.bytes),
+        (AlertChange::Raised, "burst", 60 << 20)
+    );
+}
+
+fn start() -> StartRecord {
+    StartRecord {
+        at_ms: 1,
+        agent_version: "0.3.0".into(),
+        hostname: "mx1".into(),
+        config_source: "(embedded default)".into(),
+        config_toml: crate::config::DEFAULT_TOML.into(),
+        detect_state: Some("{\"version\":1}".into()),
+    }
+}
+
+fn metric(registry: &Registry, name: &str) -> String {
+    Metrics::render(registry)
+        .lines()
+        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn the_writer_thread_writes_start_records_and_stop_and_counts_them() {
+    let dir = TempDir::new("live");
+    let registry = Registry::new();
+    let thread = JournalThread::start(config(&dir.0), start(), JournalMetrics::register(&registry))
+        .expect("thread");
+    let interval = busy_interval(100);
+    thread.sender().send(Record::Interval(interval.clone()));
+    thread.stop(at(20));
+    let read = records(&read(&dir.0));
+    assert_eq!(read.len(), 3);
+    assert_eq!(read[0], Record::Start(start()));
+    assert_eq!(read[1], Record::Interval(interval));
+    assert!(matches!(read[2], Record::Stop(_)));
+    let on_disk: u64 = std::fs::read_dir(&dir.0)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "journal"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum();
+    assert_eq!(
+        [
+            "exfil_sensor_journal_records_total",
+            "exfil_sensor_journal_errors_total",
+            "exfil_sensor_journal_dropped_records_total",
+            "exfil_sensor_journal_bytes",
+        ]
+        .map(|name| metric(&registry, name)),
+        [
+            "exfil_sensor_journal_records_total 3".to_owned(),
+            "exfil_sensor_journal_errors_total 0".to_owned(),
+            "exfil_sensor_journal_dropped_records_total 0".to_owned(),
+            format!("exfil_sensor_journal_bytes {on_disk}"),
+        ]
+    );
+}
+
+#[test]
+fn a_journal_that_cannot_be_opened_is_counted_and_holds_nobody_up() {
+    let dir = TempDir::new("live");
+    std::fs::create_dir_all(&dir.0).expect("mkdir");
+    let file = dir.0.join("not-a-dir");
+    std::fs::write(&file, b"").expect("write");
+    let registry = Registry::new();
+    let thread = JournalThread::start(
+        config(&file.join("journal")),
+        start(),
+        JournalMetrics::register(&registry),
+    )
+    .expect("thread");
+    let started = std::time::Instant::now();
+    for s in 0..3 {
+        thread.sender().send(super::stop(s));
+    }
+    thread.stop(SystemTime::now());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        [
+            metric(&registry, "exfil_sensor_journal_errors_total"),
+            metric(&registry, "exfil_sensor_journal_dropped_records_total"),
+        ],
+        [
+            "exfil_sensor_journal_errors_total 1".to_owned(),
+            "exfil_sensor_journal_dropped_records_total 4".to_owned(),
+        ],
+        "one failed open; three records and the stop dropped"
+    );
+}
