@@ -66,23 +66,41 @@ pub enum Command {
     /// Re-run detection over a journal; prints each alert with its destination.
     Replay {
         dir: PathBuf,
-        /// Config whose detection rules to apply; without it, the embedded default.
+        /// Config whose detection rules and internal networks to apply; without it, the
+        /// config each start record holds (the live agent's own).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Only records from this time on (RFC 3339, e.g. 2026-11-23T19:00:00Z).
+        /// Only alerts raised from this time on (RFC 3339, e.g. 2026-11-23T19:00:00Z); the
+        /// records before it still pass through detection (learning, baselines).
         #[arg(long)]
         from: Option<humantime::Timestamp>,
-        /// Only records before this time (RFC 3339).
+        /// Only alerts raised before this time (RFC 3339).
         #[arg(long)]
         to: Option<humantime::Timestamp>,
         #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
         format: ReplayFormat,
     },
-    /// Timeline of volume per service × destination in a journal.
+    /// Timeline of external volume per service × destination in a journal, the top
+    /// destinations and the alerts raised.
     Report {
         dir: PathBuf,
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only intervals from this time on (RFC 3339).
+        #[arg(long)]
+        from: Option<humantime::Timestamp>,
+        /// Only intervals before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<humantime::Timestamp>,
+        /// Timeline buckets; without it, hours for spans up to three days, else days.
+        #[arg(long, value_enum)]
+        by: Option<ReportBucket>,
+        /// How many destinations the timeline shows apart (the rest as `other`).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
+        top: u16,
     },
     /// Foreign evidence into a journal that `replay` reads.
     Import {
@@ -108,9 +126,14 @@ pub enum ImportSource {
     /// A Zeek conn.log.
     Zeek {
         file: PathBuf,
-        /// Journal directory to write.
+        /// Journal directory to write (new or empty).
         #[arg(long)]
         out: PathBuf,
+        /// Config whose internal networks class the addresses and whose `agent.interval`
+        /// is the records' length; recorded in the journal for `replay`. Without it, the
+        /// embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -118,6 +141,12 @@ pub enum ImportSource {
 pub enum ReplayFormat {
     Table,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportBucket {
+    Hour,
+    Day,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,17 +6,16 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 
 use sensor::{
-    cli::{Cli, Command, ConfigCommand, ImportSource, JournalCommand, ListArgs, LogFormat},
+    cli::{
+        Cli, Command, ConfigCommand, ImportSource, JournalCommand, ListArgs, LogFormat,
+        ReportBucket,
+    },
     config::{self, Config},
     daemon::{self, ConfigSource},
-    journal,
+    forensics, journal,
     listing::{self, Format, Listing},
-    top,
+    report, top,
 };
-
-/// The exit code of a command the CLI accepts but the agent cannot do yet, so that scripts
-/// tell it from a failure (1).
-const NOT_IMPLEMENTED: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -43,11 +42,47 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Journal {
             command: JournalCommand::Verify { dir },
         } => verify(&dir),
-        Command::Replay { .. } => Ok(not_implemented("replay")),
-        Command::Report { .. } => Ok(not_implemented("report")),
+        Command::Replay {
+            dir,
+            config,
+            from,
+            to,
+            format,
+        } => out(&forensics::replay(&forensics::ReplayArgs {
+            dir,
+            config,
+            from,
+            to,
+            format,
+        })?),
+        Command::Report {
+            dir,
+            format,
+            service,
+            from,
+            to,
+            by,
+            top,
+        } => out(&forensics::report(&forensics::ReportArgs {
+            dir,
+            format,
+            service,
+            from,
+            to,
+            by: by.map(|b| match b {
+                ReportBucket::Hour => report::Bucket::Hour,
+                ReportBucket::Day => report::Bucket::Day,
+            }),
+            top: usize::from(top),
+        })?),
         Command::Import {
-            source: ImportSource::Zeek { .. },
-        } => Ok(not_implemented("import zeek")),
+            source:
+                ImportSource::Zeek {
+                    file,
+                    out: dir,
+                    config,
+                },
+        } => out(&forensics::import_zeek(&file, &dir, config.as_deref())?),
         Command::Run {
             config,
             listen,
@@ -121,11 +156,6 @@ fn out(text: &str) -> anyhow::Result<ExitCode> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
     }
-}
-
-fn not_implemented(command: &str) -> ExitCode {
-    eprintln!("exfil-sensor: {command} is not yet implemented");
-    ExitCode::from(NOT_IMPLEMENTED)
 }
 
 fn init_logging(format: LogFormat) {

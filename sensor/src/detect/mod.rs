@@ -239,6 +239,33 @@ impl Detector {
         }
     }
 
+    /// Takes the state a state file's `text` holds (a journal start record's copy), for
+    /// replay: the same learning the live agent started from. Why not, when it is not one.
+    pub fn restore_text(&mut self, text: &str) -> Result<(), String> {
+        self.state = state::parse::<State>(text)?;
+        self.restored = Some(text.to_owned());
+        Ok(())
+    }
+
+    /// New rules over what was learnt (a config reload): episodes, baselines and learning
+    /// stay; the state file stays where it was.
+    pub fn reconfigure(
+        &mut self,
+        config: &DetectConfig,
+        config_path: &str,
+    ) -> Result<(), crate::config::ConfigError> {
+        self.profiles = rules::Profiles::new(&config.profile, config_path)?;
+        self.config = config.clone();
+        Ok(())
+    }
+
+    /// Starts afresh: no learning, no open alerts (what the live agent did when it started
+    /// without a state file).
+    pub fn forget(&mut self) {
+        self.state = State::default();
+        self.restored = None;
+    }
+
     /// The state file's JSON text as it was restored, `None` when detection started afresh:
     /// the journal keeps it, so that a replay starts from the same learning.
     pub fn restored_state(&self) -> Option<&str> {

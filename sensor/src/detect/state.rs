@@ -61,18 +61,27 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Read<T>, StateError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::Missing),
         Err(e) => return Err(io(path)(e)),
     };
-    let reason = match serde_json::from_str::<Stored<T>>(&text) {
-        Ok(stored) if stored.version == VERSION => {
-            return Ok(Read::Loaded(Box::new(stored.state), text));
-        }
-        Ok(stored) => format!("version {} (this agent writes {VERSION})", stored.version),
-        Err(e) => e.to_string(),
+    let reason = match parse::<T>(&text) {
+        Ok(state) => return Ok(Read::Loaded(Box::new(state), text)),
+        Err(reason) => reason,
     };
     let mut moved_to = path.as_os_str().to_owned();
     moved_to.push(".bad");
     let moved_to = PathBuf::from(moved_to);
     fs::rename(path, &moved_to).map_err(io(path))?;
     Ok(Read::SetAside { moved_to, reason })
+}
+
+/// A state file's text (as the journal's start record keeps it); why not, when it is not one.
+pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    match serde_json::from_str::<Stored<T>>(text) {
+        Ok(stored) if stored.version == VERSION => Ok(stored.state),
+        Ok(stored) => Err(format!(
+            "version {} (this agent writes {VERSION})",
+            stored.version
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn write<T: Serialize>(path: &Path, state: &T) -> Result<(), StateError> {
