@@ -340,9 +340,18 @@ mod tests {
         ));
         assert!(matches!(
             parse(&["import", "zeek", "conn.log", "--out", "j"]),
-            Command::Import { source: ImportSource::Zeek { file, out } }
+            Command::Import { source: ImportSource::Zeek { file, out, config: None } }
                 if file == Path::new("conn.log") && out == Path::new("j")
         ));
+        assert!(matches!(
+            parse(&["report", "j", "--service", "dovecot.service", "--by", "day", "--top", "3"]),
+            Command::Report { service: Some(s), by: Some(ReportBucket::Day), top: 3, .. }
+                if s == "dovecot.service"
+        ));
+        assert!(
+            Cli::try_parse_from(["exfil-sensor", "report", "j", "--top", "0"]).is_err(),
+            "a report of no destinations"
+        );
         assert!(Cli::try_parse_from(["exfil-sensor", "import", "zeek", "conn.log"]).is_err());
     }
 
