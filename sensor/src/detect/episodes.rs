@@ -2,8 +2,9 @@
 //! (kind, service, destination); the episode grows while bytes keep flowing, and is resolved
 //! after `quiet` without growth. Never a storm of duplicates.
 
+use crate::detect::HashMap;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::IpAddr,
     time::{Duration, UNIX_EPOCH},
 };
@@ -70,7 +71,7 @@ impl Episodes {
         let now = traffic.end_ms;
         let mut events = Vec::new();
         // Bytes to each open per-destination episode's (service, destination) this interval.
-        let mut sent: HashMap<String, HashMap<IpAddr, u64>> = HashMap::new();
+        let mut sent: HashMap<String, HashMap<IpAddr, u64>> = HashMap::default();
         for open in self.open.values() {
             if let Some(ip) = open.destination {
                 sent.entry(open.service.clone()).or_default().insert(ip, 0);

@@ -12,13 +12,17 @@ mod rules;
 mod state;
 
 use std::{
-    collections::HashMap,
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
 pub use config::DetectConfig;
+
+/// Detection's maps: keyed by services, addresses and pids it is told, hashed fast (the
+/// order never matters: hits are sorted before they become alerts).
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 pub use episodes::{parse_rfc3339_ms, rfc3339};
 use serde::{Deserialize, Serialize};
 
@@ -352,7 +356,7 @@ impl Detector {
         let processes: HashMap<u32, &ProcessInfo> =
             interval.processes.iter().map(|p| (p.pid, p)).collect();
         // Profiles are matched once per (service, comm), not once per flow.
-        let mut matched: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        let mut matched: HashMap<(&str, &str), Vec<usize>> = HashMap::default();
         let flows = interval
             .flows
             .iter()

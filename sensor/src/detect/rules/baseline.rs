@@ -11,10 +11,8 @@
 //! Hours and days are UTC. Only periods the agent watched for at least 90 % of their length
 //! become samples: a restart mid-hour does not teach it a quiet hour.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use crate::detect::HashMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 

@@ -2,10 +2,8 @@
 //! DET0131: more than 50 MB over one connection), or ≥ 200 MiB to all its external
 //! destinations together within an hour (spraying over many hosts).
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::IpAddr,
-};
+use crate::detect::HashMap;
+use std::{collections::VecDeque, net::IpAddr};
 
 use super::{ByService, largest, ms};
 use crate::{
@@ -75,7 +73,7 @@ pub struct Burst {
 impl Burst {
     pub fn observe(&mut self, config: &BurstConfig, traffic: &Traffic<'_>) -> Vec<Hit> {
         let start = traffic.start_ms;
-        let mut this_interval: HashMap<&str, u64> = HashMap::new();
+        let mut this_interval: HashMap<&str, u64> = HashMap::default();
         for f in traffic.flows.iter().filter(|f| f.watched()) {
             let flow = f.flow;
             if let Some(ip) = flow.destination {

@@ -9,10 +9,8 @@
 //! Who shares a taint: the reader itself, its ancestors in the same service and session
 //! (so `tar` and `curl` of one shell meet at their shell), and its (service, session).
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    net::IpAddr,
-};
+use crate::detect::{HashMap, HashSet};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{Profiles, ms};
 use crate::{
@@ -215,7 +213,7 @@ impl Lineage {
         }
         // 3. External sends by tainted processes.
         let mut hits = Vec::new();
-        let mut touched = HashSet::new();
+        let mut touched = HashSet::default();
         let tainted = if self.taints.is_empty() {
             &[][..]
         } else {

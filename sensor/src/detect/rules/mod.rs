@@ -6,11 +6,8 @@ pub mod burst;
 pub mod lineage;
 pub mod novelty;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    time::Duration,
-};
+use crate::detect::HashMap;
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use glob::Pattern;
 

@@ -3,10 +3,8 @@
 //! (Elastic's rare-destination rule). A profile that talks to new hosts all day (a mail
 //! relay) is left out.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use crate::detect::HashMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
