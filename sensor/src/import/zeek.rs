@@ -70,17 +70,25 @@ pub struct ConnLog {
 /// Reads a conn.log in either form. Broken data lines are skipped and listed; a broken header
 /// (no `#fields`, a required field missing) is an error naming its line.
 pub fn read(path: &Path) -> Result<ConnLog, ZeekError> {
+    let file = std::fs::File::open(path).map_err(|source| ZeekError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(std::io::BufReader::new(file), path)
+}
+
+/// [`read`] from any reader; `path` names it in errors.
+pub fn parse(input: impl BufRead, path: &Path) -> Result<ConnLog, ZeekError> {
     let io = |source| ZeekError::Io {
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
     let mut log = ConnLog::default();
     let mut tsv: Option<Tsv> = None;
     let mut separator = '\t';
     let mut unset = "-".to_owned();
     let mut empty = "(empty)".to_owned();
-    for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
+    for (n, line) in input.split(b'\n').enumerate() {
         let number = n as u64 + 1;
         let raw = line.map_err(io)?;
         // Zeek escapes non-UTF-8 bytes itself; anything else is damage, skipped below.

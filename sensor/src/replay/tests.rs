@@ -316,4 +316,3 @@ fn intervals_before_any_start_record_are_replayed_with_the_default_rules() {
     assert_eq!(outcome.alerts, outcome.live);
     assert_eq!(outcome.alerts.len(), 1);
 }
-

@@ -296,3 +296,56 @@ fn the_json_form_reads_like_the_tsv_form() {
     let intervals = intervals(&log.conns, &networks(), 10_000);
     assert_eq!(totals(&intervals), (62_914_560, 4_096));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever the bytes, reading returns (conns and skipped lines) or a header error:
+        /// never a panic.
+        #[test]
+        fn any_input_reads_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut input = HEADER.as_bytes().to_vec();
+            input.extend_from_slice(&bytes);
+            let _ = parse(&input[..], Path::new("fuzz.log"));
+            let _ = parse(&bytes[..], Path::new("fuzz.log"));
+        }
+
+        /// Spreading keeps every byte: the intervals sum to the logged counts of each side.
+        #[test]
+        fn spreading_keeps_every_byte(
+            conns in proptest::collection::vec(
+                (0u64..10_000_000, 0u64..600_000, 0u64..u64::from(u32::MAX), 0u64..u64::from(u32::MAX)),
+                1..40,
+            ),
+            interval_s in 1u64..120,
+        ) {
+            let conns: Vec<Conn> = conns
+                .into_iter()
+                .map(|(ts_ms, duration_ms, orig, resp)| Conn {
+                    ts: 1_700_000_000.0 + ts_ms as f64 / 1000.0,
+                    duration: duration_ms as f64 / 1000.0,
+                    orig_h: "10.0.0.1".parse().expect("ip"),
+                    orig_p: 40_000,
+                    resp_h: "198.51.100.2".parse().expect("ip"),
+                    resp_p: 443,
+                    protocol: Protocol::Tcp,
+                    orig_bytes: orig,
+                    resp_bytes: resp,
+                    local_orig: None,
+                    local_resp: None,
+                })
+                .collect();
+            let expected = conns
+                .iter()
+                .fold((0, 0), |(s, r), c| (s + c.orig_bytes, r + c.resp_bytes));
+            let intervals = intervals(&conns, &networks(), interval_s * 1000);
+            prop_assert_eq!(totals(&intervals), expected);
+            for pair in intervals.windows(2) {
+                prop_assert!(pair[0].end_ms <= pair[1].start_ms);
+            }
+        }
+    }
+}
