@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the agent's pure hot paths, run by `cargo bench -p sensor`:
-//! folding one poll's kernel totals into the flow table, and exporting them as metrics.
-//! (The journal's encode and decode join here once the journal exists.)
+//! folding one poll's kernel totals into the flow table, exporting them as metrics,
+//! detection, and the journal's encoding, writing and reading.
 
 use std::{
     hint::black_box,
@@ -171,5 +171,81 @@ fn detection(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, poll, interval, metrics, detection);
+/// One interval record of `n` moved flows, as the flow table makes it.
+fn moved_interval(n: u32) -> sensor::flow::interval::Interval {
+    let mut t = table(&sums(n, 1_000));
+    t.tick(SystemTime::UNIX_EPOCH);
+    t.apply(SystemTime::UNIX_EPOCH, &sums(n, 2_000), &[], &Services);
+    sensor::flow::interval::Interval {
+        start_ms: 1_795_392_000_000,
+        end_ms: 1_795_392_010_000,
+        flows: t.tick(SystemTime::UNIX_EPOCH),
+        files: Vec::new(),
+        processes: Vec::new(),
+    }
+}
+
+/// The journal: what the aggregator pays per interval (a copy for the writer thread), what
+/// the writer thread pays (encode, checksum, chain, write), and how fast a replay reads
+/// records back (throughput in flow rows).
+fn journal(c: &mut Criterion) {
+    use criterion::Throughput;
+    use sensor::journal::{JournalConfig, Reader, Record, Writer, config::FsyncPolicy};
+
+    let interval = moved_interval(10_000);
+    let rows = interval.flows.len() as u64;
+    let record = Record::Interval(interval.clone());
+    let mut payload = Vec::new();
+    record.encode(false, &mut payload).expect("encodes");
+    let dir = std::env::temp_dir().join(format!("exfil-bench-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = JournalConfig {
+        dir: dir.clone(),
+        fsync: FsyncPolicy::Never,
+        // Rotation and retention are part of the cost; the disk is not filled.
+        retain_size: bytesize::ByteSize::mib(512),
+        ..JournalConfig::default()
+    };
+
+    let mut group = c.benchmark_group("journal");
+    group.throughput(Throughput::Elements(rows));
+    group.bench_function("copy one interval of 10k flows for the writer", |b| {
+        b.iter(|| black_box(Record::Interval(interval.clone())));
+    });
+    group.bench_function("encode one interval of 10k flows", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            out.clear();
+            record.encode(false, &mut out).expect("encodes");
+            black_box(out.len())
+        });
+    });
+    group.bench_function("decode one interval of 10k flows", |b| {
+        b.iter(|| black_box(Record::decode(3, black_box(&payload)).expect("decodes")));
+    });
+    let (mut writer, _) = Writer::open(&config, SystemTime::now()).expect("journal");
+    group.bench_function("append one interval of 10k flows", |b| {
+        b.iter(|| writer.append(&record, SystemTime::now()).expect("append"));
+    });
+    writer
+        .sync()
+        .expect("the appended intervals reach the page cache");
+    drop(writer);
+    // A journal of 200 such intervals (2M rows), read back with every check.
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut writer, _) = Writer::open(&config, SystemTime::now()).expect("journal");
+    for _ in 0..200 {
+        writer.append(&record, SystemTime::now()).expect("append");
+    }
+    drop(writer);
+    group.throughput(Throughput::Elements(rows * 200));
+    group.sample_size(10);
+    group.bench_function("read 200 intervals of 10k flows (checked, decoded)", |b| {
+        b.iter(|| black_box(Reader::open(&dir).expect("reader").count()));
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, poll, interval, metrics, detection, journal);
 criterion_main!(benches);
