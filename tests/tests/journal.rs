@@ -57,7 +57,7 @@ fn after_sigterm_the_journal_verifies_and_its_intervals_sum_to_the_upload() {
         String::from_utf8_lossy(&verify.stderr)
     );
     assert!(
-        line.starts_with(&format!("{}: intact: 1 segments, ", dir.display())),
+        line.starts_with(&format!("{}: intact: 1 segment, ", dir.display())),
         "{line}"
     );
 

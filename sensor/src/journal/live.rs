@@ -245,7 +245,7 @@ fn write_loop(config: &JournalConfig, start: StartRecord, rx: &Receiver<Queued>,
     loop {
         if writer.is_none() && last_open.is_none_or(|at| at.elapsed() >= REOPEN) {
             last_open = Some(Instant::now());
-            match open(config) {
+            match open(config, metrics) {
                 Ok(mut opened) => {
                     if let Some(record) = start.take() {
                         match opened.append(&Record::Start(record), SystemTime::now()) {
@@ -319,8 +319,12 @@ fn write_loop(config: &JournalConfig, start: StartRecord, rx: &Receiver<Queued>,
 }
 
 /// Opens the journal, saying in the log what it found.
-fn open(config: &JournalConfig) -> Result<Writer, super::JournalError> {
+fn open(config: &JournalConfig, metrics: &JournalMetrics) -> Result<Writer, super::JournalError> {
     let (writer, report) = Writer::open(config, SystemTime::now())?;
+    if let Some(e) = &report.retire_error {
+        metrics.errors.inc();
+        tracing::error!("journal: retiring old segments: {}", error_chain(e));
+    }
     if let Some(torn) = &report.torn {
         tracing::warn!(
             segment = %torn.segment.display(),

@@ -109,6 +109,22 @@ impl Reader {
         })
     }
 
+    /// One segment's bytes, as if read from `segment` (named for positions; sequence
+    /// `sequence`), with nothing known of the segments before it: reads without a file
+    /// (the fuzz target's way in).
+    pub fn from_bytes(segment: PathBuf, sequence: u64, bytes: Vec<u8>) -> Self {
+        Self {
+            segments: Vec::new().into_iter(),
+            current: Some(Segment {
+                path: segment,
+                bytes,
+                scan: Scan::new(sequence, Context::UNKNOWN),
+            }),
+            context: Context::UNKNOWN,
+            count: 1,
+        }
+    }
+
     /// How many segment files it reads.
     pub fn segments(&self) -> usize {
         self.count

@@ -75,10 +75,10 @@ impl Verdict {
                     None => String::new(),
                 };
                 format!(
-                    "{}: intact: {} segments, {} records{numbers}{span}",
+                    "{}: intact: {}, {}{numbers}{span}",
                     dir.display(),
-                    s.segments,
-                    s.records
+                    count(s.segments as u64, "segment"),
+                    count(s.records, "record")
                 )
             }
             Self::Damaged(d) => {
@@ -95,6 +95,14 @@ impl Verdict {
                 )
             }
         }
+    }
+}
+
+/// `1 segment`, `3 segments`.
+fn count(n: u64, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
     }
 }
 

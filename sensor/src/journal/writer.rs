@@ -55,6 +55,9 @@ pub struct OpenReport {
     /// A new segment begun (a new journal, or the last segment's header was damaged).
     pub created: Option<PathBuf>,
     pub retired: Vec<PathBuf>,
+    /// A segment due for retirement that could not be deleted (tried again at the next
+    /// rotation); the journal is open all the same.
+    pub retire_error: Option<JournalError>,
 }
 
 /// Bytes after the last intact record of the newest segment, removed at open.
@@ -197,11 +200,7 @@ impl Writer {
             frame: Vec::new(),
             broken: false,
         };
-        let (retired, error) = writer.retire(unix_ms(now));
-        if let Some(error) = error {
-            return Err(error);
-        }
-        report.retired = retired;
+        (report.retired, report.retire_error) = writer.retire(unix_ms(now));
         report.segments = writer.segments.len();
         Ok((writer, report))
     }

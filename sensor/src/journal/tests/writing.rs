@@ -151,6 +151,10 @@ fn a_reopened_journal_appends_to_its_last_segment() {
     assert_eq!(writer.bytes(), 72 + 67 + 67);
     drop(writer);
     assert_eq!((sequences(&dir.0), numbers(&dir.0)), (vec![1], vec![1, 2]));
+    assert_eq!(
+        verify(&dir.0).expect("verify").line(Path::new("/j")),
+        "/j: intact: 1 segment, 2 records (1 to 2), 2026-11-23T00:00:01Z to 2026-11-23T00:00:03Z"
+    );
 }
 
 #[test]
