@@ -242,6 +242,54 @@ fn journal(c: &mut Criterion) {
         },
     );
     let _ = std::fs::remove_dir_all(&dir);
+    replay(c, &config, &interval);
+}
+
+/// `exfil-sensor replay`'s work: a journal of a start record and 20 intervals of 10k flows,
+/// each 10 s after the last, read back and run through detection with the recorded config.
+fn replay(
+    c: &mut Criterion,
+    config: &sensor::journal::JournalConfig,
+    interval: &sensor::flow::interval::Interval,
+) {
+    use sensor::journal::{Reader, Record, StartRecord, Writer};
+    use sensor::replay::{Options, Rules, replay};
+
+    let _ = std::fs::remove_dir_all(&config.dir);
+    let (mut writer, _) = Writer::open(config, SystemTime::now()).expect("journal");
+    let start = Record::Start(StartRecord {
+        at_ms: interval.start_ms,
+        agent_version: "bench".into(),
+        hostname: "bench".into(),
+        config_source: "(embedded default)".into(),
+        config_toml: sensor::config::DEFAULT_TOML.into(),
+        detect_state: None,
+    });
+    writer.append(&start, SystemTime::now()).expect("append");
+    for n in 0..20u64 {
+        let mut next = interval.clone();
+        next.start_ms += n * 10_000;
+        next.end_ms += n * 10_000;
+        writer
+            .append(&Record::Interval(next), SystemTime::now())
+            .expect("append");
+    }
+    drop(writer);
+    let options = Options {
+        rules: Rules::Recorded,
+        from_ms: None,
+        to_ms: None,
+    };
+    c.bench_function(
+        "replay: 20 intervals of 10k flows, read and detected",
+        |b| {
+            b.iter(|| {
+                let reader = Reader::open(&config.dir).expect("reader");
+                black_box(replay(reader, &options, |_| {}).expect("replay").intervals)
+            });
+        },
+    );
+    let _ = std::fs::remove_dir_all(&config.dir);
 }
 
 criterion_group!(benches, poll, interval, metrics, detection, journal);

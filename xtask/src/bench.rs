@@ -320,9 +320,16 @@ impl Running {
             Config::Off => Ok(Self::Off),
             Config::Sensor => {
                 let config = workspace_root().join("target/bench/sensor.toml");
+                // Its journal under target/, fresh per run (the writer's cost is the agent's).
+                let journal = workspace_root().join("target/bench/journal-sensor");
+                let _ = std::fs::remove_dir_all(&journal);
                 std::fs::write(
                     &config,
-                    format!("[http]\nlisten = \"{LISTEN}\"\n[kernel]\npin_dir = \"{PIN_DIR}\"\n"),
+                    format!(
+                        "[http]\nlisten = \"{LISTEN}\"\n[kernel]\npin_dir = \"{PIN_DIR}\"\n\
+                         [journal]\ndir = \"{}\"\n",
+                        journal.display()
+                    ),
                 )?;
                 let child = Command::new(workspace_root().join("target/release/exfil-sensor"))
                     .arg("run")

@@ -51,6 +51,14 @@ enum Task {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// Fuzz one target of fuzz/ (`journal_decoder`, `zeek_importer`) for a while, installing
+    /// cargo-fuzz first when it is missing.
+    Fuzz {
+        target: String,
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Setup, unit tests, then the end-to-end tests against the real kernel (root only).
     Test {
         /// Only the unit tests (no root needed).
@@ -78,6 +86,7 @@ fn main() {
             threads,
             size,
         }),
+        Task::Fuzz { target, seconds } => setup::run().and_then(|()| fuzz(&target, seconds)),
         Task::Bench { quick } => require_root("bench")
             .and_then(|()| setup::run())
             .and_then(|()| bench::run(quick)),
@@ -86,6 +95,18 @@ fn main() {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `cargo +nightly fuzz run TARGET` for `seconds`, from fuzz/ (its own workspace).
+fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
+    setup::cargo_fuzz()?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root().join("fuzz"))
+        .args(["+nightly", "fuzz", "run", target, "--"])
+        .arg(format!("-max_total_time={seconds}"))
+        // The reader allocates per segment; the default 2 GB limit is the sanitizer's.
+        .arg("-rss_limit_mb=4096");
+    status(cmd, &format!("cargo +nightly fuzz run {target}"))
 }
 
 fn workspace_root() -> PathBuf {

@@ -151,6 +151,18 @@ fn bpf_linker() -> anyhow::Result<String> {
     Ok("installed".into())
 }
 
+/// cargo-fuzz for `cargo xtask fuzz` (not part of setup: only fuzzing needs it).
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    if output("cargo", &["fuzz", "--version"]).is_ok() {
+        return Ok(());
+    }
+    run_visible(
+        "cargo",
+        &["install", "cargo-fuzz", "--locked"],
+        "cargo install cargo-fuzz --locked",
+    )
+}
+
 fn debian_packages() -> anyhow::Result<String> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()

@@ -63,13 +63,17 @@ fn trial_once(phase: Duration) -> anyhow::Result<f64> {
     let state = workspace_root().join("target/bench/latency-state.json");
     let _ = std::fs::remove_file(&state);
     let _ = std::fs::remove_dir_all(PIN_DIR);
+    let journal = workspace_root().join("target/bench/journal-latency");
+    let _ = std::fs::remove_dir_all(&journal);
     let config = workspace_root().join("target/bench/latency.toml");
     std::fs::write(
         &config,
         format!(
             "[http]\nlisten = \"{LISTEN}\"\napi_socket = \"{API}\"\n\
-             [kernel]\npin_dir = \"{PIN_DIR}\"\n[detect]\nstate_file = \"{}\"\n",
-            state.display()
+             [kernel]\npin_dir = \"{PIN_DIR}\"\n[detect]\nstate_file = \"{}\"\n\
+             [journal]\ndir = \"{}\"\n",
+            state.display(),
+            journal.display()
         ),
     )?;
     let mut child = Command::new(workspace_root().join("target/release/exfil-sensor"))

@@ -44,6 +44,10 @@ pub struct Phase {
     pub agent_peak_rss_with_dump_mib: f64,
     /// Median and slowest `/metrics` scrape, ms (measured in the last phase only).
     pub metrics_ms: Option<(f64, f64)>,
+    /// The journal's size at the end of the phase (`exfil_sensor_journal_bytes`), and the
+    /// agent's seconds up by then: its rate, as a day's worth.
+    pub journal_bytes: u64,
+    pub journal_gb_per_day: f64,
 }
 
 impl Phase {
@@ -134,6 +138,7 @@ fn program_costs(flood: Flood) -> anyhow::Result<BTreeMap<String, (u64, f64)>> {
 
 fn measure(name: &str, flood: Flood, scrape: bool) -> anyhow::Result<Phase> {
     let agent = Agent::start()?;
+    let up = Instant::now();
     let drops_before = agent.drops()?;
     let cpu_before = agent.cpu_seconds()?;
     let started = Instant::now();
@@ -161,6 +166,13 @@ fn measure(name: &str, flood: Flood, scrape: bool) -> anyhow::Result<Phase> {
         agent_peak_rss_mib: peak_rss,
         agent_peak_rss_with_dump_mib: agent.peak_rss_mib()?,
         metrics_ms,
+        ..Phase::default()
+    };
+    let journal_bytes = agent.metric("exfil_sensor_journal_bytes")?;
+    let phase = Phase {
+        journal_bytes,
+        journal_gb_per_day: journal_bytes as f64 / up.elapsed().as_secs_f64() * 86_400.0 / 1e9,
+        ..phase
     };
     drop(sender);
     Ok(phase)
@@ -172,13 +184,16 @@ struct Agent(Child);
 impl Agent {
     fn start() -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(PIN_DIR);
+        let journal = workspace_root().join("target/bench/journal-load");
+        let _ = std::fs::remove_dir_all(&journal);
         let config = workspace_root().join("target/bench/load.toml");
         std::fs::write(
             &config,
             format!(
                 "[http]\nlisten = \"{LISTEN}\"\napi_socket = \"{API}\"\n\
                  [kernel]\npin_dir = \"{PIN_DIR}\"\nflow_map_entries = {FLOW_MAP_ENTRIES}\n\
-                 [flows]\nmax_flows = {FLOW_MAP_ENTRIES}\n"
+                 [flows]\nmax_flows = {FLOW_MAP_ENTRIES}\n[journal]\ndir = \"{}\"\n",
+                journal.display()
             ),
         )?;
         let child = Command::new(workspace_root().join("target/release/exfil-sensor"))
@@ -230,6 +245,16 @@ impl Agent {
     }
 
     /// Sum of `exfil_sensor_kernel_drops_total` over maps.
+    /// The value of an unlabelled metric.
+    fn metric(&self, name: &str) -> anyhow::Result<u64> {
+        let text = get_tcp("/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .with_context(|| format!("no {name} in /metrics"))
+    }
+
     fn drops(&self) -> anyhow::Result<u64> {
         let text = get_tcp("/metrics")?;
         Ok(text
