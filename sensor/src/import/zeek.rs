@@ -18,6 +18,23 @@ use crate::flow::{
     interval::{Direction, FlowInterval, Interval, Protocol},
 };
 
+/// The last second of year 9999: a later `ts` is damage, not a time.
+const MAX_TS: f64 = 253_402_300_799.0;
+/// A connection that lasted longer than a year is damage too (and would be spread over
+/// millions of intervals).
+const MAX_DURATION: f64 = 366.0 * 86_400.0;
+
+/// A parsed connection whose times are within bounds.
+fn in_bounds(conn: Conn) -> Result<Conn, String> {
+    if conn.ts > MAX_TS {
+        return Err(format!("`ts` = {} is after the year 9999", conn.ts));
+    }
+    if conn.duration > MAX_DURATION {
+        return Err(format!("`duration` = {} is over a year", conn.duration));
+    }
+    Ok(conn)
+}
+
 /// One connection as Zeek logged it (the fields we use).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conn {
@@ -126,9 +143,10 @@ pub fn parse(input: impl BufRead, path: &Path) -> Result<ConnLog, ZeekError> {
             continue;
         }
         let parsed = if line.starts_with('{') {
-            json_conn(line)
+            json_conn(line).and_then(in_bounds)
         } else if let Some(tsv) = &tsv {
             tsv.conn(line, separator, &unset, &empty)
+                .and_then(in_bounds)
         } else {
             Err("a data line before the `#fields` header".into())
         };
@@ -401,8 +419,9 @@ pub fn intervals(conns: &[Conn], networks: &Networks, interval_ms: u64) -> Vec<I
                     direction,
                 ))
                 .or_default();
-            row.0 += sent;
-            row.1 += received;
+            // Saturating: counts near 2^64 are damage, and must not wrap into small ones.
+            row.0 = row.0.saturating_add(sent);
+            row.1 = row.1.saturating_add(received);
         }
     }
     let mut out: Vec<Interval> = Vec::new();

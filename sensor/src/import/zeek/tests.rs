@@ -349,3 +349,45 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn times_beyond_any_real_log_are_skipped_not_wrapped() {
+    let text = format!(
+        "{HEADER}{}{}",
+        line([
+            "17955108017955108.125",
+            "10.0.0.1",
+            "198.51.100.2",
+            "443",
+            "1.0",
+            "100",
+            "10",
+            "-",
+            "-"
+        ]),
+        line([
+            "1700000001.0",
+            "10.0.0.1",
+            "198.51.100.2",
+            "443",
+            "99999999999",
+            "100",
+            "10",
+            "-",
+            "-"
+        ]),
+    );
+    let log = read(&log("bounds", &text)).expect("reads");
+    let skipped: Vec<(u64, &str)> = log
+        .skipped
+        .iter()
+        .map(|s| (s.line, s.reason.as_str()))
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            (9, "`ts` = 17955108017955108 is after the year 9999"),
+            (10, "`duration` = 99999999999 is over a year"),
+        ]
+    );
+}
