@@ -86,6 +86,31 @@ pub struct FlowInterval {
     pub recvs: u64,
 }
 
+#[cfg(test)]
+impl FlowInterval {
+    /// For tests: `comm` (pid `pid`, `/usr/bin/{comm}`, uid 0) in `service` sent `bytes` over
+    /// TCP to `to`:443, classed by the built-in private ranges.
+    pub(crate) fn sample(service: &str, pid: u32, comm: &str, to: &str, bytes: u64) -> Self {
+        let destination: IpAddr = to.parse().expect("a test address");
+        Self {
+            service: service.into(),
+            pid,
+            comm: comm.into(),
+            exe: format!("/usr/bin/{comm}"),
+            uid: Some(0),
+            destination: Some(destination),
+            class: super::class::Networks::new(&[]).classify(Some(destination)),
+            port: 443,
+            protocol: Protocol::Tcp,
+            direction: Direction::Outbound,
+            bytes_sent: bytes,
+            sends: 1,
+            bytes_received: 0,
+            recvs: 0,
+        }
+    }
+}
+
 /// One (process, file)'s reads in one interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileInterval {

@@ -1,11 +1,11 @@
 //! Replay against a live run simulated here with the same detector the agent runs: the same
 //! alerts (ids included) with the recorded config and state; other alerts with other rules.
-use std::{net::IpAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use super::*;
 use crate::{
     config::DEFAULT_TOML,
-    flow::interval::{Direction, FlowInterval, Protocol},
+    flow::interval::FlowInterval,
     journal::{DamageKind, Position, StartRecord},
 };
 
@@ -15,23 +15,7 @@ const MIB: u64 = 1 << 20;
 const INTERVAL_MS: u64 = 10_000;
 
 fn send(service: &str, to: &str, bytes: u64) -> FlowInterval {
-    let ip: IpAddr = to.parse().expect("ip");
-    FlowInterval {
-        service: service.into(),
-        pid: 4242,
-        comm: "curl".into(),
-        exe: "/usr/bin/curl".into(),
-        uid: Some(0),
-        destination: Some(ip),
-        class: Networks::new(&[]).classify(Some(ip)),
-        port: 443,
-        protocol: Protocol::Tcp,
-        direction: Direction::Outbound,
-        bytes_sent: bytes,
-        sends: 1,
-        bytes_received: 0,
-        recvs: 0,
-    }
+    FlowInterval::sample(service, 4242, "curl", to, bytes)
 }
 
 /// The `n`th interval from `from_ms`, with `flows`.

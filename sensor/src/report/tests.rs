@@ -1,34 +1,13 @@
 //! The report over interval records made here: exact sums per bucket, the top cut, filters,
 //! alerts in their last state, and a chart that is valid SVG with one line per top destination.
-use std::net::IpAddr;
-
 use super::*;
-use crate::{
-    api::AlertChange,
-    flow::interval::{Direction, FlowInterval, Protocol},
-};
+use crate::{api::AlertChange, flow::interval::FlowInterval};
 
 const T0: u64 = 1_763_942_400_000; // 2025-11-24T00:00:00Z
 const MIB: u64 = 1 << 20;
 
 fn flow(service: &str, destination: &str, bytes: u64) -> FlowInterval {
-    let ip: IpAddr = destination.parse().expect("ip");
-    FlowInterval {
-        service: service.into(),
-        pid: 42,
-        comm: "curl".into(),
-        exe: "/usr/bin/curl".into(),
-        uid: Some(0),
-        destination: Some(ip),
-        class: crate::flow::class::Networks::new(&[]).classify(Some(ip)),
-        port: 443,
-        protocol: Protocol::Tcp,
-        direction: Direction::Outbound,
-        bytes_sent: bytes,
-        sends: 1,
-        bytes_received: 0,
-        recvs: 0,
-    }
+    FlowInterval::sample(service, 42, "curl", destination, bytes)
 }
 
 /// A 10 s interval starting `at_ms` after T0.

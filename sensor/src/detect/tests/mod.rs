@@ -1,45 +1,16 @@
 //! Each rule on synthetic interval streams: fires exactly at the interval that crosses its
 //! threshold, not one earlier; benign shapes stay silent.
 
-use std::net::IpAddr;
-
 use super::*;
-use crate::{
-    api::AlertChange,
-    flow::interval::{Direction, FileInterval, Protocol},
-};
+use crate::{api::AlertChange, flow::interval::FileInterval};
 
 const MIB: u64 = 1 << 20;
 /// Monday 2026-11-23 00:00:00 UTC, in ms.
 const MONDAY: u64 = 1_795_392_000_000;
 const HOUR: u64 = 3_600_000;
 
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("test address")
-}
-
-fn class_of(ip: IpAddr) -> DestinationClass {
-    crate::flow::class::Networks::new(&[]).classify(Some(ip))
-}
-
 fn send(service: &str, pid: u32, comm: &str, to: &str, bytes: u64) -> FlowInterval {
-    let destination = ip(to);
-    FlowInterval {
-        service: service.into(),
-        pid,
-        comm: comm.into(),
-        exe: format!("/usr/bin/{comm}"),
-        uid: Some(0),
-        destination: Some(destination),
-        class: class_of(destination),
-        port: 443,
-        protocol: Protocol::Tcp,
-        direction: Direction::Outbound,
-        bytes_sent: bytes,
-        sends: 1,
-        bytes_received: 0,
-        recvs: 0,
-    }
+    FlowInterval::sample(service, pid, comm, to, bytes)
 }
 
 fn read(
