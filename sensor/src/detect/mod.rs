@@ -152,14 +152,27 @@ pub fn size(bytes: u64) -> String {
 pub(crate) struct Traffic<'a> {
     pub start_ms: u64,
     pub end_ms: u64,
+    /// Grouped by service: see [`Traffic::by_service`].
     pub flows: Vec<Flow<'a>>,
+    /// Each service's flows: a range of `flows`.
+    services: Vec<(&'a str, std::ops::Range<usize>)>,
     pub processes: HashMap<u32, &'a ProcessInfo>,
+}
+
+impl<'a> Traffic<'a> {
+    /// Each service with its flows.
+    pub fn by_service(&self) -> impl Iterator<Item = (&'a str, &[Flow<'a>])> {
+        self.services
+            .iter()
+            .map(|(service, range)| (*service, &self.flows[range.clone()]))
+    }
 }
 
 pub(crate) struct Flow<'a> {
     pub flow: &'a FlowInterval,
-    /// Profiles (indexes into the config's) that match the sending process.
-    pub profiles: Vec<usize>,
+    /// Profiles (indexes into the config's) that match the sending process, shared by the
+    /// flows of one (service, comm).
+    pub profiles: std::rc::Rc<[usize]>,
     /// A profile of the sender allows this destination: out of every rule but `budget`.
     pub allowed: bool,
     /// A profile of the sender talks to many hosts (a mail relay).
@@ -355,32 +368,55 @@ impl Detector {
     fn traffic<'a>(&self, interval: &'a Interval) -> Traffic<'a> {
         let processes: HashMap<u32, &ProcessInfo> =
             interval.processes.iter().map(|p| (p.pid, p)).collect();
-        // Profiles are matched once per (service, comm), not once per flow.
-        let mut matched: HashMap<(&str, &str), Vec<usize>> = HashMap::default();
-        let flows = interval
+        // Grouped by service, in order of first appearance (each group in record order): the
+        // rules look each service up once per interval, not once per flow.
+        let mut group_of: HashMap<&str, usize> = HashMap::default();
+        let mut groups: Vec<Vec<&FlowInterval>> = Vec::new();
+        for flow in interval
             .flows
             .iter()
             .filter(|f| f.bytes_sent > 0 && f.class != DestinationClass::Loopback)
-            .map(|flow| {
-                let profiles = matched
-                    .entry((flow.service.as_str(), flow.comm.as_str()))
-                    .or_insert_with(|| self.profiles.matching(&flow.service, &flow.comm))
+        {
+            let group = *group_of.entry(flow.service.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push(flow);
+        }
+        let mut flows = Vec::with_capacity(groups.iter().map(Vec::len).sum());
+        let mut services = Vec::with_capacity(groups.len());
+        for group in groups {
+            let begin = flows.len();
+            // Profiles are matched once per (service, comm), not once per flow.
+            let mut matched: HashMap<&str, (std::rc::Rc<[usize]>, bool)> = HashMap::default();
+            for flow in group {
+                let (profiles, many_destinations) = matched
+                    .entry(flow.comm.as_str())
+                    .or_insert_with(|| {
+                        let profiles = self.profiles.matching(&flow.service, &flow.comm);
+                        let many = self.profiles.expects_many_destinations(&profiles);
+                        (profiles.into(), many)
+                    })
                     .clone();
                 let allowed = flow
                     .destination
                     .is_some_and(|ip| self.profiles.allows(&profiles, ip, flow.class));
-                Flow {
+                flows.push(Flow {
                     flow,
-                    many_destinations: self.profiles.expects_many_destinations(&profiles),
+                    many_destinations,
                     profiles,
                     allowed,
-                }
-            })
-            .collect();
+                });
+            }
+            if let Some(first) = flows.get(begin) {
+                services.push((first.flow.service.as_str(), begin..flows.len()));
+            }
+        }
         Traffic {
             start_ms: interval.start_ms,
             end_ms: interval.end_ms,
             flows,
+            services,
             processes,
         }
     }

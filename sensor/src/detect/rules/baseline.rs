@@ -106,20 +106,27 @@ impl History {
         self.day_watched_ms += length;
 
         let mut this_interval: BTreeMap<&str, u64> = BTreeMap::new();
-        for f in traffic.flows.iter().filter(|f| f.watched()) {
-            let flow = f.flow;
-            if !self.services.contains_key(&flow.service) && self.services.len() >= MAX_SERVICES {
+        for (name, flows) in traffic.by_service() {
+            let mut watched = flows.iter().filter(|f| f.watched()).peekable();
+            if watched.peek().is_none()
+                || (!self.services.contains_key(name) && self.services.len() >= MAX_SERVICES)
+            {
                 continue;
             }
-            let s = self.services.service_mut(&flow.service);
-            s.hour_bytes += flow.bytes_sent;
-            s.day_bytes += flow.bytes_sent;
-            if let Some(ip) = flow.destination {
-                add(&mut s.hour_destinations, ip, flow.bytes_sent);
-                add(&mut s.day_destinations, ip, flow.bytes_sent);
+            let s = self.services.service_mut(name);
+            let mut growth = 0;
+            for f in watched {
+                let flow = f.flow;
+                s.hour_bytes += flow.bytes_sent;
+                s.day_bytes += flow.bytes_sent;
+                if let Some(ip) = flow.destination {
+                    add(&mut s.hour_destinations, ip, flow.bytes_sent);
+                    add(&mut s.day_destinations, ip, flow.bytes_sent);
+                }
+                s.sender.keep_larger(flow);
+                growth += flow.bytes_sent;
             }
-            s.sender.keep_larger(flow);
-            *this_interval.entry(&flow.service).or_default() += flow.bytes_sent;
+            *this_interval.entry(name).or_default() += growth;
         }
         let mut hits = Vec::new();
         for (name, growth) in this_interval {

@@ -74,26 +74,38 @@ impl Burst {
     pub fn observe(&mut self, config: &BurstConfig, traffic: &Traffic<'_>) -> Vec<Hit> {
         let start = traffic.start_ms;
         let mut this_interval: HashMap<&str, u64> = HashMap::default();
-        for f in traffic.flows.iter().filter(|f| f.watched()) {
-            let flow = f.flow;
-            if let Some(ip) = flow.destination {
-                self.pairs
-                    .service_mut(&flow.service)
-                    .entry(ip)
-                    .or_default()
-                    .add(start, flow);
-            }
-            if f.many_destinations {
+        for (name, flows) in traffic.by_service() {
+            // Each service's windows are looked up once, when it has watched flows.
+            let watched = |f: &&crate::detect::Flow<'_>| f.watched();
+            if !flows.iter().any(|f| watched(&f)) {
                 continue;
             }
-            *this_interval.entry(&flow.service).or_default() += flow.bytes_sent;
-            let service = self.services.service_mut(&flow.service);
-            service.add(start, flow);
-            if let Some(ip) = flow.destination {
-                // For the description only; bounded, and emptied when the service goes quiet.
-                if service.destinations.len() < MAX_NAMED || service.destinations.contains_key(&ip)
-                {
-                    *service.destinations.entry(ip).or_default() += flow.bytes_sent;
+            let pairs = self.pairs.service_mut(name);
+            let mut service = flows
+                .iter()
+                .any(|f| watched(&f) && !f.many_destinations)
+                .then(|| self.services.service_mut(name));
+            for f in flows.iter().filter(watched) {
+                let flow = f.flow;
+                if let Some(ip) = flow.destination {
+                    pairs.entry(ip).or_default().add(start, flow);
+                }
+                if f.many_destinations {
+                    continue;
+                }
+                let Some(service) = service.as_deref_mut() else {
+                    continue;
+                };
+                *this_interval.entry(name).or_default() += flow.bytes_sent;
+                service.add(start, flow);
+                if let Some(ip) = flow.destination {
+                    // For the description only; bounded, and emptied when the service goes
+                    // quiet.
+                    if service.destinations.len() < MAX_NAMED
+                        || service.destinations.contains_key(&ip)
+                    {
+                        *service.destinations.entry(ip).or_default() += flow.bytes_sent;
+                    }
                 }
             }
         }

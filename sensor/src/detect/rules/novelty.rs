@@ -40,36 +40,44 @@ impl Novelty {
         let learned = now.saturating_sub(started) >= learning;
         let threshold = config.bytes.as_u64();
         let mut hits = Vec::new();
-        for f in traffic.flows.iter().filter(|f| f.watched()) {
-            let flow = f.flow;
-            let Some(ip) = flow.destination else { continue };
-            let known = self.known.service_mut(&flow.service);
-            if let Some(last) = known.get_mut(&ip) {
-                *last = now;
+        for (name, flows) in traffic.by_service() {
+            // The service's known destinations, looked up once.
+            if !flows
+                .iter()
+                .any(|f| f.watched() && f.flow.destination.is_some())
+            {
                 continue;
             }
-            if !learned || f.many_destinations {
-                remember(known, ip, now, config.max_per_service);
-                continue;
-            }
-            let key = (flow.service.clone(), ip);
-            if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&key) {
-                // Beyond the bound a destination is learnt rather than followed: memory
-                // stays bounded under a spray over millions of hosts (which `burst` sees).
-                remember(known, ip, now, config.max_per_service);
-                continue;
-            }
-            let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
-                first_ms: traffic.start_ms,
-                ..Pending::default()
-            });
-            pending.bytes += flow.bytes_sent;
-            pending.sender.keep_larger(flow);
-            if pending.bytes < threshold {
-                continue;
-            }
-            let service = &flow.service;
-            hits.push(Hit {
+            let known = self.known.service_mut(name);
+            for f in flows.iter().filter(|f| f.watched()) {
+                let flow = f.flow;
+                let Some(ip) = flow.destination else { continue };
+                if let Some(last) = known.get_mut(&ip) {
+                    *last = now;
+                    continue;
+                }
+                if !learned || f.many_destinations {
+                    remember(known, ip, now, config.max_per_service);
+                    continue;
+                }
+                let key = (flow.service.clone(), ip);
+                if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&key) {
+                    // Beyond the bound a destination is learnt rather than followed: memory
+                    // stays bounded under a spray over millions of hosts (which `burst` sees).
+                    remember(known, ip, now, config.max_per_service);
+                    continue;
+                }
+                let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
+                    first_ms: traffic.start_ms,
+                    ..Pending::default()
+                });
+                pending.bytes += flow.bytes_sent;
+                pending.sender.keep_larger(flow);
+                if pending.bytes < threshold {
+                    continue;
+                }
+                let service = &flow.service;
+                hits.push(Hit {
                 kind: Kind::NewDestination,
                 service: service.clone(),
                 destination: Some(ip),
@@ -92,8 +100,9 @@ impl Novelty {
                     size(threshold)
                 ),
             });
-            remember(known, ip, now, config.max_per_service);
-            self.pending.remove(&key);
+                remember(known, ip, now, config.max_per_service);
+                self.pending.remove(&key);
+            }
         }
         // A destination that stayed small for a day has been used: known from now on.
         let known = &mut self.known;
