@@ -93,10 +93,41 @@ impl Agent {
         Self::start_config(POLL, Some(interval), extra)
     }
 
+    /// An agent run as `uid` (group `uid`, no supplementary groups) with exactly the
+    /// `capabilities` (e.g. `["bpf", "perfmon"]`) as its ambient set, through `setpriv`: what a
+    /// systemd unit's `User=` and `AmbientCapabilities=` give it. Its pin directory is made
+    /// for it, owned by `uid`, as the unit's privileged `ExecStartPre` does.
+    pub fn start_as(uid: u32, capabilities: &[&str], extra: &str) -> anyhow::Result<Self> {
+        let caps = capabilities
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let wrapper = vec![
+            "setpriv".to_owned(),
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".to_owned(),
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+            "--".to_owned(),
+        ];
+        Self::start_full(POLL, None, extra, Some((uid, wrapper)))
+    }
+
     fn start_config(
         poll: Duration,
         interval: Option<Duration>,
         extra: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(poll, interval, extra, None)
+    }
+
+    fn start_full(
+        poll: Duration,
+        interval: Option<Duration>,
+        extra: &str,
+        user: Option<(u32, Vec<String>)>,
     ) -> anyhow::Result<Self> {
         let bin = agent_bin();
         if !bin.exists() {
@@ -144,7 +175,15 @@ impl Agent {
             ),
         )?;
         let log = dir.join(format!("exfil-e2e-{tag}.log"));
-        let child = Self::spawn(&config, &api_socket, &log)?;
+        let wrapper = match user {
+            Some((uid, wrapper)) => {
+                std::fs::create_dir_all(&pin_dir)?;
+                std::os::unix::fs::chown(&pin_dir, Some(uid), Some(uid))?;
+                wrapper
+            }
+            None => Vec::new(),
+        };
+        let child = Self::spawn(&wrapper, &config, &api_socket, &log)?;
         let mut agent = Self {
             child,
             api_socket,
@@ -159,14 +198,26 @@ impl Agent {
         Ok(agent)
     }
 
-    fn spawn(config: &Path, api_socket: &Path, log: &Path) -> anyhow::Result<Child> {
+    fn spawn(
+        wrapper: &[String],
+        config: &Path,
+        api_socket: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Child> {
         let bin = agent_bin();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        Command::new(&bin)
-            .stderr(log)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
+        cmd.stderr(log)
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -182,7 +233,7 @@ impl Agent {
         self.child.kill()?;
         self.child.wait()?;
         std::thread::sleep(down_for);
-        self.child = Self::spawn(&self.config, &self.api_socket, &self.log)?;
+        self.child = Self::spawn(&[], &self.config, &self.api_socket, &self.log)?;
         self.wait_healthy(Duration::from_secs(20))
     }
 

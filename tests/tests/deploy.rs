@@ -69,3 +69,32 @@ fn the_alertmanager_example_loads_and_routes_data_leaving_to_security() {
         "operations"
     );
 }
+
+#[test]
+fn the_systemd_unit_verifies() {
+    // systemd-analyze checks that ExecStart= exists: the unit as shipped, pointing at the
+    // binary under test instead of /usr/bin.
+    let unit = std::fs::read_to_string(deploy("systemd/exfil-sensor.service")).expect("unit");
+    let bin = exfil_tests::agent_bin();
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("exfil-sensor.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/exfil-sensor", &bin.display().to_string()),
+    )
+    .expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("exfil-sensor.service"),
+        "no complaint about the unit: {stderr}"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
