@@ -369,12 +369,8 @@ mod tests {
             )
             .expect("small")
         };
-        let mut types = Vec::new();
-        let mut push = |words: &[u32]| {
-            for w in words {
-                types.extend_from_slice(&w.to_le_bytes());
-            }
-        };
+        let mut types: Vec<u32> = Vec::new();
+        let mut push = |words: &[u32]| types.extend_from_slice(words);
         // 1: int (4 bytes, encoding word follows)
         push(&[s("int"), KIND_INT << 24, 4, 32]);
         // 2: anonymous union { int b; int c; }
@@ -404,21 +400,7 @@ mod tests {
         push(&[0, (KIND_FUNC_PROTO << 24) | 3, 0, 0, 7, 0, 6, 0, 1]);
         push(&[0, KIND_PTR << 24, 8]);
         push(&[s("btf_trace_probe"), KIND_TYPEDEF << 24, 9]);
-        let mut data = Vec::new();
-        data.extend_from_slice(&MAGIC.to_le_bytes());
-        data.extend_from_slice(&[1, 0]);
-        for w in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            data.extend_from_slice(&w.to_le_bytes());
-        }
-        data.extend_from_slice(&types);
-        data.extend_from_slice(&strings);
-        data
+        bytes(&types, &strings)
     }
 
     #[test]
