@@ -25,6 +25,19 @@ struct Alert {
     status: String,
 }
 
+impl Alert {
+    /// What a lineage alert says: service, destination, sender pid, bytes and file class.
+    fn lineage(&self) -> (&str, &str, u32, u64, Option<&str>) {
+        (
+            self.service.as_str(),
+            self.destination.as_str(),
+            self.pid,
+            self.bytes,
+            self.class.as_deref(),
+        )
+    }
+}
+
 /// Interval records of 2 s: alerts come at most 2 s after a threshold is crossed.
 const INTERVAL: Duration = Duration::from_secs(2);
 
@@ -157,13 +170,7 @@ fn reading_a_secret_then_sending_it_out_is_lineage() {
     let alert = wait_for(&agent, Duration::from_secs(20), |a| a.kind == "lineage")
         .expect("a lineage alert");
     assert_eq!(
-        (
-            alert.service.as_str(),
-            alert.destination.as_str(),
-            alert.pid,
-            alert.bytes,
-            alert.class.as_deref()
-        ),
+        alert.lineage(),
         (unit, ns.peer_ip, leak.pid(), 5_100, Some("secrets"))
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
@@ -211,13 +218,7 @@ fn an_archive_of_records_uploaded_by_another_process_is_lineage_naming_records()
     let alert = wait_for(&agent, Duration::from_secs(20), |a| a.kind == "lineage")
         .expect("a lineage alert");
     assert_eq!(
-        (
-            alert.service.as_str(),
-            alert.destination.as_str(),
-            alert.pid,
-            alert.bytes,
-            alert.class.as_deref()
-        ),
+        alert.lineage(),
         (
             "exfil-e2e-upload.service",
             ns.peer_ip,
