@@ -347,10 +347,7 @@ pub fn exited(events: &[ProcessEvent]) -> HashSet<u32> {
 
 #[cfg(test)]
 mod tests {
-    use sensor_common::{
-        DIRECTION_OUTBOUND, EVENT_EXEC, EXEC_FILENAME_LEN, FAMILY_IPV4, FileKey, FileRead,
-        FlowCounters, FlowKey, PROTO_UDP,
-    };
+    use sensor_common::{EVENT_EXEC, FileKey, FileRead, FlowCounters, FlowKey, PROTO_UDP};
 
     use super::*;
     use crate::flow::identity::Process;
@@ -386,17 +383,7 @@ mod tests {
     }
 
     fn flow(tgid: u32, port: u16) -> FlowKey {
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&[198, 51, 100, 7]);
-        FlowKey {
-            tgid,
-            port,
-            family: FAMILY_IPV4,
-            protocol: PROTO_UDP,
-            addr,
-            direction: DIRECTION_OUTBOUND,
-            _pad: [0; 7],
-        }
+        crate::flow::flows::test_key(tgid, 7, port, PROTO_UDP)
     }
 
     fn at(secs: u64) -> SystemTime {
@@ -545,17 +532,7 @@ mod tests {
     #[test]
     fn an_exit_names_the_process_and_ends_its_kernel_keys() {
         let mut agg = aggregator();
-        let mut exec = ProcessEvent {
-            kind: EVENT_EXEC,
-            _pad: [0; 3],
-            tgid: 31,
-            ppid: 0,
-            _pad2: 0,
-            cgroup_id: 0,
-            comm: [0; 16],
-            filename: [0; EXEC_FILENAME_LEN],
-        };
-        exec.comm[..4].copy_from_slice(b"curl");
+        let exec = crate::flow::process::test_event(EVENT_EXEC, 31, 0, "curl", "");
         let mut exit = exec;
         exit.kind = EVENT_EXIT;
         let mut input = poll(0, 10, vec![exec, exit]);

@@ -406,6 +406,22 @@ impl Row {
     }
 }
 
+/// For tests: the key of `tgid` sending over `protocol` to 198.51.100.`last_octet`:`port`.
+#[cfg(test)]
+pub(crate) fn test_key(tgid: u32, last_octet: u8, port: u16, protocol: u8) -> FlowKey {
+    let mut addr = [0; 16];
+    addr[..4].copy_from_slice(&[198, 51, 100, last_octet]);
+    FlowKey {
+        tgid,
+        port,
+        family: sensor_common::FAMILY_IPV4,
+        protocol,
+        addr,
+        direction: sensor_common::DIRECTION_OUTBOUND,
+        _pad: [0; 7],
+    }
+}
+
 /// The kernel's flows, then each process's overflow as a row with no destination.
 fn with_overflow_rows<'a>(
     sums: &'a [(FlowKey, FlowCounters)],

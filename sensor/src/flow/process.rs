@@ -254,26 +254,37 @@ fn walk(root: &Path, dir: &Path, depth: u32, found: &mut HashMap<u64, String>) {
     }
 }
 
+/// For tests: a kernel process event of `kind` for `tgid` (parent `ppid`), its comm and the
+/// file it exec'd.
+#[cfg(test)]
+pub(crate) fn test_event(
+    kind: u8,
+    tgid: u32,
+    ppid: u32,
+    comm: &str,
+    filename: &str,
+) -> ProcessEvent {
+    let mut e = ProcessEvent {
+        kind,
+        _pad: [0; 3],
+        tgid,
+        ppid,
+        _pad2: 0,
+        cgroup_id: 0,
+        comm: [0; 16],
+        filename: [0; sensor_common::EXEC_FILENAME_LEN],
+    };
+    e.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+    e.filename[..filename.len()].copy_from_slice(filename.as_bytes());
+    e
+}
+
 #[cfg(test)]
 mod tests {
-    use sensor_common::EXEC_FILENAME_LEN;
-
     use super::*;
 
     fn event(kind: u8, tgid: u32, ppid: u32, comm: &str, filename: &str) -> ProcessEvent {
-        let mut e = ProcessEvent {
-            kind,
-            _pad: [0; 3],
-            tgid,
-            ppid,
-            _pad2: 0,
-            cgroup_id: 0,
-            comm: [0; 16],
-            filename: [0; EXEC_FILENAME_LEN],
-        };
-        e.comm[..comm.len()].copy_from_slice(comm.as_bytes());
-        e.filename[..filename.len()].copy_from_slice(filename.as_bytes());
-        e
+        test_event(kind, tgid, ppid, comm, filename)
     }
 
     #[test]

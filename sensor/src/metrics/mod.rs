@@ -385,7 +385,7 @@ fn add_deltas(vec: &IntCounterVec, names: &[&str], now: &[u64], last: &mut [u64]
 mod tests {
     use std::sync::Arc;
 
-    use sensor_common::{DIRECTION_OUTBOUND, FAMILY_IPV4, FlowCounters, FlowKey, PROTO_TCP};
+    use sensor_common::{FlowCounters, PROTO_TCP};
 
     use super::*;
     use crate::flow::identity::Process;
@@ -402,19 +402,7 @@ mod tests {
     }
 
     fn change(service: &str, last_octet: Option<u8>, sent: u64) -> FlowChange {
-        let key = last_octet.map(|octet| {
-            let mut addr = [0; 16];
-            addr[..4].copy_from_slice(&[198, 51, 100, octet]);
-            FlowKey {
-                tgid: 10,
-                port: 443,
-                family: FAMILY_IPV4,
-                protocol: PROTO_TCP,
-                addr,
-                direction: DIRECTION_OUTBOUND,
-                _pad: [0; 7],
-            }
-        });
+        let key = last_octet.map(|octet| crate::flow::flows::test_key(10, octet, 443, PROTO_TCP));
         FlowChange {
             process: process(service),
             key,

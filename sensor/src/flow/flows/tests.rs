@@ -2,7 +2,7 @@
 use std::{net::Ipv6Addr, time::Duration};
 
 use proptest::prelude::*;
-use sensor_common::{DIRECTION_INBOUND, DIRECTION_OUTBOUND, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP};
+use sensor_common::{DIRECTION_INBOUND, FAMILY_IPV6, PROTO_TCP};
 
 use super::*;
 
@@ -27,17 +27,7 @@ impl ProcessSource for FakeProc {
 }
 
 fn key(tgid: u32, last_octet: u8, port: u16) -> FlowKey {
-    let mut addr = [0; 16];
-    addr[..4].copy_from_slice(&[198, 51, 100, last_octet]);
-    FlowKey {
-        tgid,
-        port,
-        family: FAMILY_IPV4,
-        protocol: PROTO_TCP,
-        addr,
-        direction: DIRECTION_OUTBOUND,
-        _pad: [0; 7],
-    }
+    test_key(tgid, last_octet, port, PROTO_TCP)
 }
 
 fn sent(bytes: u64) -> FlowCounters {

@@ -8,10 +8,7 @@ use std::{
 };
 
 use prometheus::Registry;
-use sensor_common::{
-    DIRECTION_OUTBOUND, EVENT_EXEC, EVENT_EXIT, EXEC_FILENAME_LEN, FAMILY_IPV4, FlowCounters,
-    FlowKey, PROTO_TCP, ProcessEvent,
-};
+use sensor_common::{EVENT_EXEC, EVENT_EXIT, FlowCounters, PROTO_TCP, ProcessEvent};
 
 use super::{TempDir, at, busy_interval, config, read, records};
 use crate::{
@@ -38,33 +35,11 @@ impl ProcessSource for NoneAlive {
 }
 
 fn event(kind: u8) -> ProcessEvent {
-    let mut e = ProcessEvent {
-        kind,
-        _pad: [0; 3],
-        tgid: 31,
-        ppid: 0,
-        _pad2: 0,
-        cgroup_id: 0,
-        comm: [0; 16],
-        filename: [0; EXEC_FILENAME_LEN],
-    };
-    e.comm[..4].copy_from_slice(b"curl");
-    e.filename[..13].copy_from_slice(b"/usr/bin/curl");
-    e
+    crate::flow::process::test_event(kind, 31, 0, "curl", "/usr/bin/curl")
 }
 
 fn poll(secs: u64, sent: u64, events: Vec<ProcessEvent>) -> PollInput {
-    let mut addr = [0; 16];
-    addr[..4].copy_from_slice(&[198, 51, 100, 7]);
-    let key = FlowKey {
-        tgid: 31,
-        port: 443,
-        family: FAMILY_IPV4,
-        protocol: PROTO_TCP,
-        addr,
-        direction: DIRECTION_OUTBOUND,
-        _pad: [0; 7],
-    };
+    let key = crate::flow::flows::test_key(31, 7, 443, PROTO_TCP);
     PollInput {
         now: at(secs),
         events,
