@@ -1,10 +1,9 @@
 //! `exfil-sensor journal verify DIR`: reads every record, checks every checksum and the whole
 //! chain, and names the first damage, or sums up an intact journal in one line.
 
-use std::{
-    path::Path,
-    time::{Duration, UNIX_EPOCH},
-};
+use std::path::Path;
+
+use crate::detect::rfc3339;
 
 use super::{
     JournalError,
@@ -104,8 +103,4 @@ fn count(n: u64, what: &str) -> String {
         1 => format!("1 {what}"),
         n => format!("{n} {what}s"),
     }
-}
-
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
