@@ -39,17 +39,7 @@ fn progress(what: &'static str) -> indicatif::ProgressBar {
 }
 
 fn say_damage(damage: &Damage) {
-    let skipped = match damage.skipped_bytes {
-        0 => String::new(),
-        n => format!(", {n} bytes skipped"),
-    };
-    eprintln!(
-        "exfil-sensor: skipped damage in {} at offset {}, record {}: {}{skipped}",
-        damage.segment.display(),
-        damage.offset,
-        damage.number,
-        damage.kind.describe()
-    );
+    eprintln!("exfil-sensor: skipped damage: {damage}");
 }
 
 pub struct ReplayArgs {

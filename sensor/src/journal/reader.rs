@@ -44,6 +44,25 @@ pub struct Damage {
     pub skipped_bytes: u64,
 }
 
+/// `SEGMENT: offset N, record N: checksum mismatch (B bytes skipped)`: the line `journal
+/// verify` prints, and what `replay` and `report` say of what they skipped.
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: offset {}, record {}: {}",
+            self.segment.display(),
+            self.offset,
+            self.number,
+            self.kind.describe()
+        )?;
+        match self.skipped_bytes {
+            0 => Ok(()),
+            n => write!(f, " ({n} bytes skipped)"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[expect(
     clippy::large_enum_variant,

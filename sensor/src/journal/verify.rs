@@ -80,19 +80,7 @@ impl Verdict {
                     count(s.records, "record")
                 )
             }
-            Self::Damaged(d) => {
-                let skipped = match d.skipped_bytes {
-                    0 => String::new(),
-                    n => format!(" ({n} bytes skipped)"),
-                };
-                format!(
-                    "{}: offset {}, record {}: {}{skipped}",
-                    d.segment.display(),
-                    d.offset,
-                    d.number,
-                    d.kind.describe(),
-                )
-            }
+            Self::Damaged(d) => d.to_string(),
         }
     }
 }
