@@ -76,26 +76,24 @@ impl Burst {
         let mut this_interval: HashMap<&str, u64> = HashMap::default();
         for (name, flows) in traffic.by_service() {
             // Each service's windows are looked up once, when it has watched flows.
-            let watched = |f: &&crate::detect::Flow<'_>| f.watched();
-            if !flows.iter().any(|f| watched(&f)) {
+            let watched = || flows.iter().filter(|f| f.watched());
+            if watched().next().is_none() {
                 continue;
             }
             let pairs = self.pairs.service_mut(name);
-            let mut service = flows
-                .iter()
-                .any(|f| watched(&f) && !f.many_destinations)
-                .then(|| self.services.service_mut(name));
-            for f in flows.iter().filter(watched) {
+            for f in watched() {
+                if let Some(ip) = f.flow.destination {
+                    pairs.entry(ip).or_default().add(start, f.flow);
+                }
+            }
+            // Spraying counts a service's flows but those of profiles that talk to many hosts.
+            let mut spread = watched().filter(|f| !f.many_destinations).peekable();
+            if spread.peek().is_none() {
+                continue;
+            }
+            let service = self.services.service_mut(name);
+            for f in spread {
                 let flow = f.flow;
-                if let Some(ip) = flow.destination {
-                    pairs.entry(ip).or_default().add(start, flow);
-                }
-                if f.many_destinations {
-                    continue;
-                }
-                let Some(service) = service.as_deref_mut() else {
-                    continue;
-                };
                 *this_interval.entry(name).or_default() += flow.bytes_sent;
                 service.add(start, flow);
                 if let Some(ip) = flow.destination {
