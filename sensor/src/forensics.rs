@@ -132,8 +132,8 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<String> {
         bucket: args.by,
         top: args.top,
     };
-    // Segments created after `to` hold nothing for the report; those before `from` are
-    // skipped by the reader.
+    // Segments that end before `from` are not read at all (their records are filtered out
+    // anyway, and a report needs no start record).
     let reader = match options.from_ms {
         Some(from) => Reader::open_from(&args.dir, from)?,
         None => Reader::open(&args.dir)?,

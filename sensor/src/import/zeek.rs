@@ -406,13 +406,14 @@ pub fn intervals(conns: &[Conn], networks: &Networks, interval_ms: u64) -> Vec<I
         if sent == 0 && received == 0 {
             continue; // a connection that moved nothing: no row, as live
         }
+        let service = format!("zeek:{local}");
         let start = seconds_to_ms(conn.ts);
         let end = start.saturating_add(seconds_to_ms(conn.duration));
         for (bucket, sent, received) in spread(start, end, interval_ms, sent, received) {
             let row = rows
                 .entry((
                     bucket,
-                    format!("zeek:{local}"),
+                    service.clone(),
                     remote,
                     port,
                     conn.protocol,
