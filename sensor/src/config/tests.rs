@@ -1,0 +1,139 @@
+//! Config parsing and validation: defaults, the embedded file, and each error named.
+use super::*;
+
+#[test]
+fn embedded_default_is_the_default() {
+    let parsed = Config::parse(DEFAULT_TOML, "default.toml").expect("default parses");
+    assert_eq!(parsed, Config::default());
+    assert_eq!(
+        Config::parse("", "empty.toml").expect("empty"),
+        Config::default()
+    );
+}
+
+#[test]
+fn unknown_key_is_named_with_line_and_column() {
+    let err = Config::parse(
+        "[agent]\npoll_interval = \"2s\"\npol_interval = \"1s\"\n",
+        "x.toml",
+    )
+    .expect_err("unknown key");
+    assert_eq!(
+        err.to_string(),
+        "config x.toml: line 3, column 1: unknown field `pol_interval`, expected `poll_interval` or `interval`"
+    );
+}
+
+#[test]
+fn absurd_values_are_refused_by_key() {
+    let err = Config::parse("[agent]\npoll_interval = \"0s\"\n", "x.toml").expect_err("zero");
+    assert_eq!(
+        err.to_string(),
+        "config x.toml: agent.poll_interval = 0s: must be between 100ms and 1h"
+    );
+    let err = Config::parse("[kernel]\nflow_map_entries = 0\n", "x.toml").expect_err("zero map");
+    assert_eq!(
+        err.to_string(),
+        "config x.toml: kernel.flow_map_entries = 0: must be between 1 and 16777216"
+    );
+    let err = Config::parse("[http]\nlisten = \"nowhere\"\n", "x.toml").expect_err("addr");
+    assert_eq!(
+        err.to_string(),
+        "config x.toml: line 2, column 10: invalid socket address syntax"
+    );
+}
+
+#[test]
+fn new_sections_are_checked_by_key() {
+    let err = Config::parse("[networks]\ninternal = [\"192.0.2.0/33\"]\n", "x.toml")
+        .expect_err("bad prefix");
+    assert_eq!(
+        err.to_string(),
+        "config x.toml: line 2, column 13: invalid IP address syntax"
+    );
+    let err = Config::parse("[files]\nrecords = [\"/srv/[x\"]\n", "x.toml").expect_err("bad glob");
+    assert!(
+        err.to_string()
+            .starts_with("config x.toml: files.records[0] = \"/srv/[x\": "),
+        "{err}"
+    );
+    let err =
+        Config::parse("[http]\napi_listen = \"127.0.0.1:9968\"\n", "x.toml").expect_err("no token");
+    assert_eq!(
+        err.to_string(),
+        "config x.toml: http.api_listen = 127.0.0.1:9968: a TCP JSON API needs http.api_token_file (a bearer token)"
+    );
+    let err = Config::parse("[agent]\ninterval = \"500ms\"\n", "x.toml").expect_err("short");
+    assert_eq!(
+        err.to_string(),
+        "config x.toml: agent.interval = 500ms: must be between agent.poll_interval and 1h"
+    );
+    let c = Config::parse(
+        "[networks]\ninternal = [\"192.0.2.0/24\"]\n[[files.class]]\nname = \"exports\"\npaths = [\"/srv/exports\"]\n",
+        "x.toml",
+    )
+    .expect("parses");
+    let classes = c.file_classes("x.toml").expect("compiles");
+    assert_eq!(classes.classify(Some("/srv/exports/q3.csv")), "exports");
+    assert_eq!(classes.classify(Some("/var/mail/alice")), "mail_store");
+    assert_eq!(
+        c.networks()
+            .classify(Some("192.0.2.1".parse().expect("ip"))),
+        crate::flow::class::DestinationClass::Internal
+    );
+}
+
+#[test]
+fn detection_and_sink_settings_are_checked_by_key() {
+    let err = Config::parse("[detect.burst]\nbytes = 0\n", "x.toml").expect_err("zero");
+    assert_eq!(
+        err.to_string(),
+        "config x.toml: detect.burst.bytes = 0: must be more than 0 bytes"
+    );
+    let err = Config::parse("[detect.burst]\nbytes = \"lots\"\n", "x.toml").expect_err("text");
+    assert!(
+        err.to_string()
+            .starts_with("config x.toml: line 2, column 9: "),
+        "{err}"
+    );
+    let err = Config::parse("[detect]\nquiet = \"1s\"\n", "x.toml").expect_err("short");
+    assert_eq!(
+        err.to_string(),
+        "config x.toml: detect.quiet = 1s: must be at least agent.interval"
+    );
+    let err = Config::parse(
+        "[[detect.profile]]\nname = \"x\"\nservices = [\"[\"]\n",
+        "x.toml",
+    )
+    .expect_err("glob");
+    assert!(
+        err.to_string()
+            .starts_with("config x.toml: detect.profile \"x\": services: \"[\": "),
+        "{err}"
+    );
+    let err =
+        Config::parse("[alerts.webhook]\nurl = \"https://h/x\"\n", "x.toml").expect_err("tls");
+    assert!(
+        err.to_string()
+            .starts_with("config x.toml: alerts.webhook.url = "),
+        "{err}"
+    );
+    let c = Config::parse(
+        "[detect.burst]\nbytes = \"20 MiB\"\n[alerts]\njson_lines = \"/var/log/a.jsonl\"\n",
+        "x.toml",
+    )
+    .expect("parses");
+    assert_eq!(c.detect.burst.bytes.as_u64(), 20 << 20);
+    assert_eq!(c.alerts.json_lines, Some(PathBuf::from("/var/log/a.jsonl")));
+}
+
+#[test]
+fn values_are_read() {
+    let c = Config::parse(
+        "[agent]\npoll_interval = \"250ms\"\n[http]\nlisten = \"127.0.0.1:19967\"\n",
+        "x.toml",
+    )
+    .expect("parses");
+    assert_eq!(c.agent.poll_interval, Duration::from_millis(250));
+    assert_eq!(c.http.listen, "127.0.0.1:19967".parse().expect("addr"));
+}
