@@ -183,28 +183,9 @@ impl Running {
         match config {
             Config::Off => Ok(Self::Off),
             Config::Sensor => {
-                let config = workspace_root().join("target/bench/sensor.toml");
-                // Its journal under target/, fresh per run (the writer's cost is the agent's).
-                let journal = workspace_root().join("target/bench/journal-sensor");
-                let _ = std::fs::remove_dir_all(&journal);
-                std::fs::write(
-                    &config,
-                    format!(
-                        "[http]\nlisten = \"{LISTEN}\"\n[kernel]\npin_dir = \"{PIN_DIR}\"\n\
-                         [journal]\ndir = \"{}\"\n",
-                        journal.display()
-                    ),
-                )?;
-                let child = Command::new(workspace_root().join("target/release/exfil-sensor"))
-                    .arg("run")
-                    .arg("--config")
-                    .arg(&config)
-                    .args(["--api-socket", "/tmp/exfil-bench.sock"])
-                    .stderr(Stdio::null())
-                    .spawn()?;
-                let running = Self::Sensor(child);
-                wait_healthy(LISTEN)?;
-                Ok(running)
+                let child =
+                    start_sensor("sensor", "http.api_socket = \"/tmp/exfil-bench.sock\"\n")?;
+                Ok(Self::Sensor(child))
             }
             Config::Peer => {
                 let mut child = Command::new("bpftrace")
@@ -258,6 +239,42 @@ fn stop(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Starts the release agent on the bench's listen address and pin directory, a fresh journal
+/// `target/bench/journal-{name}` (writing it is part of the agent's cost), a fresh detection
+/// state `target/bench/{name}-state.json` (never the host's), and `keys` (dotted TOML keys,
+/// one per line), written to `target/bench/{name}.toml`; its log goes to
+/// `target/bench/{name}.log`. Returns once it is healthy, or stops it.
+pub(crate) fn start_sensor(name: &str, keys: &str) -> anyhow::Result<Child> {
+    let bench = workspace_root().join("target/bench");
+    let journal = bench.join(format!("journal-{name}"));
+    let _ = std::fs::remove_dir_all(&journal);
+    let state = bench.join(format!("{name}-state.json"));
+    let _ = std::fs::remove_file(&state);
+    let config = bench.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "http.listen = \"{LISTEN}\"\nkernel.pin_dir = \"{PIN_DIR}\"\n\
+             journal.dir = \"{}\"\ndetect.state_file = \"{}\"\n{keys}",
+            journal.display(),
+            state.display()
+        ),
+    )?;
+    let log = std::fs::File::create(bench.join(format!("{name}.log")))?;
+    let mut child = Command::new(workspace_root().join("target/release/exfil-sensor"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(log)
+        .spawn()
+        .context("starting the sensor")?;
+    if let Err(e) = wait_healthy(LISTEN) {
+        stop(&mut child);
+        return Err(e);
+    }
+    Ok(child)
 }
 
 /// Waits up to 20 s for the sensor listening on `listen` to answer `/healthz` with 200.

@@ -16,8 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{LISTEN, NS, PEER_IP, PIN_DIR, http_get, stop, wait_healthy};
-use crate::workspace_root;
+use super::{NS, PEER_IP, PIN_DIR, http_get, start_sensor, stop};
 
 const API: &str = "/tmp/exfil-bench-latency.sock";
 /// The default `[detect.burst]` threshold.
@@ -60,31 +59,9 @@ pub fn run(trials: u32) -> anyhow::Result<Latency> {
 }
 
 fn trial_once(phase: Duration) -> anyhow::Result<f64> {
-    let state = workspace_root().join("target/bench/latency-state.json");
-    let _ = std::fs::remove_file(&state);
     let _ = std::fs::remove_dir_all(PIN_DIR);
-    let journal = workspace_root().join("target/bench/journal-latency");
-    let _ = std::fs::remove_dir_all(&journal);
-    let config = workspace_root().join("target/bench/latency.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[http]\nlisten = \"{LISTEN}\"\napi_socket = \"{API}\"\n\
-             [kernel]\npin_dir = \"{PIN_DIR}\"\n[detect]\nstate_file = \"{}\"\n\
-             [journal]\ndir = \"{}\"\n",
-            state.display(),
-            journal.display()
-        ),
-    )?;
-    let mut child = Command::new(workspace_root().join("target/release/exfil-sensor"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the sensor")?;
+    let mut child = start_sensor("latency", &format!("http.api_socket = \"{API}\"\n"))?;
     let result = (|| {
-        wait_healthy(LISTEN)?;
         // The first interval starts when the agent has attached, just before it is healthy.
         let started = Instant::now();
         std::thread::sleep(phase);

@@ -18,11 +18,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{PIN_DIR, flood::Flood, http_get, program_costs_during, wait_healthy};
-use crate::{status, workspace_root};
+use super::{LISTEN, PIN_DIR, flood::Flood, http_get, program_costs_during, start_sensor};
+use crate::status;
 
 const NS: &str = "exfil-flood";
-const LISTEN: &str = "127.0.0.1:19992";
 const API: &str = "/tmp/exfil-bench-load.sock";
 /// Room for the largest phase's flows and everything else the host does meanwhile.
 const FLOW_MAP_ENTRIES: u32 = 262_144;
@@ -184,28 +183,14 @@ struct Agent(Child);
 impl Agent {
     fn start() -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(PIN_DIR);
-        let journal = workspace_root().join("target/bench/journal-load");
-        let _ = std::fs::remove_dir_all(&journal);
-        let config = workspace_root().join("target/bench/load.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[http]\nlisten = \"{LISTEN}\"\napi_socket = \"{API}\"\n\
-                 [kernel]\npin_dir = \"{PIN_DIR}\"\nflow_map_entries = {FLOW_MAP_ENTRIES}\n\
-                 [flows]\nmax_flows = {FLOW_MAP_ENTRIES}\n[journal]\ndir = \"{}\"\n",
-                journal.display()
+        let child = start_sensor(
+            "load",
+            &format!(
+                "http.api_socket = \"{API}\"\nkernel.flow_map_entries = {FLOW_MAP_ENTRIES}\n\
+                 flows.max_flows = {FLOW_MAP_ENTRIES}\n"
             ),
         )?;
-        let child = Command::new(workspace_root().join("target/release/exfil-sensor"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the sensor")?;
-        let agent = Self(child);
-        wait_healthy(LISTEN)?;
-        Ok(agent)
+        Ok(Self(child))
     }
 
     fn proc_file(&self, name: &str) -> anyhow::Result<String> {
