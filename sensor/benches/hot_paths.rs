@@ -112,7 +112,7 @@ fn interval(c: &mut Criterion) {
 fn metrics(c: &mut Criterion) {
     let flows = sums(100_000, 1_000);
     let mut table = table(&flows);
-    let mut metrics = Metrics::new(&MetricsConfig::default());
+    let mut metrics = Metrics::new(&MetricsConfig::default(), Networks::new(&[]));
     let kernel = KernelSums::default();
     let now = SystemTime::UNIX_EPOCH;
     let moved = table.apply(now, &sums(100_000, 2_000), &[], &Services);

@@ -377,7 +377,7 @@ mod tests {
             &config,
             Box::new(Live),
             ProcessTable::new(None),
-            Metrics::new(&config.metrics),
+            Metrics::new(&config.metrics, config.networks()),
         )
         .expect("default config")
     }

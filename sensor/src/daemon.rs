@@ -72,7 +72,7 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
             }
         }
     }
-    let metrics = Metrics::new(&config.metrics);
+    let metrics = Metrics::new(&config.metrics, config.networks());
     metrics.set_probes(sensor.probes());
     let registry = metrics.registry();
     let mut aggregator = Aggregator::new(

@@ -18,6 +18,7 @@ pub use self::top_k::{Dest, TopK};
 use crate::{
     config::MetricsConfig,
     flow::{
+        class::{DestinationClass, Networks},
         destination,
         files::{FileChange, FileTable},
         flows::{Evictions, FlowChange, FlowTable},
@@ -46,6 +47,12 @@ const OTHER_SERVICE: &str = "other";
 pub struct Metrics {
     registry: Registry,
     egress: TopK,
+    /// Every byte sent, per service and destination class: exact where `egress` folds the
+    /// destinations beyond the top K into `other`.
+    egress_class: ClassCounters,
+    networks: Networks,
+    /// The class labels, indexed by `DestinationClass as usize`.
+    class_labels: [Arc<str>; 4],
     file_read: ClassCounters,
     file_write: ClassCounters,
     /// Services with labels of their own, at most `max_services`.
@@ -120,13 +127,20 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
 }
 
 impl Metrics {
-    pub fn new(config: &MetricsConfig) -> Self {
+    /// `networks` says which destinations are internal (the config's, plus the private ranges).
+    pub fn new(config: &MetricsConfig, networks: Networks) -> Self {
         let registry = Registry::new();
         let egress = counter_vec(
             &registry,
             "exfil_sensor_egress_bytes_total",
             "Bytes sent by a service to a destination (its top destinations by bytes over the last hour; the rest as other).",
             &["service", "destination", "port", "protocol"],
+        );
+        let egress_class = counter_vec(
+            &registry,
+            "exfil_sensor_egress_class_bytes_total",
+            "Bytes sent by a service per destination class: external, internal (private ranges and networks.internal), loopback, or other (destination not kept). Every byte, whether or not its destination has an egress series of its own.",
+            &["service", "class"],
         );
         let file_read = counter_vec(
             &registry,
@@ -209,6 +223,13 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
+        // agent's own cost, under the names node_exporter and every Go exporter use.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("registered once, with a static definition");
         for name in PROG_NAMES {
             kernel_errors.with_label_values(&[name]);
         }
@@ -228,6 +249,15 @@ impl Metrics {
         Self {
             registry,
             egress: TopK::new(egress, config.destinations_per_service, config.series_ttl),
+            egress_class: ClassCounters::new(egress_class),
+            networks,
+            class_labels: [
+                DestinationClass::Loopback,
+                DestinationClass::Internal,
+                DestinationClass::External,
+                DestinationClass::Other,
+            ]
+            .map(|class| Arc::from(class.as_str())),
             file_read: ClassCounters::new(file_read),
             file_write: ClassCounters::new(file_write),
             services: HashSet::new(),
@@ -292,6 +322,10 @@ impl Metrics {
                 continue;
             }
             let service = self.service_label(&change.process.service);
+            let ip = change.key.as_ref().and_then(destination);
+            let class = self.networks.classify(ip) as usize;
+            self.egress_class
+                .add(service, &self.class_labels[class], change.delta.sent);
             let dest = change.key.as_ref().and_then(|key| {
                 Some(Dest {
                     ip: destination(key)?,
@@ -432,7 +466,7 @@ mod tests {
 
     #[test]
     fn egress_counts_per_service_with_k_own_series_and_other() {
-        let mut metrics = Metrics::new(&config(2, 10));
+        let mut metrics = Metrics::new(&config(2, 10), Networks::new(&[]));
         let sums = KernelSums::default();
         for round in 1..=2 {
             let changes: Vec<FlowChange> = (1..=4)
@@ -462,8 +496,45 @@ mod tests {
     }
 
     #[test]
+    fn egress_per_destination_class_counts_every_byte_beyond_the_top_k() {
+        // 198.51.100.0/24 declared internal here; one top-K slot, so most destinations fold
+        // into egress's `other` while the class counters stay exact.
+        let mut metrics = Metrics::new(
+            &config(1, 10),
+            Networks::new(&["198.51.100.0/25".parse().expect("net")]),
+        );
+        let mut loopback = crate::flow::flows::test_key(10, 1, 443, PROTO_TCP);
+        loopback.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let changes = [
+            change("mail.service", Some(1), 1_000),
+            change("mail.service", Some(2), 2_000),
+            change("mail.service", Some(200), 40_000),
+            change("mail.service", Some(201), 500),
+            change("mail.service", None, 7),
+            FlowChange {
+                key: Some(loopback),
+                ..change("mail.service", None, 90)
+            },
+        ];
+        metrics.observe_poll(NOW, &changes, &[], &KernelSums::default(), Duration::ZERO);
+        let text = Metrics::render(&metrics.registry());
+        let class = |class: &str| {
+            value(
+                &text,
+                &format!(
+                    "exfil_sensor_egress_class_bytes_total{{class=\"{class}\",service=\"mail.service\"}}"
+                ),
+            )
+        };
+        assert_eq!(class("internal"), Some(3_000));
+        assert_eq!(class("external"), Some(40_500));
+        assert_eq!(class("other"), Some(7));
+        assert_eq!(class("loopback"), Some(90));
+    }
+
+    #[test]
     fn services_beyond_the_cap_share_the_other_service_label() {
-        let mut metrics = Metrics::new(&config(5, 1));
+        let mut metrics = Metrics::new(&config(5, 1), Networks::new(&[]));
         let changes = [
             change("a.service", Some(1), 5),
             change("b.service", Some(1), 6),
@@ -504,7 +575,7 @@ mod tests {
 
     #[test]
     fn file_writes_count_per_service_and_class_beside_reads() {
-        let mut metrics = Metrics::new(&config(5, 10));
+        let mut metrics = Metrics::new(&config(5, 10), Networks::new(&[]));
         let change = |read, written| FileChange {
             process: process("backup.service"),
             class: Arc::from("records"),
@@ -547,7 +618,7 @@ mod tests {
 
     #[test]
     fn kernel_counters_are_exported_as_deltas() {
-        let mut metrics = Metrics::new(&MetricsConfig::default());
+        let mut metrics = Metrics::new(&MetricsConfig::default(), Networks::new(&[]));
         let mut sums = KernelSums::default();
         sums.drops[0] = 5;
         sums.unattributed.sent = 1_201;

@@ -69,7 +69,7 @@ fn the_aggregator_hands_over_processes_then_each_interval_then_its_alerts() {
         &config,
         Box::new(NoneAlive),
         ProcessTable::new(None),
-        Metrics::new(&config.metrics),
+        Metrics::new(&config.metrics, config.networks()),
     )
     .expect("default config");
     let journal = Arc::new(Mutex::new(Vec::new()));
