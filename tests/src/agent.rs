@@ -264,6 +264,11 @@ impl Agent {
     }
 
     /// The agent's journal directory.
+    /// Where it serves `/metrics`: what a scrape config targets.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
     pub fn journal_dir(&self) -> &Path {
         &self.journal
     }

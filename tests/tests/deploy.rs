@@ -98,3 +98,54 @@ fn the_systemd_unit_verifies() {
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// The dashboard as Grafana lays it out: unique panel ids, every panel inside the 24-column
+/// grid and overlapping none, every query on the `$datasource` variable with a refId unique
+/// in its panel, and every host panel filtered by `$instance`. (Its queries run against a
+/// real Prometheus in tests/prometheus.rs.)
+#[test]
+fn the_grafana_dashboard_is_well_formed() {
+    let text = std::fs::read_to_string(deploy("grafana/exfil-sensor.json")).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(dashboard["uid"], "exfil-sensor");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = std::collections::HashSet::new();
+    let mut cells = std::collections::HashSet::new();
+    let mut host_row = false;
+    for panel in panels {
+        let title = panel["title"].as_str().expect("title");
+        assert!(ids.insert(panel["id"].as_u64().expect("id")), "{title}: id");
+        let pos = |k: &str| panel["gridPos"][k].as_u64().expect("gridPos");
+        let (x, y, w, h) = (pos("x"), pos("y"), pos("w"), pos("h"));
+        assert!(x + w <= 24, "{title}: beyond the grid");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(cells.insert((cx, cy)), "{title} overlaps another panel");
+            }
+        }
+        if panel["type"] == "row" {
+            host_row = title.contains("$instance");
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let mut refs = std::collections::HashSet::new();
+        for target in panel["targets"].as_array().expect("targets") {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+            assert!(
+                refs.insert(target["refId"].as_str().expect("refId")),
+                "{title}"
+            );
+            let expr = target["expr"].as_str().expect("expr");
+            if host_row {
+                assert!(expr.contains("instance=\"$instance\""), "{title}: {expr}");
+            }
+        }
+    }
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(variables, ["datasource", "job", "instance"]);
+}

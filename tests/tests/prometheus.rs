@@ -1,0 +1,246 @@
+//! The agent in the Prometheus world: a real Prometheus (the Debian package) scrapes it and
+//! stores exact totals, the shipped rules load and evaluate against those series, and every
+//! query of the shipped Grafana dashboard parses and returns series.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use exfil_tests::{
+    Agent, NetNs, Proc, Prometheus, Sample, ServiceCgroup, require_root, socket_addr, traffic,
+};
+
+const UPLOAD: u64 = 5_242_883;
+const FILE: u64 = 3_000_017;
+const SERVICE: &str = "exfil-e2e-prometheus.service";
+const JOB: &str = "exfil-sensor";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The one value of an instant query that must have exactly one sample.
+fn single(samples: &[Sample], what: &str) -> f64 {
+    assert_eq!(samples.len(), 1, "{what}: {samples:?}");
+    samples[0].value
+}
+
+/// `exfil-traffic` with `args`, started inside the test's service cgroup.
+fn in_service(cgroup: &ServiceCgroup, args: &[&str], what: &str) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfil-traffic"));
+    cmd.args(args);
+    cgroup.place(&mut cmd).expect("place in the service cgroup");
+    Proc::spawn(cmd, what).expect(what)
+}
+
+#[test]
+fn prometheus_stores_exact_totals_and_every_dashboard_query_returns_series() {
+    require_root();
+    let ns = NetNs::outside().expect("namespace");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prometheus-e2e");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("test dir");
+    let evidence = dir.join("evidence.bin");
+    // A class of its own for the test's file, so that its series holds that file's bytes
+    // only; a json_lines sink, so that the dashboard's sink panel has series; a burst
+    // threshold below the upload, so that the alert panels and annotations have one.
+    let agent = Agent::start_with_interval(
+        Duration::from_secs(2),
+        &format!(
+            "\n[alerts]\njson_lines = \"{}\"\n\n[detect.burst]\nbytes = \"4 MiB\"\n\n\
+         [[files.class]]\nname = \"e2e_evidence\"\npaths = [\"{}\"]\n",
+            dir.join("alerts.jsonl").display(),
+            dir.display()
+        ),
+    )
+    .expect("agent");
+    let instance = agent.metrics_addr().to_string();
+    let prometheus = Prometheus::start(
+        &format!("  - job_name: {JOB}\n    static_configs:\n      - targets: ['{instance}']\n"),
+        &[&repo().join("deploy/prometheus/rules.yml")],
+    )
+    .expect("prometheus");
+
+    // Scraping before anything happens (Prometheus takes its first targets a few seconds after
+    // start), so that it sees every counter move.
+    let up = format!("up{{job=\"{JOB}\", instance=\"{instance}\"}}");
+    let scraped = prometheus
+        .query_until(&up, Duration::from_secs(30), |s| {
+            s.first().is_some_and(|s| s.value == 1.0)
+        })
+        .expect("up");
+    assert_eq!(single(&scraped, &up), 1.0, "Prometheus scrapes the agent");
+
+    let cgroup = ServiceCgroup::create(SERVICE).expect("service cgroup");
+    let size = FILE.to_string();
+    let mut writer = in_service(
+        &cgroup,
+        &["write", evidence.to_str().expect("utf-8"), &size, "65536"],
+        "writer",
+    );
+    assert_eq!(writer.expect_line::<u64>("wrote").expect("wrote"), FILE);
+    writer.finish().expect("writer exits cleanly");
+    let mut reader = in_service(
+        &cgroup,
+        &["read", evidence.to_str().expect("utf-8"), "65536"],
+        "reader",
+    );
+    assert_eq!(reader.expect_line::<u64>("read").expect("read"), FILE);
+    reader.finish().expect("reader exits cleanly");
+    let (mut sink, port) = traffic!().sink(&ns, "tcp", "198.51.100.2").expect("sink");
+    let upload = UPLOAD.to_string();
+    let mut sender = in_service(
+        &cgroup,
+        &[
+            "send",
+            "tcp",
+            &socket_addr("198.51.100.2", port),
+            &upload,
+            "write",
+        ],
+        "upload",
+    );
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), UPLOAD);
+    assert_eq!(
+        sink.expect_line::<u64>("received").expect("received"),
+        UPLOAD
+    );
+    sender.finish().expect("sender exits cleanly");
+
+    // Exact totals, as Prometheus stored them from its scrapes.
+    let exact = |expr: String, want: u64| {
+        let samples = prometheus
+            .query_until(&expr, Duration::from_secs(30), |s| {
+                s.first().is_some_and(|s| s.value >= want as f64)
+            })
+            .expect("query");
+        assert_eq!(single(&samples, &expr), want as f64, "{expr}");
+    };
+    let base = format!("job=\"{JOB}\", instance=\"{instance}\", service=\"{SERVICE}\"");
+    exact(
+        format!(
+            "exfil_sensor_egress_bytes_total{{{base}, destination=\"198.51.100.2\", port=\"{port}\", protocol=\"tcp\"}}"
+        ),
+        UPLOAD,
+    );
+    exact(
+        format!("exfil_sensor_egress_class_bytes_total{{{base}, class=\"external\"}}"),
+        UPLOAD,
+    );
+    exact(
+        format!("exfil_sensor_file_read_bytes_total{{{base}, class=\"e2e_evidence\"}}"),
+        FILE,
+    );
+    exact(
+        format!("exfil_sensor_file_write_bytes_total{{{base}, class=\"e2e_evidence\"}}"),
+        FILE,
+    );
+    exact(
+        format!(
+            "exfil_sensor_alerts_total{{job=\"{JOB}\", instance=\"{instance}\", kind=\"burst\"}}"
+        ),
+        1,
+    );
+
+    // The shipped rules: loaded, evaluated without error, the recording rule fed.
+    let recorded = prometheus
+        .query_until(
+            &format!(
+                "instance_service_destination:exfil_sensor_egress_bytes:rate5m{{service=\"{SERVICE}\", destination=\"198.51.100.2\"}}"
+            ),
+            Duration::from_secs(20),
+            |s| !s.is_empty(),
+        )
+        .expect("recording rule");
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let rules = prometheus.get_json("/api/v1/rules").expect("rules");
+    let groups = rules["data"]["groups"].as_array().expect("rule groups");
+    let mut evaluated = 0;
+    for group in groups {
+        for rule in group["rules"].as_array().expect("rules") {
+            assert_eq!(rule["health"], "ok", "{rule}");
+            evaluated += 1;
+        }
+    }
+    assert_eq!(evaluated, 9, "every shipped rule is loaded: {rules}");
+    let firing = prometheus.query("ALERTS").expect("ALERTS");
+    assert!(
+        firing.is_empty(),
+        "a healthy agent raises no fleet alert: {firing:?}"
+    );
+
+    // Every query of the dashboard, with Grafana's variables as Grafana would fill them.
+    let queries = dashboard_queries();
+    for (title, query) in &queries {
+        let expr = query
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "5m")
+            .replace("$job", JOB)
+            .replace("$instance", &instance);
+        let samples = prometheus
+            .query_until(&expr, Duration::from_secs(10), |s| !s.is_empty())
+            .unwrap_or_else(|e| panic!("{title}: {e:#}"));
+        assert!(!samples.is_empty(), "{title}: no series for {expr}");
+    }
+}
+
+/// Every PromQL expression of deploy/grafana/exfil-sensor.json: panel targets (rows
+/// included), annotation queries, and the template variables' `label_values(SELECTOR,
+/// LABEL)` as the `group by (LABEL) (SELECTOR)` Grafana's lookup amounts to. Each with the
+/// title it is known by.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = repo().join("deploy/grafana/exfil-sensor.json");
+    let text = std::fs::read_to_string(&path).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut queries = Vec::new();
+    let mut panels: Vec<&serde_json::Value> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .collect();
+    while let Some(panel) = panels.pop() {
+        if let Some(nested) = panel["panels"].as_array() {
+            panels.extend(nested);
+        }
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .expect("every target has a PromQL expr");
+            let title = format!("panel {:?} {}", panel["title"], target["refId"]);
+            queries.push((title, expr.to_owned()));
+        }
+    }
+    for annotation in dashboard["annotations"]["list"].as_array().expect("list") {
+        if let Some(expr) = annotation["expr"].as_str() {
+            queries.push((
+                format!("annotation {:?}", annotation["name"]),
+                expr.to_owned(),
+            ));
+        }
+    }
+    assert_eq!(
+        queries.len(),
+        text.matches("\"expr\"").count(),
+        "every expr of the file is found: {queries:#?}"
+    );
+    for variable in dashboard["templating"]["list"].as_array().expect("list") {
+        if variable["type"] != "query" {
+            continue;
+        }
+        let query = variable["query"]["query"].as_str().expect("variable query");
+        let inner = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .expect("a label_values() variable");
+        let (selector, label) = inner
+            .rsplit_once(',')
+            .expect("label_values(SELECTOR, LABEL)");
+        queries.push((
+            format!("variable {:?}", variable["name"]),
+            format!("group by ({}) ({selector})", label.trim()),
+        ));
+    }
+    queries
+}
