@@ -81,9 +81,11 @@ pub enum Command {
         format: ReplayFormat,
     },
     /// Timeline of external volume per service × destination in a journal, the top
-    /// destinations and the alerts raised.
+    /// destinations and the alerts raised. Several journal directories (one per host, as
+    /// collected from a fleet) merge into one report by host.
     Report {
-        dir: PathBuf,
+        #[arg(required = true, num_args = 1.., value_name = "DIR")]
+        dirs: Vec<PathBuf>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
         /// Only this service.
@@ -348,6 +350,15 @@ mod tests {
             Command::Report { service: Some(s), by: Some(ReportBucket::Day), top: 3, .. }
                 if s == "dovecot.service"
         ));
+        assert!(matches!(
+            parse(&["report", "mail1/journal", "db1/journal"]),
+            Command::Report { dirs, .. }
+                if dirs == [Path::new("mail1/journal"), Path::new("db1/journal")]
+        ));
+        assert!(
+            Cli::try_parse_from(["exfil-sensor", "report"]).is_err(),
+            "a report of no journal"
+        );
         assert!(
             Cli::try_parse_from(["exfil-sensor", "report", "j", "--top", "0"]).is_err(),
             "a report of no destinations"

@@ -115,7 +115,8 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<String> {
 }
 
 pub struct ReportArgs {
-    pub dir: PathBuf,
+    /// Journal directories, one host's each (or several of one host's).
+    pub dirs: Vec<PathBuf>,
     pub format: ReportFormat,
     pub service: Option<String>,
     pub from: Option<humantime::Timestamp>,
@@ -124,6 +125,7 @@ pub struct ReportArgs {
     pub top: usize,
 }
 
+/// One report over every journal of `args.dirs`, merged by the host their start records name.
 pub fn report(args: &ReportArgs) -> anyhow::Result<String> {
     let options = report::Options {
         service: args.service.clone(),
@@ -132,29 +134,38 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<String> {
         bucket: args.by,
         top: args.top,
     };
-    // Segments that end before `from` are not read at all (their records are filtered out
-    // anyway, and a report needs no start record).
-    let reader = match options.from_ms {
-        Some(from) => Reader::open_from(&args.dir, from)?,
-        None => Reader::open(&args.dir)?,
-    };
+    let mut builder = report::Builder::new(options.clone());
     let bar = progress("reading");
-    let mut builder = report::Builder::new(options);
-    for (n, entry) in reader.enumerate() {
-        if n % 1024 == 0 {
-            bar.set_position(n as u64);
-        }
-        match entry {
-            Entry::Record {
-                record: Record::Interval(interval),
-                ..
-            } => builder.interval(&interval),
-            Entry::Record {
-                record: Record::Alert(event),
-                ..
-            } => builder.alert(&event),
-            Entry::Record { .. } => {}
-            Entry::Damaged(damage) => say_damage(&damage),
+    let mut read = 0u64;
+    for dir in &args.dirs {
+        builder.host(&journal_host(dir));
+        // Segments that end before `from` are not read at all (their records are filtered
+        // out anyway, and a report needs no start record).
+        let reader = match options.from_ms {
+            Some(from) => Reader::open_from(dir, from)?,
+            None => Reader::open(dir)?,
+        };
+        for entry in reader {
+            read += 1;
+            if read.is_multiple_of(1024) {
+                bar.set_position(read);
+            }
+            match entry {
+                Entry::Record {
+                    record: Record::Interval(interval),
+                    ..
+                } => builder.interval(&interval),
+                Entry::Record {
+                    record: Record::Alert(event),
+                    ..
+                } => builder.alert(&event),
+                Entry::Record {
+                    record: Record::Start(start),
+                    ..
+                } => builder.host(&start.hostname),
+                Entry::Record { .. } => {}
+                Entry::Damaged(damage) => say_damage(&damage),
+            }
         }
     }
     bar.finish_and_clear();
@@ -165,6 +176,23 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<String> {
         ReportFormat::Csv => report::csv(&report)?,
         ReportFormat::Svg => report::svg(&report)?,
     })
+}
+
+/// The host a journal is from: the hostname of its first start record, looked for among the
+/// first records only (retention may have retired it); else the directory as given.
+fn journal_host(dir: &Path) -> String {
+    Reader::open(dir)
+        .ok()
+        .and_then(|reader| {
+            reader.take(64).find_map(|entry| match entry {
+                Entry::Record {
+                    record: Record::Start(start),
+                    ..
+                } => Some(start.hostname),
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| dir.display().to_string())
 }
 
 /// `import zeek FILE --out DIR`: the log's connections as a journal of interval records of
@@ -251,4 +279,100 @@ pub fn import_zeek(file: &Path, out: &Path, config: Option<&Path>) -> anyhow::Re
         intervals.len(),
         out.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::{
+        flow::interval::{FlowInterval, Interval},
+        journal::{JournalConfig, StartRecord, Writer},
+    };
+
+    const T0: u64 = 1_795_392_000_000;
+
+    /// A journal in a fresh directory: a start record naming `host` (none for `None`), then
+    /// one interval of `service` sending `bytes` to 198.51.100.7.
+    fn journal(name: &str, host: Option<&str>, service: &str, bytes: u64) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("exfil-forensics-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = JournalConfig {
+            dir: dir.clone(),
+            ..JournalConfig::default()
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(T0);
+        let (mut writer, _) = Writer::open(&config, at).expect("open");
+        if let Some(host) = host {
+            let start = Record::Start(StartRecord {
+                at_ms: T0,
+                agent_version: "0.5.0".into(),
+                hostname: host.into(),
+                config_source: "(embedded default)".into(),
+                config_toml: config::DEFAULT_TOML.into(),
+                detect_state: None,
+            });
+            writer.append(&start, at).expect("start");
+        }
+        let interval = Record::Interval(Interval {
+            start_ms: T0,
+            end_ms: T0 + 10_000,
+            flows: vec![FlowInterval::sample(
+                service,
+                7,
+                "curl",
+                "198.51.100.7",
+                bytes,
+            )],
+            ..Interval::default()
+        });
+        writer.append(&interval, at).expect("interval");
+        writer.sync().expect("sync");
+        dir
+    }
+
+    #[test]
+    fn report_merges_journal_directories_by_the_host_their_start_records_name() {
+        let mail = journal("mail", Some("mail1"), "dovecot.service", 3_000_017);
+        let db = journal("db", Some("db1"), "postgresql.service", 5_000_011);
+        let anonymous = journal("anonymous", None, "rsync.service", 1_000_003);
+        let text = report(&ReportArgs {
+            dirs: vec![mail.clone(), db.clone(), anonymous.clone()],
+            format: ReportFormat::Json,
+            service: None,
+            from: None,
+            to: None,
+            by: None,
+            top: 10,
+        })
+        .expect("report");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let anonymous_host = anonymous.display().to_string();
+        let mut hosts = vec!["db1", "mail1", anonymous_host.as_str()];
+        hosts.sort_unstable();
+        assert_eq!(json["hosts"], serde_json::json!(hosts));
+        assert_eq!(json["external_bytes"], 9_000_031);
+        assert_eq!(json["destinations"][0]["hosts"][0], "db1");
+        let series: Vec<(String, String, u64)> = json["series"]
+            .as_array()
+            .expect("series")
+            .iter()
+            .map(|s| {
+                (
+                    s["host"].as_str().unwrap_or_default().to_owned(),
+                    s["service"].as_str().unwrap_or_default().to_owned(),
+                    s["bytes"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert!(series.contains(&("mail1".into(), "dovecot.service".into(), 3_000_017)));
+        assert!(series.contains(&("db1".into(), "postgresql.service".into(), 5_000_011)));
+        assert!(series.contains(&(anonymous_host, "rsync.service".into(), 1_000_003)));
+        assert_eq!(series.len(), 3, "{series:?}");
+        for dir in [mail, db, anonymous] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }

@@ -56,7 +56,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             format,
         })?),
         Command::Report {
-            dir,
+            dirs,
             format,
             service,
             from,
@@ -64,7 +64,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             by,
             top,
         } => out(&forensics::report(&forensics::ReportArgs {
-            dir,
+            dirs,
             format,
             service,
             from,

@@ -2,15 +2,16 @@
 //! journal's interval records, with the alerts the agent raised — the page of an incident
 //! report. Only external destinations count: the volume that left.
 //!
-//! One pass over the records: hourly sums per (service, destination), rolled up to days for
-//! spans longer than three days; the timeline keeps the top destinations apart and sums the
-//! rest of each service into `other`, so its size is bounded by services × top, not by the
-//! number of hosts a mail server talked to.
+//! One pass over the records: hourly sums per (host, service, destination), rolled up to days
+//! for spans longer than three days; the timeline keeps the top destinations apart and sums
+//! the rest of each service into `other`, so its size is bounded by hosts × services × top,
+//! not by the number of hosts a mail server talked to. Journals of several hosts merge into
+//! one report: the top destinations are the fleet's, each naming the hosts that sent to it.
 
 mod render;
 mod svg;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -77,16 +78,19 @@ impl Default for Options {
 pub struct Destination {
     pub destination: String,
     pub bytes: u64,
+    /// The hosts that sent to it, most bytes first.
+    pub hosts: Vec<String>,
     /// The services that sent to it, most bytes first.
     pub services: Vec<String>,
     pub first_seen: String,
     pub last_seen: String,
 }
 
-/// One (service, destination) pair's bytes per bucket; destination `other` for the rest of
+/// One (host, service, destination)'s bytes per bucket; destination `other` for the rest of
 /// the service's destinations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Series {
+    pub host: String,
     pub service: String,
     pub destination: String,
     pub bytes: u64,
@@ -111,14 +115,24 @@ pub struct Report {
     #[serde(skip)]
     pub span_ms: Option<(u64, u64)>,
     pub bucket: Bucket,
+    /// The hosts whose journals were read, by name.
+    pub hosts: Vec<String>,
     /// External bytes sent in the span.
     pub external_bytes: u64,
     /// The top destinations, most bytes first.
     pub destinations: Vec<Destination>,
     /// The timeline: the top destinations' pairs, then each service's `other`.
     pub series: Vec<Series>,
-    /// The alerts the agent raised in the span, in the state of their last change.
-    pub alerts: Vec<AlertRecord>,
+    /// The alerts the agents raised in the span, in the state of their last change.
+    pub alerts: Vec<HostAlert>,
+}
+
+/// An alert and the host whose agent raised it (alert ids are per agent).
+#[derive(Debug, Clone, Serialize)]
+pub struct HostAlert {
+    pub host: String,
+    #[serde(flatten)]
+    pub alert: AlertRecord,
 }
 
 #[derive(Default)]
@@ -134,23 +148,43 @@ struct DestinationSums {
     last_ms: u64,
 }
 
+/// (host, service, destination).
+type PairKey = (String, String, String);
+/// (is `other`, destination rank, host, service).
+type SeriesKey = (bool, Option<usize>, String, String);
+
 /// Collects interval records and alerts, then [`Builder::finish`]es into a [`Report`].
 pub struct Builder {
     options: Options,
-    pairs: HashMap<(String, String), PairSums>,
+    /// The host the records fed now come from.
+    host: String,
+    hosts: BTreeSet<String>,
+    pairs: HashMap<PairKey, PairSums>,
     destinations: HashMap<String, DestinationSums>,
     span: Option<(u64, u64)>,
-    alerts: BTreeMap<u64, AlertRecord>,
+    alerts: BTreeMap<(String, u64), AlertRecord>,
 }
 
 impl Builder {
     pub fn new(options: Options) -> Self {
         Self {
             options,
+            host: String::new(),
+            hosts: BTreeSet::new(),
             pairs: HashMap::new(),
             destinations: HashMap::new(),
             span: None,
             alerts: BTreeMap::new(),
+        }
+    }
+
+    /// The records fed from now on are `name`'s (a journal's start records name its host).
+    pub fn host(&mut self, name: &str) {
+        if self.host != name {
+            name.clone_into(&mut self.host);
+        }
+        if !self.hosts.contains(name) {
+            self.hosts.insert(name.to_owned());
         }
     }
 
@@ -184,7 +218,7 @@ impl Builder {
             let destination = ip.to_string();
             let pair = self
                 .pairs
-                .entry((flow.service.clone(), destination.clone()))
+                .entry((self.host.clone(), flow.service.clone(), destination.clone()))
                 .or_default();
             pair.bytes += flow.bytes_sent;
             *pair.hourly.entry(hour).or_default() += flow.bytes_sent;
@@ -218,7 +252,8 @@ impl Builder {
         if !self.in_range(raised_ms, updated_ms.saturating_add(1)) {
             return;
         }
-        self.alerts.insert(alert.id, alert.clone());
+        self.alerts
+            .insert((self.host.clone(), alert.id), alert.clone());
     }
 
     pub fn finish(self) -> Report {
@@ -237,43 +272,45 @@ impl Builder {
         let destinations = ranked
             .iter()
             .map(|(destination, sums)| {
-                let mut services: Vec<(&String, u64)> = self
-                    .pairs
-                    .iter()
-                    .filter(|((_, d), _)| d == *destination)
-                    .map(|((s, _), p)| (s, p.bytes))
-                    .collect();
-                services.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+                let mut hosts: HashMap<&String, u64> = HashMap::new();
+                let mut services: HashMap<&String, u64> = HashMap::new();
+                for ((host, service, _), pair) in
+                    self.pairs.iter().filter(|((_, _, d), _)| d == *destination)
+                {
+                    *hosts.entry(host).or_default() += pair.bytes;
+                    *services.entry(service).or_default() += pair.bytes;
+                }
                 Destination {
                     destination: (*destination).clone(),
                     bytes: sums.bytes,
-                    services: services.into_iter().map(|(s, _)| s.clone()).collect(),
+                    hosts: most_first(hosts),
+                    services: most_first(services),
                     first_seen: rfc3339(sums.first_ms),
                     last_seen: rfc3339(sums.last_ms),
                 }
             })
             .collect();
-        // Pairs of top destinations as they are; the rest summed per service into `other`.
-        let mut merged: BTreeMap<(Option<usize>, String), PairSums> = BTreeMap::new();
-        for ((service, destination), pair) in &self.pairs {
+        // Pairs of top destinations as they are; the rest summed per host and service into
+        // `other`. Keyed so that the map's order is the timeline's: top destinations by rank,
+        // then each `other`.
+        let mut merged: BTreeMap<SeriesKey, PairSums> = BTreeMap::new();
+        for ((host, service, destination), pair) in &self.pairs {
             let rank = top.get(destination.as_str()).copied();
-            let into = merged.entry((rank, service.clone())).or_default();
+            let into = merged
+                .entry((rank.is_none(), rank, host.clone(), service.clone()))
+                .or_default();
             into.bytes += pair.bytes;
             for (hour, bytes) in &pair.hourly {
                 *into.hourly.entry(hour - hour % bucket.ms()).or_default() += bytes;
             }
         }
-        // Top destinations by rank (`None` sorts first: put `other` last).
-        let mut keyed: Vec<((Option<usize>, String), PairSums)> = merged.into_iter().collect();
-        keyed.sort_by(|a, b| {
-            (a.0.0.is_none(), a.0.0, &a.0.1).cmp(&(b.0.0.is_none(), b.0.0, &b.0.1))
-        });
-        let series = keyed
+        let series = merged
             .into_iter()
-            .map(|((rank, service), sums)| Series {
+            .map(|((_, rank, host, service), sums)| Series {
                 destination: rank
                     .and_then(|r| ranked.get(r))
                     .map_or_else(|| OTHER.to_owned(), |(d, _)| (*d).clone()),
+                host,
                 service,
                 bytes: sums.bytes,
                 points: sums
@@ -287,19 +324,37 @@ impl Builder {
                     .collect(),
             })
             .collect();
-        let mut alerts: Vec<AlertRecord> = self.alerts.into_values().collect();
-        alerts.sort_by(|a, b| a.raised_at.cmp(&b.raised_at).then(a.id.cmp(&b.id)));
+        let mut alerts: Vec<HostAlert> = self
+            .alerts
+            .into_iter()
+            .map(|((host, _), alert)| HostAlert { host, alert })
+            .collect();
+        alerts.sort_by(|a, b| {
+            (&a.alert.raised_at, &a.host, a.alert.id).cmp(&(
+                &b.alert.raised_at,
+                &b.host,
+                b.alert.id,
+            ))
+        });
         Report {
             from: self.span.map(|(s, _)| rfc3339(s)),
             to: self.span.map(|(_, e)| rfc3339(e)),
             span_ms: self.span,
             bucket,
+            hosts: self.hosts.into_iter().collect(),
             external_bytes: self.destinations.values().map(|d| d.bytes).sum(),
             destinations,
             series,
             alerts,
         }
     }
+}
+
+/// The keys by their bytes, most first (ties by name).
+fn most_first(sums: HashMap<&String, u64>) -> Vec<String> {
+    let mut sums: Vec<(&String, u64)> = sums.into_iter().collect();
+    sums.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    sums.into_iter().map(|(k, _)| k.clone()).collect()
 }
 
 #[cfg(test)]

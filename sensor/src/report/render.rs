@@ -3,17 +3,30 @@
 use std::fmt::Write as _;
 
 use super::Report;
+use crate::api::AlertRecord;
 use crate::table::{left, printable, render, right};
 
-/// Three sections: the span and total, the top destinations, the timeline, the alerts.
+/// Four sections: the span and total, the top destinations, the timeline, the alerts. With
+/// journals of several hosts, the destinations name their hosts, the timeline gains a HOST
+/// column and the alerts come per host.
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
+    let several = report.hosts.len() > 1;
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "External bytes sent {} to {}: {} ({}), per {}.\n",
+        "External bytes sent {} to {}{}: {} ({}), per {}.\n",
         report.from.as_deref().unwrap_or("-"),
         report.to.as_deref().unwrap_or("-"),
+        if several {
+            format!(
+                " by {} hosts ({})",
+                report.hosts.len(),
+                printable(&report.hosts.join(", "))
+            )
+        } else {
+            String::new()
+        },
         report.external_bytes,
         bytesize::ByteSize(report.external_bytes).display().iec(),
         match report.bucket {
@@ -26,54 +39,73 @@ pub fn table(report: &Report) -> String {
         .destinations
         .iter()
         .map(|d| {
-            vec![
-                printable(&d.destination),
-                d.bytes.to_string(),
+            let mut row = vec![printable(&d.destination), d.bytes.to_string()];
+            if several {
+                row.push(printable(&d.hosts.join(",")));
+            }
+            row.extend([
                 printable(&d.services.join(",")),
                 d.first_seen.clone(),
                 d.last_seen.clone(),
-            ]
+            ]);
+            row
         })
         .collect();
-    out.push_str(&render(
-        &[
-            left("DESTINATION"),
-            right("BYTES"),
-            left("SERVICES"),
-            left("FIRST_SEEN"),
-            left("LAST_SEEN"),
-        ],
-        &rows,
-    ));
+    let mut columns = vec![left("DESTINATION"), right("BYTES")];
+    if several {
+        columns.push(left("HOSTS"));
+    }
+    columns.extend([left("SERVICES"), left("FIRST_SEEN"), left("LAST_SEEN")]);
+    out.push_str(&render(&columns, &rows));
     out.push_str("\nTimeline\n");
     let rows: Vec<Vec<String>> = report
         .series
         .iter()
         .flat_map(|s| {
             s.points.iter().map(|p| {
-                vec![
-                    p.start.clone(),
+                let mut row = vec![p.start.clone()];
+                if several {
+                    row.push(printable(&s.host));
+                }
+                row.extend([
                     printable(&s.service),
                     printable(&s.destination),
                     p.bytes.to_string(),
-                ]
+                ]);
+                row
             })
         })
         .collect();
-    out.push_str(&render(
-        &[
-            left("TIME"),
-            left("SERVICE"),
-            left("DESTINATION"),
-            right("BYTES"),
-        ],
-        &rows,
-    ));
-    out.push_str("\nAlerts\n");
+    let mut columns = vec![left("TIME")];
+    if several {
+        columns.push(left("HOST"));
+    }
+    columns.extend([left("SERVICE"), left("DESTINATION"), right("BYTES")]);
+    out.push_str(&render(&columns, &rows));
     if report.alerts.is_empty() {
-        out.push_str("none\n");
+        out.push_str("\nAlerts\nnone\n");
+    }
+    let hosts: Vec<&str> = if several {
+        report.hosts.iter().map(String::as_str).collect()
     } else {
-        out.push_str(&crate::table::alerts(&report.alerts));
+        vec![""]
+    };
+    for host in hosts {
+        let alerts: Vec<AlertRecord> = report
+            .alerts
+            .iter()
+            .filter(|a| !several || a.host == host)
+            .map(|a| a.alert.clone())
+            .collect();
+        if alerts.is_empty() {
+            continue;
+        }
+        if several {
+            let _ = writeln!(out, "\nAlerts on {}", printable(host));
+        } else {
+            out.push_str("\nAlerts\n");
+        }
+        out.push_str(&crate::table::alerts(&alerts));
     }
     out
 }
@@ -83,14 +115,16 @@ pub fn json(report: &Report) -> String {
     serde_json::to_string_pretty(report).unwrap_or_default() + "\n"
 }
 
-/// The timeline, one row per (bucket, service, destination): `time,service,destination,bytes`.
+/// The timeline, one row per (bucket, host, service, destination):
+/// `time,host,service,destination,bytes`.
 pub fn csv(report: &Report) -> Result<String, csv::Error> {
     let mut writer = csv::Writer::from_writer(Vec::new());
-    writer.write_record(["time", "service", "destination", "bytes"])?;
+    writer.write_record(["time", "host", "service", "destination", "bytes"])?;
     for series in &report.series {
         for point in &series.points {
             writer.write_record([
                 point.start.as_str(),
+                series.host.as_str(),
                 series.service.as_str(),
                 series.destination.as_str(),
                 point.bytes.to_string().as_str(),

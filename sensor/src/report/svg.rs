@@ -113,7 +113,8 @@ pub fn svg(report: &Report) -> Result<String, SvgError> {
                 .label(*destination)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
         }
-        for alert in &report.alerts {
+        let several_hosts = report.hosts.len() > 1;
+        for super::HostAlert { host, alert } in &report.alerts {
             let Some(at) = parse_rfc3339_ms(&alert.raised_at) else {
                 continue;
             };
@@ -123,7 +124,11 @@ pub fn svg(report: &Report) -> Result<String, SvgError> {
                 .map_err(drawing)?;
             chart
                 .draw_series([Text::new(
-                    format!("{} {}", alert.kind, alert.destination),
+                    if several_hosts {
+                        format!("{} {} ({host})", alert.kind, alert.destination)
+                    } else {
+                        format!("{} {}", alert.kind, alert.destination)
+                    },
                     (at, y1 * 0.97),
                     ("sans-serif", 12).into_font().color(&RED),
                 )])

@@ -72,6 +72,7 @@ fn two_hours() -> Vec<Interval> {
 
 fn build(options: Options, intervals: &[Interval], alerts: &[AlertEvent]) -> Report {
     let mut builder = Builder::new(options);
+    builder.host("mail1");
     for i in intervals {
         builder.interval(i);
     }
@@ -191,7 +192,10 @@ fn alerts_are_kept_in_their_last_state() {
     grown.alert.updated_at = rfc3339(T0 + 3_610_000);
     let report = build(Options::default(), &two_hours(), &[raised, grown]);
     assert_eq!(report.alerts.len(), 1);
-    assert_eq!((report.alerts[0].id, report.alerts[0].bytes), (7, 70 * MIB));
+    assert_eq!(
+        (report.alerts[0].alert.id, report.alerts[0].alert.bytes),
+        (7, 70 * MIB)
+    );
     let text = table(&report);
     assert!(text.contains("\nAlerts\nRAISED_AT"), "{text}");
     assert!(text.contains(&(70 * MIB).to_string()), "{text}");
@@ -202,17 +206,17 @@ fn csv_has_one_row_per_bucket_service_and_destination() {
     let report = build(Options::default(), &two_hours(), &[]);
     let text = csv(&report).expect("csv");
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("time,service,destination,bytes"));
+    assert_eq!(lines.next(), Some("time,host,service,destination,bytes"));
     let rows: Vec<&str> = lines.collect();
     // dovecot: 2 hours; nine MX hosts in the top; postfix's other.
     assert_eq!(rows.len(), 2 + 9 + 1);
     assert_eq!(
         rows[0],
-        "2025-11-24T00:00:00Z,dovecot.service,198.51.100.7,62914560"
+        "2025-11-24T00:00:00Z,mail1,dovecot.service,198.51.100.7,62914560"
     );
     assert_eq!(
         rows[11],
-        "2025-11-24T01:00:00Z,postfix.service,other,3145728"
+        "2025-11-24T01:00:00Z,mail1,postfix.service,other,3145728"
     );
 }
 
@@ -251,5 +255,81 @@ fn the_chart_is_valid_svg_with_one_line_per_top_destination_and_the_alerts_marke
     assert!(
         texts.contains(&"burst 198.51.100.7"),
         "alert mark: {texts:?}"
+    );
+}
+
+/// Journals of two hosts: the top destinations are the fleet's, naming both hosts; each
+/// host's series stay apart; alerts with the same id from two agents are two alerts.
+#[test]
+fn journals_of_several_hosts_merge_by_host() {
+    let mut builder = Builder::new(Options::default());
+    builder.host("mail1");
+    for i in two_hours() {
+        builder.interval(&i);
+    }
+    builder.alert(&alert(1, AlertChange::Raised, 60 * MIB, T0 + 1_800_000));
+    builder.host("db1");
+    builder.interval(&interval(
+        600_000,
+        vec![
+            flow("postgresql.service", "198.51.100.7", 75 * MIB),
+            flow("postgresql.service", "192.168.1.5", 5 * MIB),
+        ],
+    ));
+    let mut db_alert = alert(1, AlertChange::Raised, 70 * MIB, T0 + 610_000);
+    db_alert.alert.service = "postgresql.service".into();
+    builder.alert(&db_alert);
+    let report = builder.finish();
+
+    assert_eq!(report.hosts, ["db1", "mail1"]);
+    assert_eq!(report.external_bytes, 82 * MIB + 75 * MIB);
+    let top = &report.destinations[0];
+    assert_eq!(
+        (
+            top.destination.as_str(),
+            top.bytes,
+            &top.hosts,
+            &top.services
+        ),
+        (
+            "198.51.100.7",
+            145 * MIB,
+            &vec!["db1".to_owned(), "mail1".to_owned()],
+            &vec![
+                "postgresql.service".to_owned(),
+                "dovecot.service".to_owned()
+            ]
+        )
+    );
+    let series: Vec<(&str, &str, u64)> = report
+        .series
+        .iter()
+        .filter(|s| s.destination == "198.51.100.7")
+        .map(|s| (s.host.as_str(), s.service.as_str(), s.bytes))
+        .collect();
+    assert_eq!(
+        series,
+        [
+            ("db1", "postgresql.service", 75 * MIB),
+            ("mail1", "dovecot.service", 70 * MIB)
+        ]
+    );
+    let alerts: Vec<(&str, u64, u64)> = report
+        .alerts
+        .iter()
+        .map(|a| (a.host.as_str(), a.alert.id, a.alert.bytes))
+        .collect();
+    assert_eq!(alerts, [("db1", 1, 70 * MIB), ("mail1", 1, 60 * MIB)]);
+
+    let text = table(&report);
+    assert!(text.contains(" by 2 hosts (db1, mail1): "), "{text}");
+    assert!(text.contains("HOSTS"), "{text}");
+    assert!(text.contains("\nAlerts on db1\n"), "{text}");
+    assert!(text.contains("\nAlerts on mail1\n"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&json(&report)).expect("json");
+    assert_eq!(json["alerts"][0]["host"], "db1");
+    assert_eq!(
+        json["alerts"][0]["id"], 1,
+        "the alert's own fields beside its host"
     );
 }
