@@ -53,7 +53,11 @@ impl NetNs {
     }
 
     fn create(name: &str) -> anyhow::Result<Self> {
-        // A namespace left by a killed earlier run would hold the same addresses.
+        // A namespace left by a killed earlier run would hold the same addresses. The veth
+        // goes first and by name: deleting a namespace destroys its devices later, in the
+        // kernel's cleanup work, so the host end can outlive `ip netns del` for a while on a
+        // busy machine (and `link add` would then find it).
+        let _ = run("ip", &["link", "del", &format!("{name}-h")]);
         let _ = run("ip", &["netns", "del", name]);
         run("ip", &["netns", "add", name])?;
         let ns = Self {
@@ -120,6 +124,8 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        // The pair is gone when this returns (see `create`).
+        let _ = run("ip", &["link", "del", &format!("{}-h", self.name)]);
         let _ = run("ip", &["netns", "del", &self.name]);
     }
 }
