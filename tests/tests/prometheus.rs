@@ -244,3 +244,119 @@ fn dashboard_queries() -> Vec<(String, String)> {
     }
     queries
 }
+
+/// The fleet set-up of the README, for real: three agents (three "servers": each counts every
+/// byte of this one host) scraped by a site Prometheus, which a global Prometheus federates
+/// with the README's own scrape config and the shipped rules. One 40 MiB upload to one
+/// outside address: the global Prometheus holds each server's exact total and fires the fleet
+/// alert for that destination, from three servers.
+#[test]
+fn the_fleet_alert_fires_through_federation_when_three_servers_send_to_one_destination() {
+    require_root();
+    const SIZE: u64 = 40 << 20;
+    let ns = NetNs::outside().expect("namespace");
+    let agents: Vec<Agent> = (0..3).map(|_| Agent::start().expect("agent")).collect();
+    let targets: Vec<String> = agents
+        .iter()
+        .map(|a| format!("'{}'", a.metrics_addr()))
+        .collect();
+    let site = Prometheus::start(
+        &format!(
+            "  - job_name: {JOB}\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+        &[],
+    )
+    .expect("site prometheus");
+    let global = Prometheus::start(
+        &readme_federation(&site.addr.to_string()),
+        &[&repo().join("deploy/prometheus/rules.yml")],
+    )
+    .expect("global prometheus");
+    // Every agent is in the global view before the upload, so that its counters' growth is
+    // seen from the start.
+    let up = format!("up{{job=\"{JOB}\"}} == 1");
+    let federated = global
+        .query_until(&up, Duration::from_secs(40), |s| s.len() == 3)
+        .expect("federated up");
+    assert_eq!(federated.len(), 3, "{federated:?}");
+
+    // Slowly (about 13 MB/s), so that the scrapes see the counters grow.
+    let (mut sink, port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let size = SIZE.to_string();
+    let mut sender = traffic!()
+        .send(&["send", "tcp", &socket_addr(ns.peer_ip, port), &size, "slow"])
+        .expect("sender");
+    assert_eq!(sender.expect_line::<String>("started").expect("started"), "");
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), SIZE);
+    assert_eq!(sink.expect_line::<u64>("received").expect("received"), SIZE);
+
+    let per_server = format!(
+        "sum by (instance) (exfil_sensor_egress_bytes_total{{job=\"{JOB}\", destination=\"{}\", port=\"{port}\"}})",
+        ns.peer_ip
+    );
+    let totals = global
+        .query_until(&per_server, Duration::from_secs(30), |s| {
+            s.len() == 3 && s.iter().all(|s| s.value >= SIZE as f64)
+        })
+        .expect("federated totals");
+    let mut instances: Vec<&str> = totals
+        .iter()
+        .map(|s| {
+            assert_eq!(s.value, SIZE as f64, "{s:?}");
+            s.labels["instance"].as_str()
+        })
+        .collect();
+    instances.sort_unstable();
+    let mut expected: Vec<String> = agents
+        .iter()
+        .map(|a| a.metrics_addr().to_string())
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(instances, expected);
+
+    let alert = format!(
+        "ALERTS{{alertname=\"ExfilSensorDestinationFromManyHosts\", alertstate=\"firing\", destination=\"{}\"}}",
+        ns.peer_ip
+    );
+    let firing = global
+        .query_until(&alert, Duration::from_secs(20), |s| s.len() == 1)
+        .expect("ALERTS");
+    assert_eq!(firing.len(), 1, "the fleet alert fires: {firing:?}");
+    assert_eq!(firing[0].labels["severity"], "critical");
+    let servers = global
+        .query_until(
+            &format!(
+                "count by (destination) (sum by (instance, destination) (increase(exfil_sensor_egress_bytes_total{{destination=\"{}\"}}[1h])) > 10485760)",
+                ns.peer_ip
+            ),
+            Duration::from_secs(5),
+            |s| !s.is_empty(),
+        )
+        .expect("servers");
+    assert_eq!(single(&servers, "servers"), 3.0);
+    sender.finish().expect("sender exits cleanly");
+}
+
+/// The README's federation scrape config (the yaml block with `job_name:
+/// federate-exfil-sensor`), aimed at `site`: the list under its `scrape_configs:`.
+fn readme_federation(site: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let block = readme
+        .split("```yaml\n")
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("job_name: federate-exfil-sensor"))
+        .expect("the README's federation example");
+    block
+        .lines()
+        .skip_while(|l| !l.starts_with("scrape_configs:"))
+        .skip(1)
+        .map(|line| {
+            if line.trim_start().starts_with("- targets:") {
+                format!("      - targets: ['{site}']\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect()
+}
