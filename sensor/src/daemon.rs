@@ -244,11 +244,18 @@ fn poll_loop(
     let mut stopping = false;
     loop {
         let started = Instant::now();
+        // Exits before the maps: a process's keys are deleted below only once a read that
+        // followed its exit has taken its last bytes.
         let events = sensor.drain_process_events();
+        let read = sensor.read();
+        // Paths after the maps: a program sends a file's path before it first adds bytes for
+        // it, so every file in this read has its path in this drain (drained before the read,
+        // a file first touched in between had its bytes counted, and its class fixed in the
+        // metrics, before its path arrived).
         let paths = sensor.drain_file_paths();
         // A path's device may be newly mounted: read the mounts afresh when paths come.
         let mounts = (!paths.is_empty()).then(Mounts::read);
-        let (sums, dead) = match sensor.read() {
+        let (sums, dead) = match read {
             Ok(sums) => {
                 let dead = DeadKeys::of(&sums, &agent::exited(&events));
                 (sums, dead)

@@ -5,11 +5,12 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use exfil_tests::{
-    Agent, NetNs, Proc, Prometheus, Sample, ServiceCgroup, require_root, socket_addr, traffic,
+    Agent, FileRow, NetNs, POLL, Proc, Prometheus, Sample, ServiceCgroup, require_root,
+    socket_addr, traffic,
 };
 
 const UPLOAD: u64 = 5_242_883;
@@ -25,6 +26,24 @@ fn repo() -> PathBuf {
 fn single(samples: &[Sample], what: &str) -> f64 {
     assert_eq!(samples.len(), 1, "{what}: {samples:?}");
     samples[0].value
+}
+
+/// Waits (10 s at most) until `/api/v1/files` has a row of `pid` in the test's class for
+/// which `done` holds.
+fn settled_file(agent: &Agent, pid: u32, done: impl Fn(&FileRow) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = agent.files().expect("/api/v1/files");
+        let mine: Vec<&FileRow> = rows.iter().filter(|f| f.pid == pid).collect();
+        if mine.iter().any(|f| f.class == "e2e_evidence" && done(f)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no settled row of {pid}: {mine:#?}"
+        );
+        std::thread::sleep(POLL);
+    }
 }
 
 /// `exfil-traffic` with `args`, started inside the test's service cgroup.
@@ -81,6 +100,9 @@ fn prometheus_stores_exact_totals_and_every_dashboard_query_returns_series() {
         "writer",
     );
     assert_eq!(writer.expect_line::<u64>("wrote").expect("wrote"), FILE);
+    // Each process stays until the agent has its row (its path, so its class, is looked up
+    // while it lives).
+    settled_file(&agent, writer.pid(), |f| f.bytes_written == FILE);
     writer.finish().expect("writer exits cleanly");
     let mut reader = in_service(
         &cgroup,
@@ -88,6 +110,7 @@ fn prometheus_stores_exact_totals_and_every_dashboard_query_returns_series() {
         "reader",
     );
     assert_eq!(reader.expect_line::<u64>("read").expect("read"), FILE);
+    settled_file(&agent, reader.pid(), |f| f.bytes_read == FILE);
     reader.finish().expect("reader exits cleanly");
     let (mut sink, port) = traffic!().sink(&ns, "tcp", "198.51.100.2").expect("sink");
     let upload = UPLOAD.to_string();
@@ -287,7 +310,10 @@ fn the_fleet_alert_fires_through_federation_when_three_servers_send_to_one_desti
     let mut sender = traffic!()
         .send(&["send", "tcp", &socket_addr(ns.peer_ip, port), &size, "slow"])
         .expect("sender");
-    assert_eq!(sender.expect_line::<String>("started").expect("started"), "");
+    assert_eq!(
+        sender.expect_line::<String>("started").expect("started"),
+        ""
+    );
     assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), SIZE);
     assert_eq!(sink.expect_line::<u64>("received").expect("received"), SIZE);
 
