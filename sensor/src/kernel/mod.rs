@@ -30,6 +30,12 @@ use self::{
     probes::{AttachContext, PROBES},
 };
 
+/// For the docs' tests: every map the programs write.
+#[cfg(test)]
+pub(crate) fn pinned_maps() -> &'static [&'static str] {
+    PINNED_MAPS
+}
+
 /// The eBPF object, built by `build.rs` for the BPF target.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
 
