@@ -11,6 +11,8 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod detect;
+#[cfg(test)]
+mod docs;
 pub mod flow;
 pub mod forensics;
 pub mod http;

@@ -30,6 +30,18 @@ use self::{
     probes::{AttachContext, PROBES},
 };
 
+/// For the docs' tests: every map the programs write.
+#[cfg(test)]
+pub(crate) fn pinned_maps() -> &'static [&'static str] {
+    PINNED_MAPS
+}
+
+/// For the docs' tests: the probes as users see them in logs and metrics.
+#[cfg(test)]
+pub(crate) fn probe_names() -> Vec<&'static str> {
+    PROBES.iter().map(|p| p.probe).collect()
+}
+
 /// The eBPF object, built by `build.rs` for the BPF target.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
 
