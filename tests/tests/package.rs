@@ -37,37 +37,36 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-/// Runs `program`; returns (success, stdout + stderr).
-fn run(program: &str, args: &[&str]) -> (bool, String) {
+/// Runs `program`; returns (success, stdout, stderr).
+fn run(program: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(program)
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .output()
         .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
-/// Runs `program` and asserts it succeeds; returns its stdout + stderr.
+/// Runs `program` and asserts it succeeds; returns its stdout.
 fn ok(program: &str, args: &[&str]) -> String {
-    let (success, text) = run(program, args);
-    assert!(success, "{program} {args:?} failed:\n{text}");
-    text
+    let (success, stdout, stderr) = run(program, args);
+    assert!(success, "{program} {args:?} failed:\n{stdout}{stderr}");
+    stdout
 }
 
 /// `${Status}` of the package as dpkg knows it; None when dpkg has no record of it.
 fn status() -> Option<String> {
-    let (known, text) = run("dpkg-query", &["-W", "-f=${Status}", PACKAGE]);
+    let (known, text, _) = run("dpkg-query", &["-W", "-f=${Status}", PACKAGE]);
     known.then_some(text)
 }
 
 /// The passwd line of the `exfil-sensor` user, split into its fields.
 fn passwd_entry() -> Option<Vec<String>> {
-    let (found, line) = run("getent", &["passwd", PACKAGE]);
+    let (found, line, _) = run("getent", &["passwd", PACKAGE]);
     found.then(|| line.trim().split(':').map(str::to_owned).collect())
 }
 
@@ -83,9 +82,9 @@ struct Installed {
 impl Drop for Installed {
     fn drop(&mut self) {
         if status().is_some() {
-            let (purged, text) = run("dpkg", &["--purge", PACKAGE]);
+            let (purged, stdout, stderr) = run("dpkg", &["--purge", PACKAGE]);
             if !purged {
-                eprintln!("cleanup: dpkg --purge {PACKAGE} failed:\n{text}");
+                eprintln!("cleanup: dpkg --purge {PACKAGE} failed:\n{stdout}{stderr}");
             }
         }
         if self.made_user {
@@ -158,7 +157,7 @@ fn the_units_user_gets_as_far_as_the_kernel(user: &[String]) {
         ),
     )
     .expect("write config");
-    let (started, text) = run(
+    let (started, _, stderr) = run(
         "setpriv",
         &[
             &format!("--reuid={}", user[2]),
@@ -175,8 +174,8 @@ fn the_units_user_gets_as_far_as_the_kernel(user: &[String]) {
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
     assert!(
-        !started && text.contains("cannot read BTF from /nonexistent/vmlinux"),
-        "the agent should stop at the BTF file, after binding its listeners:\n{text}"
+        !started && stderr.contains("cannot read BTF from /nonexistent/vmlinux"),
+        "the agent should stop at the BTF file, after binding its listeners:\n{stderr}"
     );
 }
 
@@ -263,13 +262,13 @@ fn the_deb_installs_the_agent_and_purge_leaves_nothing_but_the_user() {
         !Path::new("/usr/bin/exfil-sensor").exists(),
         "binary removed"
     );
-    for (installed, _) in &SHIPPED_AS_IS[1..] {
+    for (installed, _) in SHIPPED_AS_IS.iter().filter(|(path, _)| *path != CONFFILE) {
         assert!(!Path::new(installed).exists(), "{installed} removed");
     }
 
     ok("dpkg", &["--purge", PACKAGE]);
     // Nothing of the package remains: dpkg has no record of it, and none of its paths exist.
-    let (listed, text) = run("dpkg", &["-L", PACKAGE]);
+    let (listed, text, _) = run("dpkg", &["-L", PACKAGE]);
     assert!(!listed, "dpkg -L after purge: {text}");
     assert_eq!(status(), None, "dpkg-query after purge");
     for path in [
