@@ -197,7 +197,7 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
             "EXFIL_SENSOR_BIN",
             workspace_root().join("target/debug/exfil-sensor"),
         )
-        .env("EXFIL_SENSOR_DEB", workspace_root().join(deb));
+        .env("EXFIL_SENSOR_DEB", deb);
     println!("xtask: end-to-end tests against the running kernel, one at a time");
     status(e2e, "end-to-end tests")
 }

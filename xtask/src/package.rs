@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Stdio};
 
 use anyhow::{Context as _, bail};
 
-use crate::{cargo, setup, status};
+use crate::{cargo, setup, status, workspace_root};
 
 /// Which build of the agent the package holds.
 #[derive(Clone, Copy)]
@@ -19,7 +19,7 @@ pub enum Build {
     Test,
 }
 
-/// Builds the .deb from an agent binary built beforehand; returns its path.
+/// Builds the .deb from an agent binary built beforehand; returns its absolute path.
 pub fn deb(build: Build) -> anyhow::Result<PathBuf> {
     setup::cargo_deb()?;
     setup::packaging_packages()?;
@@ -51,7 +51,8 @@ pub fn deb(build: Build) -> anyhow::Result<PathBuf> {
         .rev()
         .map(str::trim)
         .find(|l| l.ends_with(".deb"))
-        .map(PathBuf::from)
+        // Relative to where cargo deb ran, not to where xtask was started.
+        .map(|l| workspace_root().join(l))
         .with_context(|| format!("cargo deb printed no .deb path: {stdout:?}"))?;
     if !path.is_file() {
         bail!("cargo deb named {}, which does not exist", path.display());
