@@ -17,6 +17,9 @@ const CONFFILE: &str = "/etc/exfil-sensor/config.toml";
 /// The kernel pin directory of the unit's agent: the package touches it only where systemd
 /// runs the unit (postrm), never here.
 const PIN_DIR: &str = "/sys/fs/bpf/exfil-sensor";
+/// What the unit's agent writes and the package's purge deletes (remove keeps them): its
+/// `StateDirectory` (the journal) and `LogsDirectory` (json_lines alerts).
+const EVIDENCE_DIRS: [&str; 2] = ["/var/lib/exfil-sensor", "/var/log/exfil-sensor"];
 
 fn deb() -> PathBuf {
     let path = std::env::var_os("EXFIL_SENSOR_DEB")
@@ -191,6 +194,13 @@ fn the_deb_installs_the_agent_and_purge_leaves_nothing_but_the_user() {
     if status().is_some() {
         ok("dpkg", &["--purge", PACKAGE]);
     }
+    for dir in EVIDENCE_DIRS {
+        assert!(
+            !Path::new(dir).exists(),
+            "{dir} exists without the package (left by `cargo xtask run`, whose default \
+             journal is there?): this test's purge would delete it; move it away first"
+        );
+    }
     let pins_before = Path::new(PIN_DIR).exists();
     let guard = Installed {
         made_user: passwd_entry().is_none(),
@@ -243,6 +253,19 @@ fn the_deb_installs_the_agent_and_purge_leaves_nothing_but_the_user() {
     );
     the_units_user_gets_as_far_as_the_kernel(&user);
 
+    // What the agent would have written, in the unit's directories, as the unit's user.
+    let evidence = [
+        "/var/lib/exfil-sensor/journal/evidence",
+        "/var/log/exfil-sensor/alerts.jsonl",
+    ];
+    for file in evidence {
+        std::fs::create_dir_all(Path::new(file).parent().expect("a directory")).expect("mkdir");
+        std::fs::write(file, "evidence\n").expect("write evidence");
+    }
+    for dir in EVIDENCE_DIRS {
+        ok("chown", &["-R", &format!("{PACKAGE}:{PACKAGE}"), dir]);
+    }
+
     // An edited config survives a reinstall (an upgrade to the same version) and a remove.
     let mut edited = std::fs::read_to_string(CONFFILE).expect("the conffile");
     edited.push_str("# edited by tests/tests/package.rs\n");
@@ -262,6 +285,9 @@ fn the_deb_installs_the_agent_and_purge_leaves_nothing_but_the_user() {
         !Path::new("/usr/bin/exfil-sensor").exists(),
         "binary removed"
     );
+    for file in evidence {
+        assert!(Path::new(file).exists(), "remove keeps the evidence {file}");
+    }
     for (installed, _) in SHIPPED_AS_IS.iter().filter(|(path, _)| *path != CONFFILE) {
         assert!(!Path::new(installed).exists(), "{installed} removed");
     }
@@ -277,7 +303,8 @@ fn the_deb_installs_the_agent_and_purge_leaves_nothing_but_the_user() {
         "/usr/share/exfil-sensor",
         "/usr/share/doc/exfil-sensor",
         "/usr/lib/systemd/system/exfil-sensor.service",
-        "/var/lib/exfil-sensor",
+        EVIDENCE_DIRS[0],
+        EVIDENCE_DIRS[1],
         ENABLED_LINK,
         // deb-systemd-helper's mask on remove, undone by purge.
         "/etc/systemd/system/exfil-sensor.service",
