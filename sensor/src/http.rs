@@ -98,7 +98,9 @@ pub async fn bind_tcp(addr: std::net::SocketAddr) -> Result<TcpListener, HttpErr
 }
 
 /// Binds the API socket: the directory is created (0755) if missing, a stale socket from an
-/// earlier run is replaced, and the socket is made 0660, group `exfil-sensor` when it exists.
+/// earlier run is replaced, and the socket is made 0660. Run as root, it is then owned by root
+/// and group `exfil-sensor` when that group exists; run by the unit as the `exfil-sensor`
+/// user, it is already that user's and group's (the unit has no CAP_CHOWN to give it to root).
 pub fn bind_unix(path: &Path) -> Result<UnixListener, HttpError> {
     let unix_err = |cause| HttpError::Unix {
         path: path.to_path_buf(),
@@ -118,7 +120,9 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, HttpError> {
     }
     let listener = UnixListener::bind(path).map_err(unix_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(unix_err)?;
-    if let Some(gid) = group_id("exfil-sensor") {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && let Some(gid) = group_id("exfil-sensor") {
         std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(unix_err)?;
     }
     Ok(listener)

@@ -1,6 +1,7 @@
-//! `cargo xtask setup|run|test`: everything a fresh machine needs, from one command.
+//! `cargo xtask setup|run|test|package`: everything a fresh machine needs, from one command.
 
 mod bench;
+mod package;
 mod setup;
 
 use std::{
@@ -59,6 +60,9 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// Build tools (and cargo-deb), release build, then the Debian package; prints the path
+    /// of the .deb (target/debian/exfil-sensor_VERSION-1_ARCH.deb) last.
+    Package,
     /// Setup, unit tests, then the end-to-end tests against the real kernel (root only).
     Test {
         /// Only the unit tests (no root needed).
@@ -73,6 +77,7 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Run { args } => run(&args),
         Task::Test { unit } => test(unit),
+        Task::Package => package::run(),
         Task::Flood {
             destinations,
             rate,
@@ -184,12 +189,15 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
     let mut build = cargo();
     build.args(["build", "--package", "sensor"]);
     status(build, "cargo build --package sensor")?;
+    // tests/tests/package.rs installs this one with dpkg.
+    let deb = package::deb(package::Build::Test)?;
     let mut e2e = cargo();
     e2e.args(["test", "--package", "exfil-tests", "--", "--test-threads=1"])
         .env(
             "EXFIL_SENSOR_BIN",
             workspace_root().join("target/debug/exfil-sensor"),
-        );
+        )
+        .env("EXFIL_SENSOR_DEB", deb);
     println!("xtask: end-to-end tests against the running kernel, one at a time");
     status(e2e, "end-to-end tests")
 }

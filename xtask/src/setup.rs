@@ -7,6 +7,10 @@ use anyhow::{Context as _, bail};
 
 /// bpf-linker releases after this need a system LLVM this machine does not have.
 const BPF_LINKER_VERSION: &str = "0.10.3";
+/// cargo-deb for `cargo xtask package` and the package test: 3.8.0 is the newest and builds
+/// with rustc 1.95 (its MSRV is 1.85). Packaging the test run's debug build (`--profile
+/// dev`) is a warning in it that its authors mean to make an error: check on upgrading.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Debian packages the tests and tools use: `ip` for test namespaces, bpftool to inspect
 /// programs (ns per run), socat for hand checks; iperf3 and bpftrace (the peer the
 /// benchmarks compare against) and util-linux's fincore for `cargo xtask bench`; prometheus
@@ -23,10 +27,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// What `cargo xtask package` needs besides cargo-deb: dpkg-shlibdeps, from which cargo-deb
+/// writes the .deb's library dependencies (without it they are left out, with a warning).
+const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev"];
+
 /// Everything: the build tools, and what running the sensor and its tests needs (root).
 pub fn run() -> anyhow::Result<()> {
     toolchain()?;
-    step("Debian packages", debian_packages)?;
+    step("Debian packages", || debian_packages(DEBIAN_PACKAGES))?;
     step("tracefs at /sys/kernel/tracing", || {
         mount("tracefs", "tracefs", "/sys/kernel/tracing")
     })?;
@@ -151,6 +159,28 @@ fn bpf_linker() -> anyhow::Result<String> {
     Ok("installed".into())
 }
 
+/// cargo-deb at [`CARGO_DEB_VERSION`] (not part of setup: only packaging needs it).
+pub fn cargo_deb() -> anyhow::Result<()> {
+    step(&format!("cargo-deb {CARGO_DEB_VERSION}"), || {
+        if let Ok(version) = output("cargo", &["deb", "--version"])
+            && version.trim() == format!("cargo-deb {CARGO_DEB_VERSION}")
+        {
+            return Ok("present".into());
+        }
+        let spec = format!("cargo-deb@{CARGO_DEB_VERSION}");
+        let fix = format!("cargo install {spec} --locked");
+        run_visible("cargo", &["install", &spec, "--locked"], &fix)?;
+        Ok("installed".into())
+    })
+}
+
+/// The Debian packages packaging needs (root only when one is missing).
+pub fn packaging_packages() -> anyhow::Result<()> {
+    step("Debian packages for packaging", || {
+        debian_packages(PACKAGING_PACKAGES)
+    })
+}
+
 /// cargo-fuzz for `cargo xtask fuzz` (not part of setup: only fuzzing needs it).
 pub fn cargo_fuzz() -> anyhow::Result<()> {
     if output("cargo", &["fuzz", "--version"]).is_ok() {
@@ -163,8 +193,8 @@ pub fn cargo_fuzz() -> anyhow::Result<()> {
     )
 }
 
-fn debian_packages() -> anyhow::Result<String> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+fn debian_packages(packages: &[&str]) -> anyhow::Result<String> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| {
