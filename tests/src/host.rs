@@ -44,6 +44,9 @@ pub struct NetNs {
     pub peer_ip: &'static str,
     pub peer_ip_2: &'static str,
     pub peer_ip6: &'static str,
+    /// Held (flock) while the namespace exists: test runs of other checkouts on this machine
+    /// wait for it rather than take its name and addresses from under it. Released on close.
+    _lock: std::fs::File,
 }
 
 impl NetNs {
@@ -53,6 +56,21 @@ impl NetNs {
     }
 
     fn create(name: &str) -> anyhow::Result<Self> {
+        let lock_path = std::env::temp_dir().join(format!("{name}.netns.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        // SAFETY: flock on a descriptor we own; it blocks until the other holder closes.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            bail!(
+                "locking {}: {}",
+                lock_path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
         // A namespace left by a killed earlier run would hold the same addresses. The veth
         // goes first and by name: deleting a namespace destroys its devices later, in the
         // kernel's cleanup work, so the host end can outlive `ip netns del` for a while on a
@@ -67,6 +85,7 @@ impl NetNs {
             peer_ip: "198.51.100.2",
             peer_ip_2: "198.51.100.3",
             peer_ip6: "2001:db8::2",
+            _lock: lock,
         };
         let host_if = format!("{name}-h");
         let peer_if = format!("{name}-p");
