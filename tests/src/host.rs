@@ -116,6 +116,36 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// One more host in the namespace: `ip` on its end of the veth, reachable from this host
+    /// (a route through the veth when `ip` is outside 198.51.100.0/24), and able to reach
+    /// this host back. For the scenario hosts: attackers at 198.51.100.7, office clients and
+    /// the backup host in 192.0.2.0/24. Gone with the veth.
+    pub fn add_host(&self, ip: &str) -> anyhow::Result<()> {
+        let peer_if = format!("{}-p", self.name);
+        let host_if = format!("{}-h", self.name);
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "ip",
+                "addr",
+                "add",
+                &format!("{ip}/32"),
+                "dev",
+                &peer_if,
+            ],
+        )?;
+        if !ip.starts_with("198.51.100.") {
+            run(
+                "ip",
+                &["route", "replace", &format!("{ip}/32"), "dev", &host_if],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Routes `cidr` from this host through the namespace's end, so that any address in it is
     /// a destination datagrams can be sent to (the namespace drops them). Gone with the veth.
     pub fn route_via_peer(&self, cidr: &str) -> anyhow::Result<()> {

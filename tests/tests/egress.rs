@@ -340,3 +340,36 @@ fn unix_domain_sockets_are_not_counted() {
     assert_eq!(flows, vec![]);
     sender.finish().expect("sender exits cleanly");
 }
+
+/// A host added to the namespace outside its subnet (an office or backup host in
+/// 192.0.2.0/24, declared internal by the config): reached through the veth, counted exactly,
+/// classed internal.
+#[test]
+fn an_added_internal_host_is_counted_exactly_and_classed_internal() {
+    require_root();
+    const BYTES: u64 = 2_500_009;
+    let ns = NetNs::outside().expect("namespace");
+    ns.add_host("192.0.2.50").expect("backup host");
+    let agent = Agent::start_with("\n[networks]\ninternal = [\"192.0.2.0/24\"]\n").expect("agent");
+    let traffic = traffic!();
+    let (mut sink, port) = traffic.sink(&ns, "tcp", "192.0.2.50").expect("sink");
+    let mut sender = traffic
+        .send(&[
+            "send",
+            "tcp",
+            &socket_addr("192.0.2.50", port),
+            &BYTES.to_string(),
+        ])
+        .expect("sender");
+    assert_eq!(sender.expect_line::<u64>("sent").expect("sent"), BYTES);
+    assert_eq!(
+        sink.expect_line::<u64>("received").expect("received"),
+        BYTES
+    );
+    let flow = agent
+        .settled_flow(sender.pid(), "192.0.2.50", port, "tcp", BYTES)
+        .expect("API")
+        .expect("a flow to the backup host");
+    assert_eq!((flow.bytes_sent, flow.class.as_str()), (BYTES, "internal"));
+    sender.finish().expect("sender exits cleanly");
+}
