@@ -16,6 +16,10 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 /// benchmarks compare against) and util-linux's fincore for `cargo xtask bench`; prometheus
 /// for promtool, which lints `/metrics` in the tests; prometheus-alertmanager, the real
 /// Alertmanager the alert test delivers to.
+/// The real servers of the scenario tests (postfix, dovecot-imapd, postgresql; swaks and
+/// rsync as their clients): each test starts its own instance in the foreground, with its
+/// own config and state; the packages' system services are never started (see
+/// `debian_packages`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
@@ -25,6 +29,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "bpftrace",
     "util-linux",
+    "postfix",
+    "dovecot-imapd",
+    "postgresql",
+    "swaks",
+    "rsync",
 ];
 
 /// What `cargo xtask package` needs besides cargo-deb: dpkg-shlibdeps, from which cargo-deb
@@ -209,11 +218,27 @@ fn debian_packages(packages: &[&str]) -> anyhow::Result<String> {
     run_visible("apt-get", &["update", "-qq"], &fix)?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);
+    // Servers installed for the tests must not start as system services (a PostgreSQL
+    // cluster on 5432, a Postfix on 25): invoke-rc.d asks /usr/sbin/policy-rc.d, and 101
+    // means "not now". Only our own file is removed afterwards.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists()
+        && std::fs::write(
+            policy,
+            "#!/bin/sh\n# exfil-sensor setup: no service starts\nexit 101\n",
+        )
+        .and_then(|()| {
+            std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        })
+        .is_ok();
     let status = Command::new("apt-get")
         .args(&args)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .with_context(|| format!("cannot run apt-get; fix by hand: {fix}"))?;
+        .status();
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    let status = status.with_context(|| format!("cannot run apt-get; fix by hand: {fix}"))?;
     if !status.success() {
         bail!("apt-get install failed ({status}); fix by hand: {fix}");
     }
