@@ -6,7 +6,7 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use base64::Engine as _;
@@ -30,10 +30,10 @@ fn decoy_hash() -> &'static str {
 /// The verifier shared by a listener's connections.
 pub struct BasicAuth {
     /// SHA-256 of each remembered (user, hash, password), oldest first; never the password.
-    verified: Mutex<Remembered>,
+    verified: Arc<Mutex<Remembered>>,
     /// One bcrypt at a time (exporter-toolkit's `bcryptMtx`): a flood of wrong passwords
     /// queues here, off the runtime's threads, instead of taking every core.
-    bcrypt: Semaphore,
+    bcrypt: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -45,8 +45,8 @@ struct Remembered {
 impl Default for BasicAuth {
     fn default() -> Self {
         Self {
-            verified: Mutex::new(Remembered::default()),
-            bcrypt: Semaphore::new(1),
+            verified: Arc::new(Mutex::new(Remembered::default())),
+            bcrypt: Arc::new(Semaphore::new(1)),
         }
     }
 }
@@ -62,22 +62,27 @@ impl BasicAuth {
         if key.as_ref().is_some_and(|key| self.remembers(key)) {
             return true;
         }
-        let Ok(_permit) = self.bcrypt.acquire().await else {
+        let Ok(permit) = Arc::clone(&self.bcrypt).acquire_owned().await else {
             return false;
         };
-        let matches = tokio::task::spawn_blocking(move || {
+        // The check, its permit and remembering its success belong to the blocking task: a
+        // client that gives up (a scrape timeout shorter than a slow bcrypt) still leaves the
+        // verified password remembered for its next try, and the next bcrypt waits for this.
+        let verified = Arc::clone(&self.verified);
+        tokio::task::spawn_blocking(move || {
             let hash = hash.as_deref().unwrap_or_else(|| decoy_hash());
-            bcrypt::verify(&password, hash).unwrap_or(false)
+            let matches = bcrypt::verify(&password, hash).unwrap_or(false);
+            drop(permit);
+            match key {
+                Some(key) if matches => {
+                    remember(&verified, key);
+                    true
+                }
+                _ => false,
+            }
         })
         .await
-        .unwrap_or(false);
-        match key {
-            Some(key) if matches => {
-                self.remember(key);
-                true
-            }
-            _ => false,
-        }
+        .unwrap_or(false)
     }
 
     fn remembers(&self, key: &[u8; 32]) -> bool {
@@ -86,26 +91,27 @@ impl BasicAuth {
             .is_ok_and(|remembered| remembered.set.contains(key))
     }
 
-    fn remember(&self, key: [u8; 32]) {
-        let Ok(mut remembered) = self.verified.lock() else {
-            return;
-        };
-        if remembered.set.contains(&key) {
-            return;
-        }
-        if remembered.order.len() >= REMEMBERED
-            && let Some(oldest) = remembered.order.pop_front()
-        {
-            remembered.set.remove(&oldest);
-        }
-        remembered.order.push_back(key);
-        remembered.set.insert(key);
-    }
-
     #[cfg(test)]
     fn remembered(&self) -> usize {
         self.verified.lock().map_or(0, |r| r.set.len())
     }
+}
+
+/// Adds `key` to the remembered logins, forgetting the oldest beyond [`REMEMBERED`].
+fn remember(verified: &Mutex<Remembered>, key: [u8; 32]) {
+    let Ok(mut remembered) = verified.lock() else {
+        return;
+    };
+    if remembered.set.contains(&key) {
+        return;
+    }
+    if remembered.order.len() >= REMEMBERED
+        && let Some(oldest) = remembered.order.pop_front()
+    {
+        remembered.set.remove(&oldest);
+    }
+    remembered.order.push_back(key);
+    remembered.set.insert(key);
 }
 
 /// The user among `users` named `name`, every name compared in constant time (no early
@@ -250,11 +256,32 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_client_that_gives_up_still_leaves_its_password_remembered() {
+        let auth = BasicAuth::default();
+        let users = vec![User {
+            name: "slow".into(),
+            hash: bcrypt::hash("patience", 8).expect("hash"),
+        }];
+        let login = header("slow", "patience");
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            auth.admits(&users, Some(&login)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "bcrypt at cost 8 takes longer than 1 ms");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while auth.remembered() == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(auth.remembered(), 1);
+    }
+
     #[test]
     fn the_memory_is_bounded_oldest_out() {
         let auth = BasicAuth::default();
         for i in 0..(REMEMBERED as u64 + 10) {
-            auth.remember(fingerprint(&i.to_be_bytes(), "h", b"p"));
+            remember(&auth.verified, fingerprint(&i.to_be_bytes(), "h", b"p"));
         }
         assert_eq!(auth.remembered(), REMEMBERED);
         assert!(!auth.remembers(&fingerprint(&0u64.to_be_bytes(), "h", b"p")));
