@@ -402,3 +402,47 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     );
     assert!(fetch(server.addr, &old_client, None).await.is_err());
 }
+
+#[test]
+fn the_tcp_api_goes_without_a_token_only_behind_verified_client_certificates() {
+    let dir = TempDir::new("api");
+    let ca = Ca::new("api CA");
+    server_files(&dir, &ca);
+    dir.write("clients.pem", &Ca::new("clients").pem());
+    let http = |mode: &str, token: Option<&str>| {
+        let web = dir.write(
+            "web.yml",
+            &format!(
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+                 client_auth_type: {mode}\n  client_ca_file: clients.pem\n"
+            ),
+        );
+        let http = crate::config::HttpConfig {
+            api_listen: Some("127.0.0.1:9968".parse().expect("addr")),
+            api_token_file: token.map(PathBuf::from),
+            web_config_file: Some(web),
+            ..Default::default()
+        };
+        super::super::web_config(&http)
+            .map(|w| w.is_some())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(http("RequireAndVerifyClientCert", None), Ok(true));
+    assert_eq!(
+        http("VerifyClientCertIfGiven", None),
+        Err(format!(
+            "web config {}/web.yml: http.api_listen = 127.0.0.1:9968 without \
+             http.api_token_file needs tls_server_config.client_auth_type: \
+             RequireAndVerifyClientCert",
+            dir.0.display()
+        ))
+    );
+    // With a token, any web config will do (the token is checked when the agent starts).
+    assert_eq!(
+        http(
+            "VerifyClientCertIfGiven",
+            Some("/etc/exfil-sensor/api-token")
+        ),
+        Ok(true)
+    );
+}
