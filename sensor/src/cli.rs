@@ -39,6 +39,14 @@ pub enum Command {
         /// Unix socket for the JSON API (overrides http.api_socket).
         #[arg(long)]
         api_socket: Option<PathBuf>,
+        /// TLS and basic auth for the TCP listeners, in Prometheus exporter-toolkit's
+        /// web-config.yml format (overrides http.web_config_file; node_exporter's flag).
+        #[arg(
+            long = "web.config.file",
+            alias = "web-config-file",
+            value_name = "PATH"
+        )]
+        web_config_file: Option<PathBuf>,
     },
     /// Validate a config file: exit 0 when it is good, else one line naming the bad key.
     CheckConfig { file: PathBuf },
@@ -229,6 +237,30 @@ mod tests {
         };
         assert_eq!(listen, Some("127.0.0.1:1".parse().expect("addr")));
         assert_eq!(api_socket, Some(PathBuf::from("/tmp/a.sock")));
+    }
+
+    #[test]
+    fn run_takes_node_exporters_web_config_flag_and_a_plain_spelling() {
+        for flag in ["--web.config.file", "--web-config-file"] {
+            let Command::Run {
+                web_config_file, ..
+            } = parse(&["run", flag, "/etc/exfil-sensor/web.yml"])
+            else {
+                panic!("not run");
+            };
+            assert_eq!(
+                web_config_file,
+                Some(PathBuf::from("/etc/exfil-sensor/web.yml")),
+                "{flag}"
+            );
+        }
+        let Command::Run {
+            web_config_file, ..
+        } = parse(&["run", "--web.config.file=/w.yml"])
+        else {
+            panic!("not run");
+        };
+        assert_eq!(web_config_file, Some(PathBuf::from("/w.yml")));
     }
 
     fn parse(args: &[&str]) -> Command {

@@ -103,10 +103,14 @@ pub struct FilesConfig {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub api_socket: PathBuf,
-    /// A TCP listener for the JSON API, off unless set; it requires `api_token_file`.
+    /// A TCP listener for the JSON API, off unless set; it requires `api_token_file`, or a
+    /// `web_config_file` that requires and verifies client certificates.
     pub api_listen: Option<SocketAddr>,
     /// File holding the bearer token TCP API clients must send (mode 0600 or stricter).
     pub api_token_file: Option<PathBuf>,
+    /// TLS, basic auth and headers for the TCP listeners, in the Prometheus
+    /// exporter-toolkit's `web-config.yml` format (`run --web.config.file` overrides it).
+    pub web_config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -200,6 +204,7 @@ impl Default for HttpConfig {
             api_socket: PathBuf::from("/run/exfil-sensor/api.sock"),
             api_listen: None,
             api_token_file: None,
+            web_config_file: None,
         }
     }
 }
@@ -320,14 +325,19 @@ impl Config {
                 "must be at least agent.interval",
             ));
         }
-        if self.http.api_listen.is_some() && self.http.api_token_file.is_none() {
+        // Whether the web config verifies client certificates is checked where it is read
+        // (`http::web_config`): here only that there is one to read.
+        if self.http.api_listen.is_some()
+            && self.http.api_token_file.is_none()
+            && self.http.web_config_file.is_none()
+        {
             return Err(invalid(
                 "http.api_listen",
                 self.http
                     .api_listen
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
-                "a TCP JSON API needs http.api_token_file (a bearer token)",
+                "a TCP JSON API needs http.api_token_file (a bearer token) or an http.web_config_file that requires client certificates",
             ));
         }
         self.file_classes(path)?;

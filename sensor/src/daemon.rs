@@ -45,16 +45,23 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
-    // Bind first: a port in use is reported before any probe is attached.
+    // Read the web config and bind first: a bad certificate or a port in use is reported
+    // before any probe is attached.
+    let web_config = http::web_config(&config.http)?;
     let tcp = http::bind_tcp(config.http.listen).await?;
     let unix = http::bind_unix(&config.http.api_socket)?;
     let _socket_guard = RemoveOnDrop(config.http.api_socket.clone());
-    let api_tcp = match (config.http.api_listen, &config.http.api_token_file) {
-        (Some(addr), Some(token_file)) => Some((
+    let api_tcp = match config.http.api_listen {
+        Some(addr) => Some((
             http::bind_tcp(addr).await?,
-            http::BearerToken::read(token_file)?,
+            config
+                .http
+                .api_token_file
+                .as_deref()
+                .map(http::BearerToken::read)
+                .transpose()?,
         )),
-        _ => None,
+        None => None,
     };
 
     let mut sensor = Sensor::load(&KernelOptions {
@@ -90,6 +97,11 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         let to_journal = journal.sender();
         aggregator.on_record(move |record| to_journal.send(record));
     }
+    let http_metrics = http::HttpMetrics::register(&registry);
+    let web = web_config
+        .map(|c| http::Web::start(c, http_metrics))
+        .transpose()?
+        .map(Arc::new);
     let (agent_tx, agent_rx) = agent::channel();
     let aggregating = std::thread::Builder::new()
         .name("aggregate".into())
@@ -112,6 +124,8 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         metrics = %config.http.listen,
         api = %config.http.api_socket.display(),
         api_tcp = ?config.http.api_listen,
+        tls = web.as_ref().is_some_and(|w| w.tls()),
+        basic_auth = web.as_ref().is_some_and(|w| !w.current().config.users.is_empty()),
         "serving"
     );
     let (stop_serving, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -121,16 +135,38 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
             let _ = on_stop.recv().await;
         }
     };
+    let guard = |basic_auth| {
+        web.as_ref().map(|web| http::Guard {
+            web: Arc::clone(web),
+            basic_auth,
+        })
+    };
     let mut servers = tokio::task::JoinSet::new();
-    let tcp_server = axum::serve(tcp, http::metrics_router(state.clone()))
-        .with_graceful_shutdown(until_stopped(&stop_serving));
+    let tcp_server = http::serve(
+        tcp,
+        http::metrics_router(state.clone()),
+        guard(true),
+        "metrics",
+        until_stopped(&stop_serving),
+    );
     servers.spawn(async move { tcp_server.await.context("metrics listener") });
     let unix_server = axum::serve(unix, http::api_router(state.clone()))
         .with_graceful_shutdown(until_stopped(&stop_serving));
     servers.spawn(async move { unix_server.await.context("API socket listener") });
     if let Some((listener, token)) = api_tcp {
-        let server = axum::serve(listener, http::tcp_api_router(state.clone(), token))
-            .with_graceful_shutdown(until_stopped(&stop_serving));
+        // The bearer token and basic auth would both need the Authorization header: with a
+        // token, the token is the API's authentication (TLS and headers still apply).
+        let (router, basic_auth) = match token {
+            Some(token) => (http::tcp_api_router(state.clone(), token), false),
+            None => (http::api_router(state.clone()), true),
+        };
+        let server = http::serve(
+            listener,
+            router,
+            guard(basic_auth),
+            "api",
+            until_stopped(&stop_serving),
+        );
         servers.spawn(async move { server.await.context("TCP API listener") });
     }
     drop(state);

@@ -286,6 +286,7 @@ fn served_registry() -> prometheus::Registry {
     }]);
     let registry = metrics.registry();
     crate::journal::live::JournalMetrics::register(&registry);
+    crate::http::HttpMetrics::register(&registry);
     let dir = std::env::temp_dir().join(format!("exfil-docs-sinks-{}", std::process::id()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

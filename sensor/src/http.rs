@@ -1,5 +1,15 @@
 //! The two listeners: `/metrics` and `/healthz` on TCP for Prometheus; `/healthz` and the JSON
 //! API on a Unix socket (mode 0660) so that no unprivileged local user reads who talks to whom.
+//! The TCP listeners (and the optional TCP JSON API) take TLS, basic auth and headers from a
+//! web config in exporter-toolkit's format (`web_config`, `web`, `tls`, `auth`).
+
+mod auth;
+mod tls;
+mod web;
+mod web_config;
+
+pub use web::{Guard, HttpMetrics, Web};
+pub use web_config::{ClientAuth, WebConfig, WebConfigError};
 
 use std::{
     os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
@@ -46,6 +56,60 @@ pub enum HttpError {
     NotASocket { path: PathBuf },
     #[error("API token file {path}: {reason}")]
     Token { path: PathBuf, reason: String },
+    #[error(transparent)]
+    WebConfig(#[from] WebConfigError),
+}
+
+/// The web config `http` names, loaded and checked (certificate, key and client CA read),
+/// and whether it lets the TCP JSON API run without a bearer token: only when it requires
+/// and verifies client certificates. For `run` and `check-config` alike.
+pub fn web_config(http: &crate::config::HttpConfig) -> Result<Option<WebConfig>, HttpError> {
+    let web = http
+        .web_config_file
+        .as_deref()
+        .map(WebConfig::load)
+        .transpose()?;
+    if let (Some(addr), None) = (http.api_listen, &http.api_token_file)
+        && !web.as_ref().is_some_and(WebConfig::verifies_clients)
+    {
+        let path = web
+            .as_ref()
+            .map_or_else(|| "(none)".to_owned(), |w| w.path.display().to_string());
+        return Err(WebConfigError {
+            path,
+            message: format!(
+                "http.api_listen = {addr} without http.api_token_file needs \
+                 tls_server_config.client_auth_type: RequireAndVerifyClientCert"
+            ),
+        }
+        .into());
+    }
+    Ok(web)
+}
+
+/// Serves `router` on `listener` until `stop`: plain HTTP without a web config; with one,
+/// its [`web::guard`] on every request, over TLS when it has a `tls_server_config`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    guard: Option<Guard>,
+    name: &'static str,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(guard) = guard else {
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await;
+    };
+    let web = Arc::clone(&guard.web);
+    let router = router.layer(middleware::from_fn_with_state(guard, web::guard));
+    if web.tls() {
+        tls::serve(listener, router, web, name, stop).await
+    } else {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+    }
 }
 
 /// What every handler needs: the probe table (fixed after load), the aggregator to ask,

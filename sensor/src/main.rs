@@ -87,6 +87,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             listen,
             api_socket,
+            web_config_file,
         } => {
             let source = match config {
                 Some(path) => ConfigSource {
@@ -110,11 +111,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(api_socket) = api_socket {
                 config.http.api_socket = api_socket;
             }
+            if let Some(web_config_file) = web_config_file {
+                config.http.web_config_file = Some(web_config_file);
+            }
             daemon::run(config, source)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
-            Config::load(&file)?;
+            let config = Config::load(&file)?;
+            sensor::http::web_config(&config.http)?;
             out(&format!("{}: ok\n", file.display()))
         }
         Command::Config {

@@ -83,6 +83,12 @@ impl Agent {
         Self::start_polling(POLL, extra)
     }
 
+    /// An agent with `extra_http` keys added to its `[http]` section (e.g.
+    /// `web_config_file = "…"`) and `extra` config as above.
+    pub fn start_with_http(extra_http: &str, extra: &str) -> anyhow::Result<Self> {
+        Self::start_full(POLL, None, extra_http, extra, None)
+    }
+
     /// An agent that reads the kernel every `poll`, with `extra` config as above.
     pub fn start_polling(poll: Duration, extra: &str) -> anyhow::Result<Self> {
         Self::start_config(poll, None, extra)
@@ -112,7 +118,7 @@ impl Agent {
             format!("--ambient-caps={caps}"),
             "--".to_owned(),
         ];
-        Self::start_full(POLL, None, extra, Some((uid, wrapper)))
+        Self::start_full(POLL, None, "", extra, Some((uid, wrapper)))
     }
 
     fn start_config(
@@ -120,12 +126,13 @@ impl Agent {
         interval: Option<Duration>,
         extra: &str,
     ) -> anyhow::Result<Self> {
-        Self::start_full(poll, interval, extra, None)
+        Self::start_full(poll, interval, "", extra, None)
     }
 
     fn start_full(
         poll: Duration,
         interval: Option<Duration>,
+        extra_http: &str,
         extra: &str,
         user: Option<(u32, Vec<String>)>,
     ) -> anyhow::Result<Self> {
@@ -164,7 +171,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "[agent]\npoll_interval = \"{}ms\"\n{}[http]\nlisten = \"{metrics}\"\n\
+                "[agent]\npoll_interval = \"{}ms\"\n{}[http]\nlisten = \"{metrics}\"\n{extra_http}\n\
                  [kernel]\npin_dir = \"{}\"\n{extra}",
                 poll.as_millis(),
                 interval.map_or_else(String::new, |i| format!(
@@ -264,7 +271,8 @@ impl Agent {
     }
 
     /// The agent's journal directory.
-    /// Where it serves `/metrics`: what a scrape config targets.
+    /// Where it serves `/metrics` and `/healthz` (plain HTTP unless its web config says
+    /// TLS): what a scrape config targets.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics
     }

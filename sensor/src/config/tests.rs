@@ -61,7 +61,7 @@ fn new_sections_are_checked_by_key() {
         Config::parse("[http]\napi_listen = \"127.0.0.1:9968\"\n", "x.toml").expect_err("no token");
     assert_eq!(
         err.to_string(),
-        "config x.toml: http.api_listen = 127.0.0.1:9968: a TCP JSON API needs http.api_token_file (a bearer token)"
+        "config x.toml: http.api_listen = 127.0.0.1:9968: a TCP JSON API needs http.api_token_file (a bearer token) or an http.web_config_file that requires client certificates"
     );
     let err = Config::parse("[agent]\ninterval = \"500ms\"\n", "x.toml").expect_err("short");
     assert_eq!(
