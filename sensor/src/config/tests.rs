@@ -137,3 +137,15 @@ fn values_are_read() {
     assert_eq!(c.agent.poll_interval, Duration::from_millis(250));
     assert_eq!(c.http.listen, "127.0.0.1:19967".parse().expect("addr"));
 }
+
+#[test]
+fn an_empty_state_file_keeps_no_state() {
+    let off = Config::parse("[detect]\nstate_file = \"\"\n", "t.toml").expect("parses");
+    assert_eq!(off.detect.state_file, None);
+    let other =
+        Config::parse("[detect]\nstate_file = \"/srv/state.json\"\n", "t.toml").expect("parses");
+    assert_eq!(
+        other.detect.state_file.as_deref(),
+        Some(std::path::Path::new("/srv/state.json"))
+    );
+}

@@ -9,10 +9,18 @@ use serde::Deserialize;
 
 const MIB: u64 = 1 << 20;
 
+/// A path, or `""` for none: TOML has no null, and an empty path names no file.
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = PathBuf::deserialize(d)?;
+    Ok((!path.as_os_str().is_empty()).then_some(path))
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
-    /// Learning and baselines, kept across restarts; none = start afresh each time.
+    /// Learning and baselines, kept across restarts; none (`""` in the file) = start afresh
+    /// each time.
+    #[serde(deserialize_with = "empty_is_none")]
     pub state_file: Option<PathBuf>,
     /// An episode with no growth for this long is resolved.
     #[serde(with = "humantime_serde")]
