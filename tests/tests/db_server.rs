@@ -6,10 +6,11 @@
 //!   sent, within 30 s; no `lineage` (the shipped `postgresql` profile reads `records`);
 //! - an intruder's shell dumps the database with `pg_dump -Fc` and a program of another
 //!   service uploads the dump to 198.51.100.9: every link of the chain the agent sees is
-//!   counted exactly, but no alert is raised. The `lineage` the scenario expects is asserted
-//!   by two ignored tests, one per way pg_dump connects.
+//!   counted exactly; over loopback it is `lineage` naming `records` (the `postgresql`
+//!   profile `serves` records: what a backend sends a local client taints the client). Over
+//!   the Unix socket it is still missed: that test is ignored.
 //!
-//! Why lineage misses it: the taint starts at reads of `records` *files* and follows files
+//! Why lineage missed it before `serves`: the taint starts at reads of `records` *files* and follows files
 //! written by tainted processes. pg_dump reads no records file: the backend does (and its
 //! reads are exempt by the `postgresql` profile; served from shared buffers, it reads almost
 //! none: 191 KB of records files for a 71 MB `COPY`), and hands the rows to pg_dump over a
@@ -466,8 +467,6 @@ fn pg_dump_uploaded_is_lineage(via: Via) {
 }
 
 #[test]
-#[ignore = "product gap: lineage has no taint edge from a database backend to the local \
-            client it sends rows to (pg_dump reads no records file); see this file's doc"]
 fn a_pg_dump_over_loopback_uploaded_by_another_process_is_lineage_naming_records() {
     pg_dump_uploaded_is_lineage(Via::Loopback);
 }
