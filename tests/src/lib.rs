@@ -8,10 +8,12 @@ mod agent;
 mod host;
 mod http;
 mod prometheus;
+mod servers;
 mod traffic;
 
 pub use agent::{Agent, FileRow, Flow, POLL, agent_bin};
 pub use host::{NetNs, ServiceCgroup, require_root};
 pub use http::{http_get_tcp, http_get_unix};
 pub use prometheus::{Prometheus, Sample};
+pub use servers::postgres;
 pub use traffic::{Proc, Traffic, socket_addr};

@@ -137,6 +137,11 @@ pub struct Profile {
     /// File classes it reads for its work: no lineage taint from them.
     #[serde(default)]
     pub reads: Vec<String>,
+    /// File classes whose contents it hands to local clients (a database's rows): a process
+    /// that receives bytes from it over a loopback connection is tainted as if it had read
+    /// that many bytes of the class (`lineage`).
+    #[serde(default)]
+    pub serves: Vec<String>,
     /// Where it may send: sending elsewhere is a `budget` alert, and these destinations are
     /// left out of the other rules. Empty and `allow_internal = false`: no allowlist.
     #[serde(default)]
@@ -252,6 +257,7 @@ fn shipped_profiles() -> Vec<Profile> {
         services: strings(services),
         comms: strings(comms),
         reads: strings(reads),
+        serves: Vec::new(),
         allow: Vec::new(),
         allow_internal: false,
         daily_budget: None,
@@ -273,12 +279,15 @@ fn shipped_profiles() -> Vec<Profile> {
             &[],
             &["mail_store", "secrets"],
         ),
-        profile(
-            "postgresql",
-            &["postgresql*.service", "postgres"],
-            &[],
-            &["records", "secrets"],
-        ),
+        Profile {
+            serves: strings(&["records"]),
+            ..profile(
+                "postgresql",
+                &["postgresql*.service", "postgres"],
+                &[],
+                &["records", "secrets"],
+            )
+        },
         profile(
             "sshd",
             &[],

@@ -15,7 +15,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 use super::{Profiles, ms};
 use crate::{
     detect::{Hit, Kind, Sender, Traffic, config::LineageConfig, size},
-    flow::interval::Interval,
+    flow::{
+        class::DestinationClass,
+        interval::{Direction, Interval},
+    },
 };
 
 /// A set of processes that share what one of them read.
@@ -154,6 +157,62 @@ impl Lineage {
                 t.read += file.bytes_read;
                 t.largest = t.largest.max(file.bytes_read);
                 t.last_ms = now;
+            }
+        }
+        // 1b. What a serving process (a database backend) sent over a loopback connection
+        // taints the client that received it (pg_dump): the client reads no file of the
+        // class, and the server's own reads say little (its pages come from shared memory).
+        // The two ends meet at the server's port: the remote port of the client's row, the
+        // local port of the server's.
+        let mut served: BTreeMap<(u16, &str), (&str, &str)> = BTreeMap::new();
+        for f in interval.flows.iter().filter(|f| {
+            f.pid != 0
+                && f.direction == Direction::Inbound
+                && f.class == DestinationClass::Loopback
+                && f.bytes_sent > 0
+        }) {
+            let matching = profiles.matching(&f.service, &f.comm);
+            for class in profiles
+                .serves(&matching)
+                .into_iter()
+                .filter(|c| watched(c))
+            {
+                served
+                    .entry((f.port, class))
+                    .or_insert((f.comm.as_str(), f.service.as_str()));
+            }
+        }
+        if !served.is_empty() {
+            for f in interval.flows.iter().filter(|f| {
+                f.pid != 0
+                    && f.direction == Direction::Outbound
+                    && f.class == DestinationClass::Loopback
+                    && f.bytes_received > 0
+            }) {
+                let matching = profiles.matching(&f.service, &f.comm);
+                for (&(_, class), &(server, service)) in served
+                    .range((f.port, "")..)
+                    .take_while(|((port, _), _)| *port == f.port)
+                {
+                    if profiles.expects_read(&matching, class) {
+                        continue;
+                    }
+                    for group in groups(f.pid, &f.service) {
+                        let t = taint_of(&mut self.taints, group, class, || {
+                            Taint::new(
+                                now,
+                                format!(
+                                    "{} (receiving what {server} of {service} served on local port {})",
+                                    f.comm, f.port
+                                ),
+                                None,
+                            )
+                        });
+                        t.read += f.bytes_received;
+                        t.largest = t.largest.max(f.bytes_received);
+                        t.last_ms = now;
+                    }
+                }
             }
         }
         // 2. Writes by tainted processes taint the file; reads of tainted files taint the

@@ -82,6 +82,15 @@ impl Profiles {
             .any(|p| p.reads.iter().any(|c| c == class))
     }
 
+    /// The classes `matching`'s profiles hand to local clients.
+    pub fn serves(&self, matching: &[usize]) -> Vec<&str> {
+        matching
+            .iter()
+            .filter_map(|i| self.get(*i))
+            .flat_map(|p| p.serves.iter().map(String::as_str))
+            .collect()
+    }
+
     /// Whether one of `matching`'s profiles talks to new hosts all day.
     pub fn expects_many_destinations(&self, matching: &[usize]) -> bool {
         matching

@@ -13,6 +13,7 @@ fn budget_allowlist_and_daily_budget() {
         services: vec!["export.service".into()],
         comms: Vec::new(),
         reads: Vec::new(),
+        serves: Vec::new(),
         allow: vec!["198.51.100.50/32".parse().expect("net")],
         allow_internal: false,
         daily_budget: Some(bytesize::ByteSize::b(100 * MIB)),

@@ -196,3 +196,61 @@ fn lineage_follows_an_archive_from_its_writer_to_an_unrelated_uploader() {
     );
     assert!(events.is_empty(), "{events:?}");
 }
+
+/// A database backend (`postgres` of `service`) sending `bytes` of rows to a local client
+/// on port 5432, and the client (`pg_dump`, pid 600 of `shell.service`) receiving them.
+fn served_over_loopback(service: &str, bytes: u64) -> Vec<FlowInterval> {
+    use crate::flow::interval::Direction;
+    let backend = FlowInterval {
+        port: 5432,
+        direction: Direction::Inbound,
+        bytes_received: 300,
+        ..send(service, 500, "postgres", "127.0.0.1", bytes)
+    };
+    let client = FlowInterval {
+        port: 5432,
+        bytes_sent: 300,
+        bytes_received: bytes,
+        ..send("shell.service", 600, "pg_dump", "127.0.0.1", 0)
+    };
+    vec![backend, client]
+}
+
+#[test]
+fn lineage_follows_rows_a_database_served_over_loopback_to_a_dump_and_its_upload() {
+    let dump = (2049, 900);
+    for (server, expected) in [("postgresql.service", 1), ("cache.service", 0)] {
+        let mut feed = Feed::with_defaults();
+        // pg_dump receives 70 MiB of rows from the backend and writes a 30 MiB dump.
+        let events = feed.step(
+            served_over_loopback(server, 70 * MIB),
+            vec![write("shell.service", 600, "pg_dump", dump, 30 * MIB)],
+            vec![
+                process(500, "postgres", server, None, &[400]),
+                process(600, "pg_dump", "shell.service", Some(600), &[]),
+            ],
+        );
+        assert!(events.is_empty(), "{events:?}");
+        // Another service uploads the dump.
+        let up = vec![process(700, "socat", "up.service", Some(700), &[])];
+        feed.files(
+            vec![read("up.service", 700, "socat", "other", dump, 30 * MIB)],
+            &up,
+        );
+        let events = feed.sends(
+            vec![send("up.service", 700, "socat", "198.51.100.9", 30 * MIB)],
+            &up,
+        );
+        let alerts: Vec<_> = raised(&events)
+            .iter()
+            .map(|a| (a.service.clone(), a.bytes, a.class.clone()))
+            .collect();
+        // Only a profile that serves records makes its rows a taint.
+        let want = [(
+            "up.service".to_owned(),
+            30 * MIB,
+            Some("records".to_owned()),
+        )];
+        assert_eq!(alerts, want[..expected], "server {server}");
+    }
+}
