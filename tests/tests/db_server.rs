@@ -256,16 +256,6 @@ fn a_remote_copy_of_the_patients_table_is_a_burst_naming_postgresql() {
     );
 }
 
-/// How the intruder's pg_dump reaches the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
-    /// TCP to 127.0.0.1: both ends of the connection are flows the agent counts.
-    Loopback,
-    /// The server's Unix socket, as `sudo -u postgres pg_dump` does on Debian (peer
-    /// authentication): the agent counts no Unix-domain traffic.
-    UnixSocket,
-}
-
 /// The pg_dump chain as it ran: who dumped, who uploaded, and the bytes.
 struct DumpChain {
     dump_pid: u32,
@@ -284,22 +274,15 @@ struct DumpChain {
 /// to the attacker's host. Asserts each link the agent can see exactly: (over loopback) the
 /// bytes the backend sent to pg_dump as pg_dump received them, pg_dump's write of the dump,
 /// the dump read whole by the uploader, the upload as the sink received it.
-fn dump_and_upload(
-    ns: &NetNs,
-    pg: &Postgres,
-    agent: &Agent,
-    dir: &std::path::Path,
-    via: Via,
-) -> DumpChain {
+fn dump_and_upload(ns: &NetNs, pg: &Postgres, agent: &Agent, dir: &std::path::Path) -> DumpChain {
     let dump = dir.join("clinic.dump");
     let shell = ServiceCgroup::create("exfil-e2e-shell.service").expect("cgroup");
     let mut pg_dump = Command::new(pg.tool("pg_dump"));
-    match via {
-        Via::Loopback => pg_dump.args(["-h", "127.0.0.1"]),
-        Via::UnixSocket => pg_dump.arg("-h").arg(&pg.socket_dir),
-    };
+    // TCP to 127.0.0.1: both ends of the connection are flows the agent counts. (Over the
+    // server's Unix socket, as `sudo -u postgres pg_dump` does, the agent sees nothing: it
+    // counts no Unix-domain traffic yet.)
     pg_dump
-        .args(["-p", &pg.port.to_string(), "-Fc", "-f"])
+        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-Fc", "-f"])
         .arg(&dump)
         .envs(pg.client_env())
         .stdin(Stdio::null());
@@ -341,39 +324,37 @@ fn dump_and_upload(
     assert_eq!(received, dump_size);
 
     // Link 1, over loopback: the backend serving pg_dump sent exactly what pg_dump received.
-    if via == Via::Loopback {
-        let pulled = agent
-            .settled(dump_pid, "127.0.0.1", pg.port, "tcp", |f| {
-                f.bytes_received > 0
-            })
-            .expect("API")
-            .expect("pg_dump's connection to the server");
-        let served: Vec<_> = agent
-            .flows()
-            .expect("flows")
-            .into_iter()
-            .filter(|f| {
-                f.service == postgres::UNIT
-                    && f.direction == "inbound"
-                    && f.destination == "127.0.0.1"
-                    && f.port == pg.port
-            })
-            .map(|f| (f.comm, f.bytes_sent, f.bytes_received))
-            .collect();
-        assert_eq!(
-            served,
-            [(
-                "postgres".to_owned(),
-                pulled.bytes_received,
-                pulled.bytes_sent
-            )],
-            "one backend served pg_dump"
-        );
-        eprintln!(
-            "pg_dump received {} bytes from the server over loopback",
-            pulled.bytes_received
-        );
-    }
+    let pulled = agent
+        .settled(dump_pid, "127.0.0.1", pg.port, "tcp", |f| {
+            f.bytes_received > 0
+        })
+        .expect("API")
+        .expect("pg_dump's connection to the server");
+    let served: Vec<_> = agent
+        .flows()
+        .expect("flows")
+        .into_iter()
+        .filter(|f| {
+            f.service == postgres::UNIT
+                && f.direction == "inbound"
+                && f.destination == "127.0.0.1"
+                && f.port == pg.port
+        })
+        .map(|f| (f.comm, f.bytes_sent, f.bytes_received))
+        .collect();
+    assert_eq!(
+        served,
+        [(
+            "postgres".to_owned(),
+            pulled.bytes_received,
+            pulled.bytes_sent
+        )],
+        "one backend served pg_dump"
+    );
+    eprintln!(
+        "pg_dump received {} bytes from the server over loopback",
+        pulled.bytes_received
+    );
     // Link 2: pg_dump wrote the dump (its custom format rewrites its table of contents at
     // the end, so it writes a little more than the file holds).
     let upload_flow = agent
@@ -418,17 +399,17 @@ fn a_pg_dump_over_loopback_and_its_upload_are_counted_link_by_link() {
     let (ns, pg) = database();
     let agent = Agent::start_with_interval(INTERVAL, "").expect("agent");
     let dir = ScratchDir::new("pg-dump-links");
-    dump_and_upload(&ns, &pg, &agent, &dir.0, Via::Loopback);
+    dump_and_upload(&ns, &pg, &agent, &dir.0);
 }
 
 /// The scenario's expectation: `lineage` naming `records`, the uploader's service, the
 /// attacker and exactly the bytes the sink received, within 30 s of pg_dump's start.
-fn pg_dump_uploaded_is_lineage(via: Via) {
+fn pg_dump_uploaded_is_lineage() {
     require_root();
     let (ns, pg) = database();
     let agent = Agent::start_with_interval(INTERVAL, "").expect("agent");
     let dir = ScratchDir::new("pg-dump");
-    let chain = dump_and_upload(&ns, &pg, &agent, &dir.0, via);
+    let chain = dump_and_upload(&ns, &pg, &agent, &dir.0);
     let lineage = wait_for(
         &agent,
         ALERT_WITHIN.saturating_sub(chain.started.elapsed()),
@@ -468,12 +449,5 @@ fn pg_dump_uploaded_is_lineage(via: Via) {
 
 #[test]
 fn a_pg_dump_over_loopback_uploaded_by_another_process_is_lineage_naming_records() {
-    pg_dump_uploaded_is_lineage(Via::Loopback);
-}
-
-#[test]
-#[ignore = "product gap: as over loopback, and the agent counts no Unix-domain traffic, so \
-            the backend-to-pg_dump transfer is not even seen"]
-fn a_pg_dump_over_the_unix_socket_uploaded_by_another_process_is_lineage_naming_records() {
-    pg_dump_uploaded_is_lineage(Via::UnixSocket);
+    pg_dump_uploaded_is_lineage();
 }
