@@ -8,6 +8,7 @@ mod agent;
 mod host;
 mod http;
 mod prometheus;
+mod relay;
 mod servers;
 mod traffic;
 
@@ -15,5 +16,6 @@ pub use agent::{Agent, FileRow, Flow, POLL, agent_bin};
 pub use host::{NetNs, ServiceCgroup, require_root};
 pub use http::{http_get_tcp, http_get_unix};
 pub use prometheus::{Prometheus, Sample};
+pub use relay::{CountingRelay, Relayed};
 pub use servers::postgres;
 pub use traffic::{Proc, Traffic, socket_addr};

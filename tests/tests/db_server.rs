@@ -27,8 +27,8 @@ use std::{
 };
 
 use exfil_tests::{
-    Agent, NetNs, Proc, ServiceCgroup, agent_bin,
-    postgres::{self, CountingRelay, Postgres},
+    Agent, CountingRelay, NetNs, Proc, ServiceCgroup, agent_bin,
+    postgres::{self, Postgres},
     require_root, socket_addr, traffic,
 };
 use serde::Deserialize;
