@@ -7,7 +7,9 @@
 mod agent;
 mod host;
 mod http;
+pub mod maildir;
 mod prometheus;
+pub mod servers;
 mod traffic;
 
 pub use agent::{Agent, FileRow, Flow, POLL, agent_bin};
