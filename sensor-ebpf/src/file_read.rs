@@ -211,7 +211,8 @@ impl InodeFields {
 /// Adds a read to the key's entry with `add`, or creates the entry from `fresh` after sending
 /// the file's path. An entry counted before this agent started (another `generation`) has
 /// its path sent once more: the agent that learnt it is gone. One compare on every read after
-/// that.
+/// that. An entry whose path did not fit in the ring is marked with another generation, so
+/// that its next read tries again.
 #[inline(always)]
 fn record(
     key: &FileKey,
@@ -225,15 +226,18 @@ fn record(
         // SAFETY: a live entry of a plain hash map; see the callers on concurrent readers.
         let state = unsafe { &mut *state };
         add(state);
-        if state.path_generation != generation {
-            send_path_once(inode, key, layout)?;
+        if state.path_generation != generation && send_path_once(inode, key, layout)? {
             state.path_generation = generation;
         }
         return Ok(());
     }
-    send_path_once(inode, key, layout)?;
+    let sent = send_path_once(inode, key, layout)?;
     let read = FileRead {
-        path_generation: generation,
+        path_generation: if sent {
+            generation
+        } else {
+            generation.wrapping_sub(1)
+        },
         ..fresh()
     };
     if FILE_READS.insert(key, read, u64::from(BPF_NOEXIST)).is_ok() {
@@ -265,27 +269,31 @@ pub(crate) fn add_overflow(map: &PerCpuHashMap<u32, u64>, tgid: u32, bytes: u64)
 
 /// Sends the file's path the first time any process reads or writes it (as far as
 /// [`PATH_SENT`] remembers): the names from its dentry up to its filesystem's root, at most
-/// `PATH_DEPTH`.
+/// `PATH_DEPTH`. `false` when the ring had no room: the file is then not remembered as sent,
+/// and the caller asks again at its next read or write (a burst of more new files than the
+/// ring holds between two polls, such as a mail store read by `imap` or `tar`, would
+/// otherwise leave their paths, and so their classes, unknown for good).
 #[inline(always)]
 pub(crate) fn send_path_once(
     inode: *const u8,
     key: &FileKey,
     layout: &KernelLayout,
-) -> Result<(), ReadError> {
+) -> Result<bool, ReadError> {
     let (dev, ino) = (key.dev, key.ino);
     let id = FileId { dev, _pad: 0, ino };
     if PATH_SENT.get_ptr(id).is_some() {
-        return Ok(());
+        return Ok(true);
     }
     let _ = PATH_SENT.insert(id, 1, 0);
     // i_dentry.first: one of the inode's dentries (hard links have several; any will do).
     let alias: u64 = read_kernel(inode, layout.inode_dentry)?;
     if alias == 0 {
-        return Ok(()); // unlinked while open: no name left to send
+        return Ok(true); // unlinked while open: no name left to send
     }
     let Some(mut entry) = FILE_PATHS.reserve::<FilePathEvent>(0) else {
         bump(&KERNEL_DROPS, MAP_FILE_PATHS);
-        return Ok(());
+        let _ = PATH_SENT.remove(id);
+        return Ok(false);
     };
     let event = entry.as_mut_ptr();
     let mut dentry = alias - u64::from(layout.dentry_alias);
@@ -311,9 +319,9 @@ pub(crate) fn send_path_once(
         }
         dentry = parent;
     }
-    if walked.is_err() {
+    if let Err(e) = walked {
         entry.discard(0);
-        return walked;
+        return Err(e);
     }
     // SAFETY: as above.
     unsafe {
@@ -322,5 +330,5 @@ pub(crate) fn send_path_once(
         (*event).ino = ino;
     }
     entry.submit(0);
-    Ok(())
+    Ok(true)
 }

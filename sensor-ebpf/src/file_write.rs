@@ -113,15 +113,20 @@ fn try_write(inode: *const u8, bytes: u64) -> Result<(), ReadError> {
             (*sums).writes += 1;
             // Each CPU's copy remembers its own generation: after a new agent, or on a CPU
             // this entry had not run on, one `PATH_SENT` lookup, then one compare a write.
-            if (*sums).path_generation != agent.generation {
-                send_path_once(inode, &key, &layout)?;
+            if (*sums).path_generation != agent.generation && send_path_once(inode, &key, &layout)?
+            {
                 (*sums).path_generation = agent.generation;
             }
         }
         return Ok(());
     }
-    send_path_once(inode, &key, &layout)?;
-    insert(&key, bytes, agent.generation);
+    // A path the ring had no room for is asked for again at the next write.
+    let generation = if send_path_once(inode, &key, &layout)? {
+        agent.generation
+    } else {
+        agent.generation.wrapping_sub(1)
+    };
+    insert(&key, bytes, generation);
     Ok(())
 }
 

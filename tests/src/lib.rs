@@ -7,9 +7,10 @@
 mod agent;
 mod host;
 mod http;
+pub mod maildir;
 mod prometheus;
 mod relay;
-mod servers;
+pub mod servers;
 mod traffic;
 
 pub use agent::{Agent, FileRow, Flow, POLL, agent_bin};

@@ -178,3 +178,90 @@ fn a_file_read_across_a_restart_keeps_its_path() {
     reader.finish().expect("reader exits cleanly");
     std::fs::remove_file(&path).expect("cleanup");
 }
+
+/// More new files read between two polls than the path ring holds (1 MiB of 1,048-byte
+/// events: 1,000 paths): a path that did not fit is sent at the file's next read, and the
+/// row, which that read grows, has it then. A `tar` of a mail store floods the ring so; its
+/// archive, written on, would otherwise never have its path.
+#[test]
+fn a_path_the_full_ring_dropped_is_sent_at_the_next_read() {
+    require_root();
+    const FILES: usize = 2_500;
+    /// FILE_PATHS holds this many events (sensor-ebpf/src/maps.rs).
+    const RING_EVENTS: usize = 1_000;
+    /// Each pass reads the next page of every file: new bytes, which the row shows.
+    const PASSES: usize = 4;
+    const PAGE: usize = 4096;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("path-ring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // Written before the agent starts: only the reads below are new to it.
+    let files: Vec<(PathBuf, u64)> = (0..FILES)
+        .map(|i| {
+            let path = dir.join(format!("msg-{i:04}"));
+            std::fs::write(&path, [b'x'; PAGE * PASSES]).expect("write");
+            let inode = std::fs::metadata(&path).expect("stat").ino();
+            (path, inode)
+        })
+        .collect();
+    let device = {
+        let dev = std::fs::metadata(&dir).expect("stat").dev();
+        format!("{}:{}", libc::major(dev), libc::minor(dev))
+    };
+    let poll = Duration::from_secs(1);
+    let agent = Agent::start_polling(poll, "").expect("agent");
+    let pid = std::process::id();
+    let rows = || -> Vec<FileRow> {
+        agent
+            .files()
+            .expect("API")
+            .into_iter()
+            .filter(|f| f.pid == pid && f.device == device)
+            .filter(|f| files.iter().any(|(_, inode)| *inode == f.inode))
+            .collect()
+    };
+    let mut missing = Vec::new();
+    // Each pass reads one page of every file (a few ms: at most one poll falls inside the
+    // first), then waits two polls.
+    for pass in 0..PASSES {
+        for (path, _) in &files {
+            let file = std::fs::File::open(path).expect("open");
+            let mut page = [0u8; PAGE];
+            let offset = (pass * PAGE) as u64;
+            let n = std::os::unix::fs::FileExt::read_at(&file, &mut page, offset).expect("read");
+            assert_eq!(n, PAGE);
+        }
+        std::thread::sleep(poll * 2 + POLL);
+        missing.push(FILES - rows().iter().filter(|f| f.path.is_some()).count());
+        if missing.last() == Some(&0) {
+            break;
+        }
+    }
+    // The first pass did overflow the ring: with at most one drain during it, at least
+    // FILES - 2 × RING_EVENTS paths could not be sent.
+    assert!(
+        missing[0] >= FILES - 2 * RING_EVENTS,
+        "paths missing after each pass: {missing:?}"
+    );
+    let rows = rows();
+    let passes = missing.len();
+    let mut bad: Vec<_> = files
+        .iter()
+        .filter(|(path, inode)| {
+            !rows.iter().any(|r| {
+                r.inode == *inode
+                    && r.path.as_deref() == path.to_str()
+                    && r.bytes_read == (PAGE * passes) as u64
+            })
+        })
+        .collect();
+    let bad_count = bad.len();
+    bad.truncate(3);
+    assert!(
+        bad.is_empty(),
+        "after {passes} passes ({missing:?} paths missing), {bad_count} files without their \
+         path or bytes, such as {bad:?}"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

@@ -16,10 +16,10 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 /// benchmarks compare against) and util-linux's fincore for `cargo xtask bench`; prometheus
 /// for promtool, which lints `/metrics` in the tests; prometheus-alertmanager, the real
 /// Alertmanager the alert test delivers to.
-/// The real servers of the scenario tests (postfix, dovecot-imapd, postgresql; swaks and
-/// rsync as their clients): each test starts its own instance in the foreground, with its
-/// own config and state; the packages' system services are never started (see
-/// `debian_packages`).
+/// The real servers of the scenario tests (postfix, dovecot-imapd, postgresql; swaks, rsync
+/// and python3's imaplib as their clients): each test starts its own instance in the
+/// foreground, with its own config and state; the packages' system services are never
+/// started (see `debian_packages`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
@@ -34,6 +34,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     "swaks",
     "rsync",
+    "python3",
 ];
 
 /// What `cargo xtask package` needs besides cargo-deb: dpkg-shlibdeps, from which cargo-deb

@@ -49,6 +49,11 @@ impl Novelty {
                 continue;
             }
             let known = self.known.service_mut(name);
+            // This interval's unknown destinations, in the order first sent to: every flow of
+            // the service to one of them adds up before the threshold is checked, so that the
+            // alert holds all the interval's bytes whatever order its flows come in (Dovecot's
+            // imap-login and imap both answer one client).
+            let mut touched: Vec<IpAddr> = Vec::new();
             for f in flows.iter().filter(|f| f.watched()) {
                 let flow = f.flow;
                 let Some(ip) = flow.destination else { continue };
@@ -67,39 +72,47 @@ impl Novelty {
                     remember(known, ip, now, config.max_per_service);
                     continue;
                 }
-                let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
+                let pending = self.pending.entry(key).or_insert_with(|| Pending {
                     first_ms: traffic.start_ms,
                     ..Pending::default()
                 });
                 pending.bytes += flow.bytes_sent;
                 pending.sender.keep_larger(flow);
+                if !touched.contains(&ip) {
+                    touched.push(ip);
+                }
+            }
+            for ip in touched {
+                let key = (name.to_owned(), ip);
+                let Some(pending) = self.pending.get(&key) else {
+                    continue;
+                };
                 if pending.bytes < threshold {
                     continue;
                 }
-                let service = &flow.service;
                 hits.push(Hit {
-                kind: Kind::NewDestination,
-                service: service.clone(),
-                destination: Some(ip),
-                per_destination: true,
-                sender: pending.sender.clone(),
-                bytes: pending.bytes,
-                growth: 0,
-                window_s: 0,
-                started_ms: pending.first_ms,
-                class: None,
-                summary: format!(
-                    "{service} sent {} to {ip}, a destination it never used",
-                    size(pending.bytes)
-                ),
-                description: format!(
-                    "{service} sent {} bytes to the external address {ip}, which it had not used since {} (the learning period ended {}); the threshold is {} to a new destination.",
-                    pending.bytes,
-                    super::super::episodes::rfc3339(started),
-                    super::super::episodes::rfc3339(started.saturating_add(learning)),
-                    size(threshold)
-                ),
-            });
+                    kind: Kind::NewDestination,
+                    service: name.to_owned(),
+                    destination: Some(ip),
+                    per_destination: true,
+                    sender: pending.sender.clone(),
+                    bytes: pending.bytes,
+                    growth: 0,
+                    window_s: 0,
+                    started_ms: pending.first_ms,
+                    class: None,
+                    summary: format!(
+                        "{name} sent {} to {ip}, a destination it never used",
+                        size(pending.bytes)
+                    ),
+                    description: format!(
+                        "{name} sent {} bytes to the external address {ip}, which it had not used since {} (the learning period ended {}); the threshold is {} to a new destination.",
+                        pending.bytes,
+                        super::super::episodes::rfc3339(started),
+                        super::super::episodes::rfc3339(started.saturating_add(learning)),
+                        size(threshold)
+                    ),
+                });
                 remember(known, ip, now, config.max_per_service);
                 self.pending.remove(&key);
             }

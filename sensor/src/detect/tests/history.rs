@@ -43,6 +43,40 @@ fn new_destination_after_learning_at_one_mib() {
     assert!(raised(&events).is_empty(), "known: {events:?}");
 }
 
+/// Dovecot answers one client from two processes: imap-login (greeting, capabilities) and
+/// imap (the mail). The alert holds both processes' bytes of the interval it is raised in,
+/// whichever of their flows comes first, and names the larger sender.
+#[test]
+fn new_destination_holds_every_flow_of_the_interval_that_crosses_it() {
+    let config = DetectConfig {
+        state_file: None,
+        new_destination: config::NewDestinationConfig {
+            learning: std::time::Duration::ZERO,
+            ..config::NewDestinationConfig::default()
+        },
+        ..DetectConfig::default()
+    };
+    for imap_first in [true, false] {
+        let mut feed = Feed::new(config.clone(), MONDAY, 10_000);
+        let imap = send("dovecot.service", 20, "imap", "198.51.100.7", 2 * MIB);
+        let login = send("dovecot.service", 17, "imap-login", "198.51.100.7", 293);
+        let flows = if imap_first {
+            vec![imap, login]
+        } else {
+            vec![login, imap]
+        };
+        let events = feed.flows(flows);
+        assert_eq!(
+            raised(&events)
+                .iter()
+                .map(|a| (a.kind.as_str(), a.pid, a.comm.as_str(), a.bytes))
+                .collect::<Vec<_>>(),
+            vec![("new_destination", 20, "imap", 2 * MIB + 293)],
+            "imap first: {imap_first}"
+        );
+    }
+}
+
 /// `days` days of hourly intervals of `per_hour(day, hour)` bytes from app.service.
 fn hourly(
     feed: &mut Feed,

@@ -1,0 +1,396 @@
+//! Issue 11 against a real Dovecot: scenario 1, the mailbox theft over IMAP of the Guernsey
+//! breach. An intruder at 198.51.100.7 logs in with a user's password and FETCHes every
+//! message of every folder; the agent (default config, the office network internal, no
+//! learning period left) raises `burst` and `new_destination` naming `dovecot.service` and
+//! the intruder within 30 s, each holding exactly the bytes the intruder received. And the
+//! exactness oracle: Dovecot's own count of what its `imap` process wrote to the client
+//! (`Logged out … out=N`) is, to the byte, what the agent counted for that process.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use exfil_tests::{
+    Agent, NetNs, POLL, agent_bin,
+    maildir::{self, MailUser},
+    require_root,
+    servers::dovecot::{self, Dovecot, IMAP_PORT, UNIT},
+};
+use serde::Deserialize;
+
+/// The mail store: four users, 150 MiB in all; alice, whose password the intruder has, holds
+/// 64 MiB of it (more than `detect.burst.bytes`, 50 MiB).
+const USERS: [MailUser; 4] = [
+    MailUser {
+        name: "alice",
+        password: "Summer2025!",
+        bytes: 64 << 20,
+    },
+    MailUser {
+        name: "bob",
+        password: "hunter22",
+        bytes: 40 << 20,
+    },
+    MailUser {
+        name: "carol",
+        password: "c4r0l-pw",
+        bytes: 26 << 20,
+    },
+    MailUser {
+        name: "dave",
+        password: "dave1984",
+        bytes: 20 << 20,
+    },
+];
+const STORE_BYTES: u64 = 150 << 20;
+const SEED: u64 = 0x6775_6572_6e73_6579;
+const INTRUDER: &str = "198.51.100.7";
+
+#[derive(Debug, Clone, Deserialize)]
+struct Alert {
+    id: u64,
+    kind: String,
+    service: String,
+    destination: String,
+    port: u16,
+    pid: u32,
+    comm: String,
+    bytes: u64,
+    status: String,
+    class: Option<String>,
+}
+
+fn alerts(agent: &Agent) -> Vec<Alert> {
+    agent.get_json("/api/v1/alerts").expect("/api/v1/alerts")
+}
+
+/// Waits up to `within` for an alert that `matches`.
+fn wait_for(agent: &Agent, within: Duration, matches: impl Fn(&Alert) -> bool) -> Option<Alert> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(a) = alerts(agent).into_iter().find(|a| matches(a)) {
+            return Some(a);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The agent's config: the default, with the office network internal, the test's mail store
+/// classed `mail_store` besides the default paths, and no learning period left, so that a
+/// destination first used now is new (the 7 days of the default would have passed on a
+/// server in service).
+fn config(mail_root: &Path) -> String {
+    let defaults = r#""/var/mail", "/var/vmail", "/var/spool/mail", "~/Maildir", "~/mail""#;
+    format!(
+        "[networks]\ninternal = [\"192.0.2.0/24\"]\n\
+         [files]\nmail_store = [{defaults}, \"{}\"]\n\
+         [detect.new_destination]\nlearning = \"0s\"\n",
+        mail_root.display()
+    )
+}
+
+/// The message files of a Maildir (its `cur/` and its folders'), by inode.
+fn victim_messages(maildir: &Path) -> BTreeMap<u64, PathBuf> {
+    let mut dirs = vec![maildir.join("cur")];
+    for (folder, _) in &maildir::FOLDERS[1..] {
+        dirs.push(maildir.join(format!(".{folder}")).join("cur"));
+    }
+    dirs.iter()
+        .flat_map(|d| std::fs::read_dir(d).expect("a cur/ directory"))
+        .map(|e| {
+            let path = e.expect("an entry").path();
+            (std::fs::metadata(&path).expect("stat").ino(), path)
+        })
+        .collect()
+}
+
+/// Runs the agent binary; returns (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .output()
+        .expect("the agent binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn mailbox_theft_over_imap_is_a_burst_and_new_destination_naming_dovecot_exact_to_its_log() {
+    require_root();
+    let test_start = Instant::now();
+    let ns = NetNs::outside().expect("namespace");
+    ns.add_host(INTRUDER).expect("the intruder's host");
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dovecot-{}", std::process::id()));
+    let dovecot = Dovecot::start(&dir, ns.host_ip, &USERS).expect("dovecot");
+    let generating = Instant::now();
+    let store = maildir::generate(
+        &dovecot.mail_root(),
+        &USERS,
+        dovecot::mail_owner().expect("the mail user"),
+        SEED,
+    )
+    .expect("the mail store");
+    let generated_in = generating.elapsed();
+    assert_eq!(store.bytes(), STORE_BYTES);
+    for user in &USERS {
+        assert_eq!(store.user_totals(user.name).1, user.bytes, "{}", user.name);
+    }
+    let victim = &USERS[0];
+    let (messages, _, imap_bytes) = store.user_totals(victim.name);
+
+    let mut agent = Agent::start_with(&config(&dovecot.mail_root())).expect("agent");
+
+    let attack = Instant::now();
+    let fetched = dovecot::steal_mailbox(&ns, dovecot.addr(), INTRUDER, victim).expect("the theft");
+    let fetched_in = attack.elapsed();
+    // The intruder has the whole mailbox: every folder, every message, every byte of each
+    // (with CRLF line ends, as IMAP serves Maildir's LF files).
+    assert_eq!(
+        (fetched.folders, fetched.messages, fetched.octets),
+        (maildir::FOLDERS.len() as u64, messages, imap_bytes)
+    );
+
+    // Dovecot's account: one login, from the intruder, handed from an imap-login process to
+    // an imap process, which logged the session's end with its byte counts.
+    let logins = dovecot.logins();
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    let login = &logins[0];
+    assert_eq!(
+        (login.user.as_str(), login.rip.as_str()),
+        (victim.name, INTRUDER)
+    );
+    let session = dovecot
+        .session_of(login.mail_pid, Duration::from_secs(10))
+        .expect("the session's end in Dovecot's log");
+    assert_eq!(
+        (
+            session.user.as_str(),
+            session.reason.as_str(),
+            &session.session
+        ),
+        (victim.name, "Disconnected: Logged out", &login.session)
+    );
+
+    // `burst` within 30 s of the attack's start, naming Dovecot, its imap process and the
+    // intruder; and `new_destination`, the learning period being over.
+    let burst = wait_for(
+        &agent,
+        Duration::from_secs(30).saturating_sub(attack.elapsed()),
+        |a| a.kind == "burst" && a.service == UNIT,
+    )
+    .expect("a burst naming dovecot.service within 30 s of the attack's start");
+    let burst_seen_in = attack.elapsed();
+    let new = wait_for(
+        &agent,
+        Duration::from_secs(30).saturating_sub(attack.elapsed()),
+        |a| a.kind == "new_destination" && a.service == UNIT,
+    )
+    .expect("a new_destination naming dovecot.service within 30 s of the attack's start");
+    let new_seen_in = attack.elapsed();
+    assert!(
+        burst_seen_in <= Duration::from_secs(30) && new_seen_in <= Duration::from_secs(30),
+        "{burst_seen_in:?}, {new_seen_in:?}"
+    );
+    for alert in [&burst, &new] {
+        assert_eq!(
+            (
+                alert.service.as_str(),
+                alert.destination.as_str(),
+                alert.port,
+                alert.pid,
+                alert.comm.as_str(),
+                alert.status.as_str(),
+                alert.class.as_deref(),
+            ),
+            (
+                UNIT,
+                INTRUDER,
+                IMAP_PORT,
+                login.mail_pid,
+                "imap",
+                "firing",
+                None
+            ),
+            "{alert:?}"
+        );
+    }
+
+    // Once the episode's last interval is in, each alert holds every byte Dovecot sent the
+    // intruder: what the intruder counted at its end.
+    let settled = |id: u64| {
+        wait_for(&agent, Duration::from_secs(25), |a| {
+            a.id == id && a.bytes >= fetched.received
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "alert {id} grows to the {} bytes received",
+                fetched.received
+            )
+        })
+    };
+    let (burst, new) = (settled(burst.id), settled(new.id));
+    assert_eq!(
+        (burst.bytes, new.bytes),
+        (fetched.received, fetched.received)
+    );
+
+    // The oracle: the imap process's flow to the intruder is Dovecot's `out=` to the byte,
+    // and the imap-login process's is what the intruder had received before it sent LOGIN
+    // (greeting and capabilities: the login process hands the connection, with the LOGIN
+    // command's tag, to imap, which sends the `OK … Logged in` itself). Together, every
+    // byte the intruder received. The other way, imap-login read the intruder's commands up
+    // to LOGIN and imap the rest, of which Dovecot's `in=` leaves out LOGOUT's CRLF (see
+    // `Session`).
+    let mut flows: Vec<_> = agent
+        .flows()
+        .expect("flows")
+        .into_iter()
+        .filter(|f| f.service == UNIT && f.destination == INTRUDER)
+        .map(|f| {
+            (
+                f.comm,
+                f.pid,
+                f.port,
+                f.direction,
+                f.bytes_sent,
+                f.bytes_received,
+            )
+        })
+        .collect();
+    flows.sort();
+    let (to_imap_login, to_imap) = (fetched.sent_to_login, fetched.sent - fetched.sent_to_login);
+    assert_eq!(
+        flows,
+        [
+            (
+                "imap".to_owned(),
+                login.mail_pid,
+                IMAP_PORT,
+                "inbound".to_owned(),
+                session.output,
+                to_imap
+            ),
+            (
+                "imap-login".to_owned(),
+                login.login_pid,
+                IMAP_PORT,
+                "inbound".to_owned(),
+                fetched.before_login,
+                to_imap_login
+            ),
+        ]
+    );
+    assert_eq!(
+        (session.output, session.input),
+        (
+            fetched.received - fetched.before_login,
+            to_imap - "\r\n".len() as u64
+        )
+    );
+
+    // And what it read for it: each of the victim's message files once, whole, and each
+    // whose path came is mail_store. (By inode: a path is lost when more new files are read
+    // host-wide between two polls than the kernel's path ring holds, FILE_PATHS in
+    // sensor-ebpf/src/maps.rs, and this imap reads 1,220 in half a second.)
+    let messages_read = victim_messages(&dovecot.mail_root().join(victim.name));
+    let reads: Vec<_> = agent
+        .files()
+        .expect("files")
+        .into_iter()
+        .filter(|f| f.pid == login.mail_pid && messages_read.contains_key(&f.inode))
+        .collect();
+    assert_eq!(
+        (
+            reads.len() as u64,
+            reads.iter().map(|f| f.bytes_read).sum::<u64>()
+        ),
+        (messages, victim.bytes)
+    );
+    for row in &reads {
+        if let Some(path) = &row.path {
+            assert_eq!(
+                (Some(path.as_str()), row.class.as_str()),
+                (messages_read[&row.inode].to_str(), "mail_store")
+            );
+        }
+    }
+    let reads_without_path = reads.iter().filter(|f| f.path.is_none()).count();
+
+    // Nothing else names Dovecot: its profile reads mail_store for its work, so serving
+    // mail is no lineage.
+    std::thread::sleep(POLL * 2);
+    // (Sorted: when an interval ends between the first MiB and the 50th, new_destination is
+    // raised first.)
+    let mut dovecot_alerts: Vec<_> = alerts(&agent)
+        .into_iter()
+        .filter(|a| a.service == UNIT)
+        .map(|a| (a.kind, a.destination))
+        .collect();
+    dovecot_alerts.sort();
+    assert_eq!(
+        dovecot_alerts,
+        [
+            ("burst".to_owned(), INTRUDER.to_owned()),
+            ("new_destination".to_owned(), INTRUDER.to_owned())
+        ]
+    );
+
+    // The evidence: the journal verifies, and `report` names Dovecot, the intruder and the
+    // bytes the intruder received.
+    let status = agent.stop().expect("SIGTERM");
+    assert!(status.success(), "{status}");
+    let journal = agent.journal_dir().to_str().expect("utf-8").to_owned();
+    let (code, verdict, _) = run(&["journal", "verify", &journal]);
+    assert_eq!(code, 0, "{verdict}");
+    let (code, stdout, stderr) = run(&["report", &journal, "--service", UNIT, "--format", "json"]);
+    assert_eq!(code, 0, "report: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report JSON");
+    let destinations: Vec<_> = report["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| {
+            (
+                d["destination"].as_str().unwrap_or_default().to_owned(),
+                d["bytes"].as_u64(),
+                d["services"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        destinations,
+        [(
+            INTRUDER.to_owned(),
+            Some(fetched.received),
+            serde_json::json!([UNIT])
+        )]
+    );
+
+    eprintln!(
+        "mail store: {} messages, {} bytes, generated in {generated_in:?}; the theft: {} \
+         messages, {} bytes received ({} sent) in {fetched_in:?}; imap out={} in={} \
+         (imap-login sent {}); {reads_without_path} of its message reads without a path; \
+         burst seen {burst_seen_in:?} and new_destination {new_seen_in:?} after the attack's \
+         start; test {:?}",
+        store.messages(),
+        store.bytes(),
+        fetched.messages,
+        fetched.received,
+        fetched.sent,
+        session.output,
+        session.input,
+        fetched.before_login,
+        test_start.elapsed()
+    );
+}
