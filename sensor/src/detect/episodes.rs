@@ -39,6 +39,21 @@ fn key(kind: Kind, service: &str, destination: Option<IpAddr>) -> String {
     }
 }
 
+/// How long the episode of key `k` may go without growth before it is resolved: `quiet`, and
+/// for the rules that judge whole hours and days at least that long, so that a drip of a few
+/// sessions a day is one `slow_leak` episode growing for days, not one alert per session.
+fn quiet_ms(k: &str, quiet: Duration) -> u64 {
+    let quiet = super::rules::ms(quiet);
+    let kind = k.split('/').next().unwrap_or_default();
+    if kind == Kind::SlowLeak.to_string() {
+        quiet.max(super::rules::DAY_MS)
+    } else if kind == Kind::Baseline.to_string() {
+        quiet.max(super::rules::HOUR_MS)
+    } else {
+        quiet
+    }
+}
+
 /// RFC 3339, UTC, seconds.
 pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
@@ -172,10 +187,9 @@ impl Episodes {
             self.records.insert(id, record);
         }
         // Quiet ones are resolved.
-        let quiet_ms = super::rules::ms(quiet);
         let records = &mut self.records;
-        self.open.retain(|_, open| {
-            if now.saturating_sub(open.last_growth_ms) < quiet_ms {
+        self.open.retain(|k, open| {
+            if now.saturating_sub(open.last_growth_ms) < quiet_ms(k, quiet) {
                 return true;
             }
             if let Some(record) = records.get_mut(&open.id) {

@@ -107,13 +107,17 @@ impl History {
 
         let mut this_interval: BTreeMap<&str, u64> = BTreeMap::new();
         for (name, flows) in traffic.by_service() {
-            let mut watched = flows.iter().filter(|f| f.watched()).peekable();
-            if watched.peek().is_none()
-                || (!self.services.contains_key(name) && self.services.len() >= MAX_SERVICES)
-            {
+            if !self.services.contains_key(name) && self.services.len() >= MAX_SERVICES {
                 continue;
             }
+            // A service is known from its first flow, external or not: its days with nothing
+            // external are days of 0 bytes, the quiet baseline against which a drip to the
+            // outside stands out (a mail service that only ever served the office).
             let s = self.services.service_mut(name);
+            let mut watched = flows.iter().filter(|f| f.watched()).peekable();
+            if watched.peek().is_none() {
+                continue;
+            }
             let mut growth = 0;
             for f in watched {
                 let flow = f.flow;

@@ -160,3 +160,35 @@ fn slow_leak_of_20_mib_a_day_fires_on_its_second_day_and_not_before() {
     // over.
     assert_eq!(alerts, vec![(1, 6, "slow_leak")]);
 }
+
+/// A service that only ever sent to internal hosts has a quiet baseline of 0 external bytes a
+/// day: 20 MiB a day to the outside is a slow leak on its second day, as above.
+#[test]
+fn slow_leak_of_a_service_that_sent_nothing_outside_before_fires_on_its_second_day() {
+    let config = DetectConfig {
+        state_file: None,
+        ..DetectConfig::default()
+    };
+    let mut feed = Feed::new(config, MONDAY, HOUR);
+    let office = |mib: u64| send("app.service", 5, "app", "10.0.0.7", mib * MIB);
+    for _ in 0..6 * 24 {
+        assert!(feed.flows(vec![office(3)]).is_empty());
+    }
+    let mut alerts = Vec::new();
+    for day in 0..3 {
+        for hour in 0..24 {
+            let flows = vec![
+                office(3),
+                send("app.service", 5, "app", "198.51.100.1", 20 * MIB / 24),
+            ];
+            for e in feed.flows(flows) {
+                if e.change == AlertChange::Raised && e.alert.kind == "slow_leak" {
+                    alerts.push((day, hour, e.alert.destination));
+                }
+            }
+        }
+    }
+    // Day 1: S = 20 − 0 − 2 = 18 MiB; day 2: past h σ = 20 MiB once the day passes 4 MiB (5
+    // hours of 20/24 MiB).
+    assert_eq!(alerts, vec![(1, 4, "198.51.100.1".to_owned())]);
+}
