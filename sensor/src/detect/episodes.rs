@@ -217,3 +217,25 @@ impl Episodes {
         events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hourly_and_daily_rules_stay_open_at_least_their_scale() {
+        let ten_minutes = Duration::from_secs(600);
+        let ip = Some("198.51.100.7".parse().expect("ip"));
+        let quiet = |kind| quiet_ms(&key(kind, "dovecot.service", ip), ten_minutes);
+        assert_eq!(quiet(Kind::Burst), 600_000);
+        assert_eq!(quiet(Kind::NewDestination), 600_000);
+        assert_eq!(quiet(Kind::Baseline), 3_600_000);
+        assert_eq!(quiet(Kind::SlowLeak), 86_400_000);
+        // A longer configured quiet period wins.
+        let two_days = Duration::from_secs(2 * 86_400);
+        assert_eq!(
+            quiet_ms(&key(Kind::SlowLeak, "dovecot.service", None), two_days),
+            172_800_000
+        );
+    }
+}
