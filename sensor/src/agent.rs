@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use sensor_common::{EVENT_EXIT, FilePathEvent, ProcessEvent};
+use sensor_common::{EVENT_EXIT, ProcessEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -20,7 +20,7 @@ use crate::{
         files::{FileSums, FileTable},
         identity::ProcessSource,
         interval::{FileInterval, FlowInterval, Interval, ProcessInfo, unix_ms},
-        paths::Mounts,
+        paths::{Mounts, WalkedPath},
         process::{Identities, ProcessTable},
     },
     journal::{ProcessEventKind, ProcessRecord, Record},
@@ -34,7 +34,7 @@ pub struct PollInput {
     /// Exec, fork and exit events since the last poll, oldest first.
     pub events: Vec<ProcessEvent>,
     /// File paths the kernel walked since the last poll, and the mounts to place them.
-    pub paths: Vec<FilePathEvent>,
+    pub paths: Vec<WalkedPath>,
     pub mounts: Option<Mounts>,
     pub sums: KernelSums,
     /// How long reading the kernel took.

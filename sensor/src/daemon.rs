@@ -14,7 +14,7 @@ use crate::{
     flow::{
         identity::ProcFs,
         interval::{Interval, unix_ms},
-        paths::Mounts,
+        paths::{Mounts, WalkedPath},
         process::ProcessTable,
     },
     http,
@@ -22,7 +22,7 @@ use crate::{
         StartRecord,
         live::{JournalMetrics, JournalThread},
     },
-    kernel::{DeadKeys, KernelOptions, KernelSums, ProbeState, Sensor},
+    kernel::{DeadKeys, KernelOptions, KernelSums, ProbeState, Sensor, path_ring::PathRing},
     metrics::Metrics,
 };
 
@@ -115,9 +115,13 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     };
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let interval = config.agent.poll_interval;
+    let paths = sensor
+        .path_ring(WalkedPath::from_event)
+        .context("the file path ring was already taken")?
+        .context("starting the file path thread")?;
     let poller = std::thread::Builder::new()
         .name("poll".into())
-        .spawn(move || poll_loop(&mut sensor, &agent_tx, interval, &stop_rx))
+        .spawn(move || poll_loop(&mut sensor, &paths, &agent_tx, interval, &stop_rx))
         .context("starting the poll thread")?;
 
     tracing::info!(
@@ -272,6 +276,7 @@ fn log_interval(interval: &Interval) {
 /// are counted, handing each read to the aggregator.
 fn poll_loop(
     sensor: &mut Sensor,
+    paths: &PathRing<WalkedPath>,
     agent: &tokio::sync::mpsc::Sender<Message>,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
@@ -285,10 +290,10 @@ fn poll_loop(
         let events = sensor.drain_process_events();
         let read = sensor.read();
         // Paths after the maps: a program sends a file's path before it first adds bytes for
-        // it, so every file in this read has its path in this drain (drained before the read,
-        // a file first touched in between had its bytes counted, and its class fixed in the
-        // metrics, before its path arrived).
-        let paths = sensor.drain_file_paths();
+        // it, so every file in this read has its path in what the path thread kept plus a
+        // last drain now (taken before the read, a file first touched in between had its bytes
+        // counted, and its class fixed in the metrics, before its path arrived).
+        let paths = paths.take();
         // A path's device may be newly mounted: read the mounts afresh when paths come.
         let mounts = (!paths.is_empty()).then(Mounts::read);
         let (sums, dead) = match read {

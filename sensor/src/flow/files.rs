@@ -10,14 +10,14 @@ use std::{
     time::SystemTime,
 };
 
-use sensor_common::{FileKey, FilePathEvent, FileRead, FileWrite};
+use sensor_common::{FileKey, FileRead, FileWrite};
 
 use super::{
     class::{FileClasses, OTHER_FILE_CLASS},
     flows::{Evictions, Limits, largest_first, oldest},
     identity::{Names, Process, ProcessSource},
     interval::FileInterval,
-    paths::{Mounts, path_of},
+    paths::{Mounts, WalkedPath, path_of},
 };
 use crate::api::{FileRecord, Filter};
 
@@ -168,6 +168,12 @@ pub struct FileTable {
     names: Names,
     /// (device, inode) → path, as the kernel's walks told; at most twice `max_rows`.
     paths: HashMap<(u32, u64), Arc<str>>,
+    /// (device, inode) → the rows of it made before its path came (a path the full ring
+    /// dropped comes at the file's next read or write, perhaps in another process): the path
+    /// is given to them when it comes, not only when each row next moves, so that an interval
+    /// record and lineage see the class. Keys of rows since evicted or named are pruned when
+    /// it outgrows the table.
+    pathless: HashMap<(u32, u64), Vec<FileKey>>,
     pub evictions: Evictions,
 }
 
@@ -197,15 +203,31 @@ impl FileTable {
             services: HashMap::new(),
             names: Names::default(),
             paths: HashMap::new(),
+            pathless: HashMap::new(),
             evictions: Evictions::default(),
         }
     }
 
-    /// Takes the paths the kernel sent since the last poll.
-    pub fn learn_paths(&mut self, events: &[FilePathEvent], mounts: &Mounts) {
-        for event in events {
-            self.paths
-                .insert((event.dev, event.ino), Arc::from(path_of(event, mounts)));
+    /// Takes the paths the kernel sent since the last poll, and names the rows that were
+    /// waiting for them.
+    pub fn learn_paths(&mut self, walked: &[WalkedPath], mounts: &Mounts) {
+        for path in walked {
+            let id = (path.dev, path.ino);
+            let path: Arc<str> = Arc::from(path_of(path, mounts));
+            if let Some(keys) = self.pathless.remove(&id) {
+                for key in keys {
+                    if let Some(row) = self.rows.get_mut(&key)
+                        && row.path.is_none()
+                    {
+                        let class = self.classes.classify(Some(&path));
+                        if let Some(class) = self.class_names.get(class) {
+                            row.class = Arc::clone(class);
+                        }
+                        row.path = Some(Arc::clone(&path));
+                    }
+                }
+            }
+            self.paths.insert(id, path);
         }
         if self.paths.len() > self.limits.max_rows.saturating_mul(2) {
             // Keep the paths of files a row still names; the kernel sends a path again when
@@ -247,24 +269,15 @@ impl FileTable {
             let class = if own {
                 if !self.rows.contains_key(&key) {
                     let path = self.paths.get(&(key.dev, key.ino)).cloned();
+                    if path.is_none() {
+                        self.wait_for_path(key);
+                    }
                     let class = self.class_of(path.as_deref());
                     self.rows.insert(key, Row::new(&process, path, class, now));
                 }
                 let Some(row) = self.rows.get_mut(&key) else {
                     continue;
                 };
-                if row.path.is_none() {
-                    // The path may have come after the row was made.
-                    if let Some(path) = self.paths.get(&(key.dev, key.ino)).cloned() {
-                        let class = self.classes.classify(Some(&path));
-                        row.class = self
-                            .class_names
-                            .get(class)
-                            .cloned()
-                            .unwrap_or_else(|| Arc::clone(&row.class));
-                        row.path = Some(path);
-                    }
-                }
                 row.totals = totals;
                 row.interval.add(delta);
                 row.last_seen = now;
@@ -302,6 +315,27 @@ impl FileTable {
         changes
     }
 
+    /// Notes a row made without its path, for [`Self::learn_paths`] to name. The overflow
+    /// rows (device and inode 0) have none to wait for.
+    fn wait_for_path(&mut self, key: FileKey) {
+        if key == overflow_key(key.tgid) {
+            return;
+        }
+        // Twice the table: a pruning leaves at most one entry per row, so it runs once per
+        // `max_rows` new entries at most.
+        if self.pathless.len() >= self.limits.max_rows.saturating_mul(2) {
+            let rows = &self.rows;
+            self.pathless.retain(|_, keys| {
+                keys.retain(|k| rows.get(k).is_some_and(|row| row.path.is_none()));
+                !keys.is_empty()
+            });
+        }
+        self.pathless
+            .entry((key.dev, key.ino))
+            .or_default()
+            .push(key);
+    }
+
     /// Evicts the least recently active idle rows, an eighth of the table per call; false
     /// when no row is idle.
     fn make_room(&mut self) -> bool {
@@ -331,6 +365,9 @@ impl FileTable {
             } else if is_file && self.rows.len() < self.limits.max_rows {
                 let process = self.names.get(key.tgid, source);
                 let path = self.paths.get(&(key.dev, key.ino)).cloned();
+                if path.is_none() {
+                    self.wait_for_path(key);
+                }
                 let class = self.class_of(path.as_deref());
                 let mut row = Row::new(&process, path, class, now);
                 row.totals = totals;

@@ -75,32 +75,57 @@ fn unescape(field: &str) -> String {
     out
 }
 
-/// The absolute path of the file the event names. A walk cut at `PATH_DEPTH` starts with
+/// A file's path as the kernel walked it, before the mount point is known: what the agent
+/// keeps of a [`FilePathEvent`] between the ring and the poll (the names joined, a few dozen
+/// bytes, instead of the event's 1,048), so that a burst of thousands of new files costs little
+/// memory while it waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalkedPath {
+    pub dev: u32,
+    pub ino: u64,
+    /// The walk reached the filesystem's root (else it was cut at `PATH_DEPTH`).
+    reached_root: bool,
+    /// The names from the root (or the cut) down to the file, joined with `/`.
+    inner: Box<str>,
+}
+
+impl WalkedPath {
+    pub fn from_event(event: &FilePathEvent) -> Self {
+        let depth = (event.depth as usize).min(PATH_DEPTH);
+        let names: Vec<std::borrow::Cow<'_, str>> = event.names[..depth]
+            .iter()
+            .map(|raw| {
+                let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+                String::from_utf8_lossy(&raw[..end])
+            })
+            .collect();
+        let reached_root = names.last().is_some_and(|n| n == "/");
+        let inner: Vec<&str> = names
+            .iter()
+            .rev()
+            .map(AsRef::as_ref)
+            .filter(|n| *n != "/")
+            .collect();
+        Self {
+            dev: event.dev,
+            ino: event.ino,
+            reached_root,
+            inner: inner.join("/").into_boxed_str(),
+        }
+    }
+}
+
+/// The absolute path of the file the walk names. A walk cut at `PATH_DEPTH` starts with
 /// `…/`; a device with no known mount point is shown as `[major:minor]/path`.
-pub fn path_of(event: &FilePathEvent, mounts: &Mounts) -> String {
-    let depth = (event.depth as usize).min(PATH_DEPTH);
-    let names: Vec<String> = event.names[..depth]
-        .iter()
-        .map(|raw| {
-            let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-            String::from_utf8_lossy(&raw[..end]).into_owned()
-        })
-        .collect();
-    let reached_root = names.last().is_some_and(|n| n == "/");
-    let inner: Vec<&str> = names
-        .iter()
-        .rev()
-        .map(String::as_str)
-        .filter(|n| *n != "/")
-        .collect();
-    let inner = inner.join("/");
-    if !reached_root {
+pub fn path_of(walked: &WalkedPath, mounts: &Mounts) -> String {
+    let inner = &walked.inner;
+    if !walked.reached_root {
         return format!("…/{inner}");
     }
-    match mounts.mount_point(event.dev) {
+    match mounts.mount_point(walked.dev) {
         Some("/") => format!("/{inner}"),
         Some(mount_point) => format!("{mount_point}/{inner}"),
-        None => format!("[{}:{}]/{inner}", event.dev >> 20, event.dev & 0xf_ffff),
+        None => format!("[{}:{}]/{inner}", walked.dev >> 20, walked.dev & 0xf_ffff),
     }
 }
 
@@ -110,7 +135,7 @@ mod tests {
 
     use super::*;
 
-    fn event(dev: u32, names: &[&str]) -> FilePathEvent {
+    fn event(dev: u32, names: &[&str]) -> WalkedPath {
         let mut e = FilePathEvent {
             dev,
             depth: u32::try_from(names.len()).expect("few"),
@@ -120,7 +145,7 @@ mod tests {
         for (slot, name) in e.names.iter_mut().zip(names) {
             slot[..name.len()].copy_from_slice(name.as_bytes());
         }
-        e
+        WalkedPath::from_event(&e)
     }
 
     const MOUNTINFO: &str = "\

@@ -5,6 +5,7 @@ mod batch;
 pub mod btf;
 pub mod host;
 mod layout;
+pub mod path_ring;
 mod pin;
 mod probes;
 
@@ -178,7 +179,8 @@ pub struct Sensor {
     ebpf: Ebpf,
     probes: Vec<ProbeStatus>,
     process_events: RingBuf<MapData>,
-    file_paths: RingBuf<MapData>,
+    /// Until [`Sensor::path_ring`] hands it to its draining thread.
+    file_paths: Option<RingBuf<MapData>>,
     /// Possible CPUs: the number of values per key of a per-CPU map.
     cpus: usize,
     /// The maps were left pinned by an earlier agent: their totals predate this one.
@@ -273,7 +275,7 @@ impl Sensor {
             ebpf,
             probes,
             process_events,
-            file_paths,
+            file_paths: Some(file_paths),
             cpus,
             reused_maps: reuse != Reuse::Fresh,
         })
@@ -419,9 +421,14 @@ impl Sensor {
         drain(&mut self.process_events)
     }
 
-    /// Every file path the kernel sent since the last call.
-    pub fn drain_file_paths(&mut self) -> Vec<FilePathEvent> {
-        drain(&mut self.file_paths)
+    /// The file path ring, handed to a thread that drains it as it fills and keeps each path
+    /// as `convert` makes it; `None` once handed over.
+    pub fn path_ring<T: Send + 'static>(
+        &mut self,
+        convert: fn(&FilePathEvent) -> T,
+    ) -> Option<std::io::Result<path_ring::PathRing<T>>> {
+        let ring = self.file_paths.take()?;
+        Some(path_ring::PathRing::start(ring, convert))
     }
 
     /// The whole hash map `name` read in batches, or `None` on a kernel without batch

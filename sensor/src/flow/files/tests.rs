@@ -1,7 +1,7 @@
 //! The file table's write accounting against a fake kernel and a fake /proc, on a fake clock.
 use std::time::Duration;
 
-use sensor_common::{PATH_DEPTH, PATH_NAME_LEN};
+use sensor_common::{FilePathEvent, PATH_DEPTH, PATH_NAME_LEN};
 
 use super::*;
 use crate::flow::class::FileClassRule;
@@ -224,7 +224,7 @@ fn a_write_only_row_takes_its_path_and_class_when_the_kernel_sends_it() {
         slot[..name.len()].copy_from_slice(name.as_bytes());
     }
     t.learn_paths(
-        &[event],
+        &[WalkedPath::from_event(&event)],
         &Mounts::parse("1 0 254:0 / / rw - ext4 /dev/vda rw"),
     );
     t.apply(at(1), writes(&[(key(7, 9), wrote(1_024, 2))]), &FakeProc);
@@ -232,6 +232,47 @@ fn a_write_only_row_takes_its_path_and_class_when_the_kernel_sends_it() {
     assert_eq!(
         (row.path.as_deref(), row.class.as_str(), row.bytes_written),
         (Some("/srv/records/a.tar"), "records", 1_024)
+    );
+}
+
+/// A path the full ring dropped comes late, at the file's next read (perhaps by another
+/// process): the rows made before it take it at once, without new bytes of their own, so the
+/// interval record (what lineage reads) names the class.
+#[test]
+fn a_late_path_names_the_rows_waiting_for_it() {
+    let mut t = table(10);
+    let reads = [(key(7, 9), read(4_096, 1))];
+    t.apply(
+        at(0),
+        FileSums {
+            reads: &reads,
+            ..FileSums::default()
+        },
+        &FakeProc,
+    );
+    assert_eq!(record(&t, 7, 9).expect("row").class, OTHER_FILE_CLASS);
+    let mut event = FilePathEvent {
+        dev: DEV,
+        depth: 4,
+        ino: 9,
+        names: [[0; PATH_NAME_LEN]; PATH_DEPTH],
+    };
+    for (slot, name) in event.names.iter_mut().zip(["1.eml", "records", "srv", "/"]) {
+        slot[..name.len()].copy_from_slice(name.as_bytes());
+    }
+    t.learn_paths(
+        &[WalkedPath::from_event(&event)],
+        &Mounts::parse("1 0 254:0 / / rw - ext4 /dev/vda rw"),
+    );
+    let row = record(&t, 7, 9).expect("row");
+    assert_eq!(
+        (row.path.as_deref(), row.class.as_str()),
+        (Some("/srv/records/1.eml"), "records")
+    );
+    let interval = t.tick(at(1));
+    assert_eq!(
+        (interval[0].class.as_str(), interval[0].bytes_read),
+        ("records", 4_096)
     );
 }
 
