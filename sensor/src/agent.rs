@@ -336,6 +336,30 @@ impl Aggregator {
     }
 }
 
+/// Splits the process events drained after the maps were read into those the poll takes now
+/// and those that wait for the next poll: each exit (a process's keys are deleted after the
+/// poll, which only a read that followed its exit allows), and whatever of its pid comes
+/// after it (so that each pid's events keep their order).
+///
+/// Why drain again after the read: a process forked before the first drain that execs,
+/// sends and exits before the read, and is reaped before the poll looks it up in /proc (a
+/// short-lived program a service manager or a cron daemon starts: fork, move into the unit's
+/// cgroup, exec) would otherwise be named by its fork alone, with its parent's cgroup, and
+/// its bytes counted to its parent's service. Its exec now comes with its bytes.
+pub fn split_late(late: Vec<ProcessEvent>) -> (Vec<ProcessEvent>, Vec<ProcessEvent>) {
+    let mut exited = HashSet::new();
+    let (mut now, mut next) = (Vec::new(), Vec::new());
+    for event in late {
+        if event.kind == EVENT_EXIT || exited.contains(&event.tgid) {
+            exited.insert(event.tgid);
+            next.push(event);
+        } else {
+            now.push(event);
+        }
+    }
+    (now, next)
+}
+
 /// Processes whose exit is among the events.
 pub fn exited(events: &[ProcessEvent]) -> HashSet<u32> {
     events
@@ -347,7 +371,9 @@ pub fn exited(events: &[ProcessEvent]) -> HashSet<u32> {
 
 #[cfg(test)]
 mod tests {
-    use sensor_common::{EVENT_EXEC, FileKey, FileRead, FlowCounters, FlowKey, PROTO_UDP};
+    use sensor_common::{
+        EVENT_EXEC, EVENT_FORK, FileKey, FileRead, FlowCounters, FlowKey, PROTO_UDP,
+    };
 
     use super::*;
     use crate::flow::identity::Process;
@@ -526,6 +552,34 @@ mod tests {
         assert!(
             text.contains("exfil_sensor_alerts_total{kind=\"burst\"} 1\n"),
             "{text}"
+        );
+    }
+
+    /// A poll drains the events again after the read: forks and execs are taken at once,
+    /// exits (and what follows one of the same pid) wait for the next poll.
+    #[test]
+    fn events_after_the_read_wait_only_for_exits() {
+        let event = |kind, pid| crate::flow::process::test_event(kind, pid, 1, "sh", "");
+        let late = vec![
+            event(EVENT_FORK, 40),
+            event(EVENT_EXEC, 31),
+            event(EVENT_EXIT, 31),
+            event(EVENT_EXEC, 40),
+            // pid 31 again, reused: after its exit, as it came.
+            event(EVENT_FORK, 31),
+            event(EVENT_EXIT, 50),
+        ];
+        let (now, next) = split_late(late);
+        let kinds = |events: &[ProcessEvent]| -> Vec<(u8, u32)> {
+            events.iter().map(|e| (e.kind, e.tgid)).collect()
+        };
+        assert_eq!(
+            kinds(&now),
+            [(EVENT_FORK, 40), (EVENT_EXEC, 31), (EVENT_EXEC, 40)]
+        );
+        assert_eq!(
+            kinds(&next),
+            [(EVENT_EXIT, 31), (EVENT_FORK, 31), (EVENT_EXIT, 50)]
         );
     }
 

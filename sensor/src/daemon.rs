@@ -283,12 +283,20 @@ fn poll_loop(
 ) -> anyhow::Result<()> {
     let mut adopt = sensor.reused_maps();
     let mut stopping = false;
+    // Exits drained after the last read: this poll's.
+    let mut carried = Vec::new();
     loop {
         let started = Instant::now();
         // Exits before the maps: a process's keys are deleted below only once a read that
         // followed its exit has taken its last bytes.
-        let events = sensor.drain_process_events();
+        let mut events = std::mem::take(&mut carried);
+        events.extend(sensor.drain_process_events());
         let read = sensor.read();
+        // And the forks and execs that came during the read, so that a process that started
+        // and sent in between is named by its exec, not by its parent (`agent::split_late`).
+        let (late, exits) = agent::split_late(sensor.drain_process_events());
+        events.extend(late);
+        carried = exits;
         // Paths after the maps: a program sends a file's path before it first adds bytes for
         // it, so every file in this read has its path in what the path thread kept plus a
         // last drain now (taken before the read, a file first touched in between had its bytes

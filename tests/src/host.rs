@@ -214,6 +214,23 @@ impl ServiceCgroup {
         Ok(made)
     }
 
+    /// The processes in the cgroup now (each hierarchy's `cgroup.procs`, together).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .dirs
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// Makes `cmd`'s process start inside the cgroup (it moves itself before exec).
     pub fn place(&self, cmd: &mut Command) -> anyhow::Result<()> {
         use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};

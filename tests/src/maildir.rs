@@ -142,6 +142,27 @@ pub fn generate(
     Ok(store)
 }
 
+/// `count` messages as they arrive from outside, the `i`th to `recipients[i % len]` (its
+/// local part): the mix of sizes of the generated mailboxes (text of 1 to 13 KiB, one in
+/// sixteen with an attachment of up to about 2 MiB), with LF line ends. Deterministic for a
+/// seed.
+pub fn messages(recipients: &[&str], count: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = Rng(seed);
+    let pools = Pools::new(&mut rng);
+    (0..count as u64)
+        .map(|seq| {
+            let to = recipients[seq as usize % recipients.len()];
+            let mut writer = MessageWriter {
+                rng: &mut rng,
+                pools: &pools,
+                to,
+            };
+            let size = writer.next_size(u64::MAX);
+            writer.message(size, seq).0
+        })
+        .collect()
+}
+
 fn make_dir(dir: &Path, (uid, gid): (u32, u32)) -> anyhow::Result<()> {
     if !dir.exists() {
         std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;

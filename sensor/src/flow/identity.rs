@@ -208,9 +208,14 @@ pub fn service_of<'a>(
 }
 
 /// The cgroup path in `/proc/PID/cgroup` text that names services: the `name=systemd` (v1)
-/// line, else the unified (v2, `0::`) line.
+/// line, else the unified (v2, `0::`) line. On a hybrid host, a v1 root (`/`) beside a
+/// deeper unified path is an exited process not yet reaped: the kernel moves an exiting task
+/// to the root of each v1 hierarchy (`cgroup_exit`), while the unified line keeps its
+/// cgroup, so the unified line names it then. (Read as `/`, a short-lived program of a
+/// service was named after its parent's service when its parent had not reaped it yet.)
 pub fn cgroup_path(cgroup: &str) -> Option<String> {
     let mut unified = None;
+    let mut systemd = None;
     for line in cgroup.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -218,13 +223,16 @@ pub fn cgroup_path(cgroup: &str) -> Option<String> {
             continue;
         };
         if controllers == "name=systemd" {
-            return Some(path.to_owned());
-        }
-        if controllers.is_empty() {
+            systemd = Some(path.to_owned());
+        } else if controllers.is_empty() {
             unified = Some(path.to_owned());
         }
     }
-    unified
+    match (systemd, unified) {
+        (Some(v1), Some(v2)) if v1 == "/" && v2 != "/" => Some(v2),
+        (Some(v1), _) => Some(v1),
+        (None, v2) => v2,
+    }
 }
 
 /// The systemd unit in `/proc/PID/cgroup` text.
@@ -302,6 +310,17 @@ mod tests {
                     1:name=systemd:/system.slice/postfix@-.service\n\
                     0::/system.slice/postfix@-.service\n";
         assert_eq!(systemd_unit(text).as_deref(), Some("postfix@-.service"));
+    }
+
+    /// A process that exited and is not reaped yet, as a hybrid host shows it (read from a
+    /// zombie on Linux 6.18): the v1 hierarchies put it at their root, the unified one keeps
+    /// its cgroup.
+    #[test]
+    fn unit_of_an_unreaped_process_from_the_unified_line() {
+        let text = "9:name=systemd:/\n8:pids:/\n1:cpu:/\n0::/system.slice/swaks-sender.service\n";
+        assert_eq!(systemd_unit(text).as_deref(), Some("swaks-sender.service"));
+        // A process at the root of both is there.
+        assert_eq!(systemd_unit("9:name=systemd:/\n0::/\n"), None);
     }
 
     #[test]

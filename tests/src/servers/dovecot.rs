@@ -352,7 +352,33 @@ pub fn steal_mailbox(
     source: &str,
     user: &MailUser,
 ) -> anyhow::Result<Fetched> {
+    fetch_everything(ns, server, source, user, None)
+}
+
+/// An office client's sync (issue 11's normal day): a mail client at `source` (a host of
+/// `ns`) setting up an account, so FETCHing every message of every folder, the same way as
+/// the thief; its process in `place` (the cgroup of the namespace's hosts).
+pub fn sync_mailbox(
+    ns: &NetNs,
+    server: SocketAddr,
+    source: &str,
+    user: &MailUser,
+    place: &ServiceCgroup,
+) -> anyhow::Result<Fetched> {
+    fetch_everything(ns, server, source, user, Some(place))
+}
+
+fn fetch_everything(
+    ns: &NetNs,
+    server: SocketAddr,
+    source: &str,
+    user: &MailUser,
+    place: Option<&ServiceCgroup>,
+) -> anyhow::Result<Fetched> {
     let mut cmd = ns.command(Path::new("/usr/bin/python3"));
+    if let Some(cgroup) = place {
+        cgroup.place(&mut cmd)?;
+    }
     cmd.arg("-I")
         .arg("-c")
         .arg(include_str!("imap_fetch.py"))
