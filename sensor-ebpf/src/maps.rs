@@ -84,7 +84,9 @@ pub(crate) static PATH_SENT: LruHashMap<FileId, u8> = LruHashMap::with_max_entri
 /// of `tar` opening 150,000 new files a second, so that the thread, late on a busy host, still
 /// drains it in time (1 MiB dropped paths at 8 reading threads on 2 CPUs). A full buffer drops
 /// the path (counted as `file_paths`), never a byte; the path is sent again at the file's next
-/// read or write.
+/// read or write. Pinned like every map the programs write: an agent that continues an older
+/// agent's maps (the same `MAP_LAYOUT_VERSION`) keeps that ring's size (1 MiB before this
+/// one) until the pins are removed; its thread drains it as it fills all the same.
 #[map]
 pub(crate) static FILE_PATHS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
