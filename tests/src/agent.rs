@@ -20,6 +20,20 @@ pub fn agent_bin() -> PathBuf {
     )
 }
 
+/// Runs the agent binary (a CLI command such as `journal verify` or `report`); returns (exit
+/// code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .output()
+        .expect("the agent binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// One flow from `/api/v1/flows`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Flow {
@@ -346,6 +360,29 @@ impl Agent {
             .trim()
             .parse()
             .with_context(|| format!("{series} is not an integer"))
+    }
+
+    /// `/api/v1/alerts`, as each test's own view of an alert.
+    pub fn alerts<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {
+        self.get_json("/api/v1/alerts").expect("/api/v1/alerts")
+    }
+
+    /// Waits up to `within` for an alert that `matches`.
+    pub fn wait_for_alert<T: serde::de::DeserializeOwned>(
+        &self,
+        within: Duration,
+        matches: impl Fn(&T) -> bool,
+    ) -> Option<T> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(a) = self.alerts::<T>().into_iter().find(|a| matches(a)) {
+                return Some(a);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// `GET path` over the API socket: (status, body).

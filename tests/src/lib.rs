@@ -13,7 +13,7 @@ mod relay;
 pub mod servers;
 mod traffic;
 
-pub use agent::{Agent, FileRow, Flow, POLL, agent_bin};
+pub use agent::{Agent, FileRow, Flow, POLL, agent_bin, run_cli};
 pub use host::{NetNs, ServiceCgroup, require_root};
 pub use http::{http_get_tcp, http_get_unix};
 pub use prometheus::{Prometheus, Sample};

@@ -21,6 +21,31 @@ pub struct MailUser {
     pub bytes: u64,
 }
 
+/// The scenarios' mail store: four users, 150 MiB in all (the intruder of scenario 1 has
+/// alice's password; the office clients of the normal day are alice, bob and carol).
+pub const SCENARIO_USERS: [MailUser; 4] = [
+    MailUser {
+        name: "alice",
+        password: "Summer2025!",
+        bytes: 64 << 20,
+    },
+    MailUser {
+        name: "bob",
+        password: "hunter22",
+        bytes: 40 << 20,
+    },
+    MailUser {
+        name: "carol",
+        password: "c4r0l-pw",
+        bytes: 26 << 20,
+    },
+    MailUser {
+        name: "dave",
+        password: "dave1984",
+        bytes: 20 << 20,
+    },
+];
+
 /// The folders of each mailbox and their shares of its bytes, in per cent. INBOX is the
 /// Maildir's root; the others are Maildir++ `.Name` subdirectories.
 pub const FOLDERS: [(&str, u64); 4] = [("INBOX", 50), ("Sent", 20), ("Archive", 25), ("Trash", 5)];

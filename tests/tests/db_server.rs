@@ -27,9 +27,9 @@ use std::{
 };
 
 use exfil_tests::{
-    Agent, CountingRelay, NetNs, Proc, ServiceCgroup, agent_bin,
+    Agent, CountingRelay, NetNs, Proc, ServiceCgroup,
     postgres::{self, Postgres},
-    require_root, socket_addr, traffic,
+    require_root, run_cli, socket_addr, traffic,
 };
 use serde::Deserialize;
 
@@ -58,21 +58,12 @@ struct Alert {
 }
 
 fn alerts(agent: &Agent) -> Vec<Alert> {
-    agent.get_json("/api/v1/alerts").expect("/api/v1/alerts")
+    agent.alerts()
 }
 
 /// Waits up to `within` for an alert that `matches`.
 fn wait_for(agent: &Agent, within: Duration, matches: impl Fn(&Alert) -> bool) -> Option<Alert> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(a) = alerts(agent).into_iter().find(|a| matches(a)) {
-            return Some(a);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(exfil_tests::POLL);
-    }
+    agent.wait_for_alert(within, matches)
 }
 
 /// The namespace with the attacker's host, and the database with its patients.
@@ -109,19 +100,6 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Runs the agent binary; returns (exit code, stdout, stderr).
-fn run_agent_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin())
-        .args(args)
-        .output()
-        .expect("the agent binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Runs the attacker's `psql` (`SELECT pg_backend_pid()`, then a `COPY … TO STDOUT`) to its
@@ -232,9 +210,9 @@ fn a_remote_copy_of_the_patients_table_is_a_burst_naming_postgresql() {
     let status = agent.stop().expect("SIGTERM");
     assert!(status.success(), "{status}");
     let journal = agent.journal_dir().to_str().expect("utf-8").to_owned();
-    let (code, verdict, _) = run_agent_cli(&["journal", "verify", &journal]);
+    let (code, verdict, _) = run_cli(&["journal", "verify", &journal]);
     assert_eq!(code, 0, "{verdict}");
-    let (code, stdout, stderr) = run_agent_cli(&["report", &journal, "--format", "json"]);
+    let (code, stdout, stderr) = run_cli(&["report", &journal, "--format", "json"]);
     assert_eq!(code, 0, "report: {stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("report JSON");
     let to_attacker = report["destinations"]

@@ -42,21 +42,12 @@ impl Alert {
 const INTERVAL: Duration = Duration::from_secs(2);
 
 fn alerts(agent: &Agent) -> Vec<Alert> {
-    agent.get_json("/api/v1/alerts").expect("/api/v1/alerts")
+    agent.alerts()
 }
 
 /// Waits up to `within` for an alert that `matches`.
 fn wait_for(agent: &Agent, within: Duration, matches: impl Fn(&Alert) -> bool) -> Option<Alert> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(a) = alerts(agent).into_iter().find(|a| matches(a)) {
-            return Some(a);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(exfil_tests::POLL);
-    }
+    agent.wait_for_alert(within, matches)
 }
 
 /// `exfil-traffic send tcp` from a process in `cgroup`, with extra environment.

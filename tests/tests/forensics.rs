@@ -10,9 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use exfil_tests::{
-    Agent, NetNs, Proc, ServiceCgroup, agent_bin, require_root, socket_addr, traffic,
-};
+use exfil_tests::{Agent, NetNs, Proc, ServiceCgroup, require_root, run_cli, socket_addr, traffic};
 use serde::Deserialize;
 
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -25,24 +23,11 @@ struct Alert {
     bytes: u64,
 }
 
-/// Runs the agent binary; returns (exit code, stdout, stderr).
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin())
-        .args(args)
-        .output()
-        .expect("the agent binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn replay(dir: &Path, extra: &[&str]) -> BTreeSet<Alert> {
     let dir = dir.to_str().expect("utf-8");
     let mut args = vec!["replay", dir, "--format", "json"];
     args.extend_from_slice(extra);
-    let (code, stdout, stderr) = run(&args);
+    let (code, stdout, stderr) = run_cli(&args);
     assert_eq!(code, 0, "replay: {stderr}");
     serde_json::from_str::<Vec<Alert>>(&stdout)
         .unwrap_or_else(|e| panic!("replay's JSON ({e}): {stdout}"))
@@ -108,7 +93,8 @@ fn replay_of_a_live_journal_raises_the_live_alerts_and_report_shows_the_bytes() 
 
     assert_eq!(replay(&dir, &[]), live, "live and replay agree");
 
-    let (code, stdout, stderr) = run(&["report", dir.to_str().expect("utf-8"), "--format", "json"]);
+    let (code, stdout, stderr) =
+        run_cli(&["report", dir.to_str().expect("utf-8"), "--format", "json"]);
     assert_eq!(code, 0, "report: {stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("report JSON");
     let top = &report["destinations"][0];
@@ -121,7 +107,7 @@ fn replay_of_a_live_journal_raises_the_live_alerts_and_report_shows_the_bytes() 
         (Some(ns.peer_ip), Some(SIZE), Some(unit))
     );
     assert_eq!(report["alerts"][0]["kind"], "burst");
-    let (code, svg, _) = run(&["report", dir.to_str().expect("utf-8"), "--format", "svg"]);
+    let (code, svg, _) = run_cli(&["report", dir.to_str().expect("utf-8"), "--format", "svg"]);
     assert_eq!(code, 0);
     assert!(
         svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
@@ -199,7 +185,7 @@ fn a_zeek_conn_log_with_a_60_mib_upload_imports_and_replays_to_a_burst() {
     let journal = dir.join("journal");
     let config = dir.join("office.toml");
     std::fs::write(&config, "[networks]\ninternal = [\"192.0.2.0/24\"]\n").expect("config");
-    let (code, stdout, stderr) = run(&[
+    let (code, stdout, stderr) = run_cli(&[
         "import",
         "zeek",
         log.to_str().expect("utf-8"),
@@ -225,7 +211,7 @@ fn a_zeek_conn_log_with_a_60_mib_upload_imports_and_replays_to_a_burst() {
         "{stdout}"
     );
 
-    let (code, verdict, _) = run(&["journal", "verify", journal.to_str().expect("utf-8")]);
+    let (code, verdict, _) = run_cli(&["journal", "verify", journal.to_str().expect("utf-8")]);
     assert_eq!(code, 0, "{verdict}");
     assert_eq!(
         replay(&journal, &[]).into_iter().collect::<Vec<_>>(),

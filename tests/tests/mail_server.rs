@@ -15,38 +15,17 @@ use std::{
 };
 
 use exfil_tests::{
-    Agent, NetNs, POLL, Proc, ServiceCgroup, agent_bin,
+    Agent, NetNs, POLL, Proc, ServiceCgroup,
     maildir::{self, MailUser},
-    require_root,
+    require_root, run_cli,
     servers::dovecot::{self, Dovecot, IMAP_PORT, UNIT},
     socket_addr, traffic,
 };
 use serde::Deserialize;
 
-/// The mail store: four users, 150 MiB in all; alice, whose password the intruder has, holds
-/// 64 MiB of it (more than `detect.burst.bytes`, 50 MiB).
-const USERS: [MailUser; 4] = [
-    MailUser {
-        name: "alice",
-        password: "Summer2025!",
-        bytes: 64 << 20,
-    },
-    MailUser {
-        name: "bob",
-        password: "hunter22",
-        bytes: 40 << 20,
-    },
-    MailUser {
-        name: "carol",
-        password: "c4r0l-pw",
-        bytes: 26 << 20,
-    },
-    MailUser {
-        name: "dave",
-        password: "dave1984",
-        bytes: 20 << 20,
-    },
-];
+/// alice, whose password the intruder has, holds 64 MiB of the store (more than
+/// `detect.burst.bytes`, 50 MiB).
+const USERS: [MailUser; 4] = maildir::SCENARIO_USERS;
 const STORE_BYTES: u64 = 150 << 20;
 const SEED: u64 = 0x6775_6572_6e73_6579;
 const INTRUDER: &str = "198.51.100.7";
@@ -66,21 +45,38 @@ struct Alert {
 }
 
 fn alerts(agent: &Agent) -> Vec<Alert> {
-    agent.get_json("/api/v1/alerts").expect("/api/v1/alerts")
+    agent.alerts()
 }
 
 /// Waits up to `within` for an alert that `matches`.
 fn wait_for(agent: &Agent, within: Duration, matches: impl Fn(&Alert) -> bool) -> Option<Alert> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(a) = alerts(agent).into_iter().find(|a| matches(a)) {
-            return Some(a);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(POLL);
-    }
+    agent.wait_for_alert(within, matches)
+}
+
+/// The evidence of a run: stops the agent (SIGTERM), asserts that its journal verifies, and
+/// returns `report --service service`'s destinations as (address, bytes, services).
+fn evidence(agent: &mut Agent, service: &str) -> Vec<(String, Option<u64>, serde_json::Value)> {
+    let status = agent.stop().expect("SIGTERM");
+    assert!(status.success(), "{status}");
+    let journal = agent.journal_dir().to_str().expect("utf-8").to_owned();
+    let (code, verdict, _) = run_cli(&["journal", "verify", &journal]);
+    assert_eq!(code, 0, "{verdict}");
+    let (code, stdout, stderr) =
+        run_cli(&["report", &journal, "--service", service, "--format", "json"]);
+    assert_eq!(code, 0, "report: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report JSON");
+    report["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| {
+            (
+                d["destination"].as_str().unwrap_or_default().to_owned(),
+                d["bytes"].as_u64(),
+                d["services"].clone(),
+            )
+        })
+        .collect()
 }
 
 /// The agent's config: the default, with the office network internal, the test's mail store
@@ -110,19 +106,6 @@ fn victim_messages(maildir: &Path) -> BTreeMap<u64, PathBuf> {
             (std::fs::metadata(&path).expect("stat").ino(), path)
         })
         .collect()
-}
-
-/// Runs the agent binary; returns (exit code, stdout, stderr).
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin())
-        .args(args)
-        .output()
-        .expect("the agent binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -345,26 +328,7 @@ fn mailbox_theft_over_imap_is_a_burst_and_new_destination_naming_dovecot_exact_t
 
     // The evidence: the journal verifies, and `report` names Dovecot, the intruder and the
     // bytes the intruder received.
-    let status = agent.stop().expect("SIGTERM");
-    assert!(status.success(), "{status}");
-    let journal = agent.journal_dir().to_str().expect("utf-8").to_owned();
-    let (code, verdict, _) = run(&["journal", "verify", &journal]);
-    assert_eq!(code, 0, "{verdict}");
-    let (code, stdout, stderr) = run(&["report", &journal, "--service", UNIT, "--format", "json"]);
-    assert_eq!(code, 0, "report: {stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report JSON");
-    let destinations: Vec<_> = report["destinations"]
-        .as_array()
-        .expect("destinations")
-        .iter()
-        .map(|d| {
-            (
-                d["destination"].as_str().unwrap_or_default().to_owned(),
-                d["bytes"].as_u64(),
-                d["services"].clone(),
-            )
-        })
-        .collect();
+    let destinations = evidence(&mut agent, UNIT);
     assert_eq!(
         destinations,
         [(
@@ -518,33 +482,7 @@ fn mail_store_archived_by_a_shell_and_uploaded_is_lineage_naming_mail_store() {
 
     // The evidence: the journal verifies, and `report` names the uploader, the drop host and
     // the bytes it received.
-    let status = agent.stop().expect("SIGTERM");
-    assert!(status.success(), "{status}");
-    let journal = agent.journal_dir().to_str().expect("utf-8").to_owned();
-    let (code, verdict, _) = run(&["journal", "verify", &journal]);
-    assert_eq!(code, 0, "{verdict}");
-    let (code, stdout, stderr) = run(&[
-        "report",
-        &journal,
-        "--service",
-        UPLOADER,
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0, "report: {stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report JSON");
-    let destinations: Vec<_> = report["destinations"]
-        .as_array()
-        .expect("destinations")
-        .iter()
-        .map(|d| {
-            (
-                d["destination"].as_str().unwrap_or_default().to_owned(),
-                d["bytes"].as_u64(),
-                d["services"].clone(),
-            )
-        })
-        .collect();
+    let destinations = evidence(&mut agent, UPLOADER);
     assert_eq!(
         destinations,
         [(

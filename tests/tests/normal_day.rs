@@ -46,28 +46,7 @@ use exfil_tests::{
 use serde::Deserialize;
 
 /// The mail store of scenario 1: four users, 150 MiB.
-const USERS: [MailUser; 4] = [
-    MailUser {
-        name: "alice",
-        password: "Summer2025!",
-        bytes: 64 << 20,
-    },
-    MailUser {
-        name: "bob",
-        password: "hunter22",
-        bytes: 40 << 20,
-    },
-    MailUser {
-        name: "carol",
-        password: "c4r0l-pw",
-        bytes: 26 << 20,
-    },
-    MailUser {
-        name: "dave",
-        password: "dave1984",
-        bytes: 20 << 20,
-    },
-];
+const USERS: [MailUser; 4] = maildir::SCENARIO_USERS;
 const SEED: u64 = 0x6e6f_726d_616c_6461;
 /// Messages received from outside, and relayed out: the figures.
 const INBOUND: usize = 500;

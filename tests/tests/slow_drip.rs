@@ -9,11 +9,10 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, SystemTime},
 };
 
-use exfil_tests::agent_bin;
+use exfil_tests::run_cli;
 use sensor::{
     flow::{
         class::Networks,
@@ -212,18 +211,6 @@ fn write_journal(dir: &Path) {
     writer.sync().expect("sync");
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(agent_bin())
-        .args(args)
-        .output()
-        .expect("exfil-sensor runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn rfc3339_ms(text: &str) -> u64 {
     sensor::detect::parse_rfc3339_ms(text).expect("an RFC 3339 time")
 }
@@ -235,10 +222,10 @@ fn a_20_mib_a_day_drip_is_a_slow_leak_within_three_days_and_nothing_comes_before
     write_journal(&dir);
 
     let dir_arg = dir.to_str().expect("utf-8");
-    let (code, out, err) = run(&["journal", "verify", dir_arg]);
+    let (code, out, err) = run_cli(&["journal", "verify", dir_arg]);
     assert_eq!(code, 0, "journal verify: {out}{err}");
 
-    let (code, out, err) = run(&["replay", dir_arg, "--format", "json"]);
+    let (code, out, err) = run_cli(&["replay", dir_arg, "--format", "json"]);
     assert_eq!(code, 0, "replay: {err}");
     let alerts: Vec<serde_json::Value> = serde_json::from_str(&out).expect("replay JSON");
     let drip_start = T0 + NORMAL_DAYS * DAY_MS;
@@ -285,7 +272,7 @@ fn a_20_mib_a_day_drip_is_a_slow_leak_within_three_days_and_nothing_comes_before
     }
 
     // The report: the drip's host, with every byte of it.
-    let (code, out, err) = run(&[
+    let (code, out, err) = run_cli(&[
         "report",
         dir_arg,
         "--service",

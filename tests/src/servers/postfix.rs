@@ -19,7 +19,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{ServiceCgroup, postgres::run_bounded, servers::listening};
+use crate::{
+    ServiceCgroup,
+    postgres::{run_bounded, wait_within},
+    servers::listening,
+};
 
 /// The unit the agent should name.
 pub const UNIT: &str = "postfix.service";
@@ -180,18 +184,7 @@ impl Postfix {
         let mut stdin = child.stdin.take().context("sendmail's stdin")?;
         stdin.write_all(message)?;
         drop(stdin);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("sendmail did not finish within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_within(&mut child, Duration::from_secs(30), "sendmail")?;
         if !status.success() {
             let mut err = String::new();
             if let Some(mut e) = child.stderr.take() {

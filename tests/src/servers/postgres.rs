@@ -10,7 +10,7 @@ use std::{
     io::Read as _,
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -114,23 +114,28 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output>
         let _ = stderr.read_to_end(&mut buf);
         buf
     });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_within(&mut child, limit, &format!("{cmd:?}"))?;
     Ok(Output {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     })
+}
+
+/// Waits for `child` to exit, or kills it after `limit` and says `what` did not finish.
+pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> anyhow::Result<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Like [`run_bounded`], and an error naming the command and its stderr unless it succeeded;
