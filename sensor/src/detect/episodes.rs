@@ -45,9 +45,9 @@ fn key(kind: Kind, service: &str, destination: Option<IpAddr>) -> String {
 fn quiet_ms(k: &str, quiet: Duration) -> u64 {
     let quiet = super::rules::ms(quiet);
     let kind = k.split('/').next().unwrap_or_default();
-    if kind == Kind::SlowLeak.to_string() {
+    if kind == Kind::SlowLeak.as_str() {
         quiet.max(super::rules::DAY_MS)
-    } else if kind == Kind::Baseline.to_string() {
+    } else if kind == Kind::Baseline.as_str() {
         quiet.max(super::rules::HOUR_MS)
     } else {
         quiet

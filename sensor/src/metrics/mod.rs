@@ -326,12 +326,10 @@ impl Metrics {
             let class = self.networks.classify(ip) as usize;
             self.egress_class
                 .add(service, &self.class_labels[class], change.delta.sent);
-            let dest = change.key.as_ref().and_then(|key| {
-                Some(Dest {
-                    ip: destination(key)?,
-                    port: key.port,
-                    protocol: Protocol::from_kernel(key.protocol),
-                })
+            let dest = change.key.as_ref().zip(ip).map(|(key, ip)| Dest {
+                ip,
+                port: key.port,
+                protocol: Protocol::from_kernel(key.protocol),
             });
             self.egress.add(service, dest, change.delta.sent, now);
         }
