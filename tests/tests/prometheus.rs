@@ -139,6 +139,13 @@ fn prometheus_stores_exact_totals_and_every_dashboard_query_returns_series() {
                 s.first().is_some_and(|s| s.value >= want as f64)
             })
             .expect("query");
+        if samples.len() != 1 {
+            // What Prometheus does hold, to tell a wrong service from a wrong class.
+            let files = prometheus
+                .query("{__name__=~\"exfil_sensor_file_(read|write)_bytes_total\"}")
+                .expect("query");
+            eprintln!("file series in Prometheus: {files:#?}");
+        }
         assert_eq!(single(&samples, &expr), want as f64, "{expr}");
     };
     let base = format!("job=\"{JOB}\", instance=\"{instance}\", service=\"{SERVICE}\"");
