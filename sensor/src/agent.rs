@@ -154,6 +154,10 @@ impl Aggregator {
         let start = *self.interval_start.get_or_insert(now);
         // Events first: a process that sent and exited since the last poll is named by them.
         let seen = self.processes.apply(now, &input.events);
+        for p in &seen {
+            self.flows.renew(p.pid);
+            self.files.renew(p.pid);
+        }
         if let Some(journal) = &mut self.journal {
             // The events carry no time of their own: the poll's (at most one poll late).
             let at_ms = unix_ms(now);

@@ -243,3 +243,49 @@ fn an_exit_names_the_process_and_ends_its_kernel_keys() {
     agg.poll(&input);
     assert!(agg.end_interval(at(3)).flows.is_empty());
 }
+
+#[test]
+fn a_child_seen_between_fork_and_exec_is_named_by_its_exec_for_what_it_does_after() {
+    // A service manager's child (or a test runner's): forked from `runner`, it faults in a
+    // page of its parent's binary before it execs `tar`, and a poll falls in between.
+    let event = |kind, pid, ppid, comm| crate::flow::process::test_event(kind, pid, ppid, comm, "");
+    let read = |ino, bytes| {
+        (
+            FileKey {
+                tgid: 31,
+                dev: 1,
+                ino,
+            },
+            FileRead {
+                bytes,
+                reads: 1,
+                ..FileRead::default()
+            },
+        )
+    };
+    let mut agg = aggregator();
+    let mut first = poll(
+        0,
+        10,
+        vec![
+            event(EVENT_EXEC, 30, 1, "runner"),
+            event(EVENT_FORK, 31, 30, "runner"),
+        ],
+    );
+    first.sums.file_reads.push(read(9, 4_096));
+    agg.poll(&first);
+    let mut second = poll(1, 10, vec![event(EVENT_EXEC, 31, 30, "tar")]);
+    second.sums.file_reads.push(read(9, 4_096));
+    second.sums.file_reads.push(read(10, 1_000_003));
+    agg.poll(&second);
+    let interval = agg.end_interval(at(2));
+    let mut named: Vec<(u64, &str, u64)> = interval
+        .files
+        .iter()
+        .filter(|f| f.pid == 31)
+        .map(|f| (f.inode, f.comm.as_str(), f.bytes_read))
+        .collect();
+    named.sort();
+    // The page it faulted in stays its parent's program's; what it read after the exec is tar's.
+    assert_eq!(named, [(9, "runner", 4_096), (10, "tar", 1_000_003)]);
+}

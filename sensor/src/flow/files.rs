@@ -421,6 +421,11 @@ impl FileTable {
         self.seen.retain(|key, _| !exited.contains(&key.tgid));
     }
 
+    /// The process exec'd or exited: its new rows read it afresh (`Names::renew`).
+    pub fn renew(&mut self, pid: u32) {
+        self.names.renew(pid);
+    }
+
     /// The process a row of this pid names.
     pub fn process(&self, pid: u32) -> Option<&Arc<Process>> {
         self.names.peek(pid)

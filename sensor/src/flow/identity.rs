@@ -5,7 +5,11 @@
 //! one; else the systemd unit (`postfix@-.service`); else the comm of its top ancestor below
 //! init, so that a shell's `curl` counts under the `sshd` it came from.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+};
 
 /// A process as the agent names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,19 +70,36 @@ impl Process {
     }
 }
 
-/// Each process as first seen, so that a table row keeps its name after the process is gone.
+/// Each process as first seen since its last exec or exit, so that a table row keeps its name after
+/// the process is gone.
 #[derive(Default)]
 pub struct Names {
     by_pid: HashMap<u32, Arc<Process>>,
+    /// Pids that exec'd or exited since they were named: their next new row reads them afresh.
+    renamed: HashSet<u32>,
 }
 
 impl Names {
     pub fn get(&mut self, pid: u32, source: &dyn ProcessSource) -> Arc<Process> {
-        Arc::clone(
-            self.by_pid
-                .entry(pid)
-                .or_insert_with(|| Arc::new(source.process(pid).unwrap_or_else(Process::gone))),
-        )
+        let fresh = || Arc::new(source.process(pid).unwrap_or_else(Process::gone));
+        if self.renamed.remove(&pid) {
+            let process = fresh();
+            self.by_pid.insert(pid, Arc::clone(&process));
+            return process;
+        }
+        Arc::clone(self.by_pid.entry(pid).or_insert_with(fresh))
+    }
+
+    /// The process exec'd or exited: rows made from now on read it afresh (after an exec,
+    /// the new program and the unit it moved into before the exec, as a service manager's
+    /// child does; after an exit, the events' name or a new process that reused the pid),
+    /// rows made before keep the name they had. Without this, a child that touched a file
+    /// between fork and exec (page faults on its parent's binary) in a poll of that window
+    /// would have every later row named as its parent.
+    pub fn renew(&mut self, pid: u32) {
+        if self.by_pid.contains_key(&pid) {
+            self.renamed.insert(pid);
+        }
     }
 
     /// The process as first seen, if a row still names it.
@@ -90,6 +111,8 @@ impl Names {
     /// come back.
     pub fn prune(&mut self) {
         self.by_pid.retain(|_, p| Arc::strong_count(p) > 1);
+        let by_pid = &self.by_pid;
+        self.renamed.retain(|pid| by_pid.contains_key(pid));
     }
 }
 
