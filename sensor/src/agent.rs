@@ -23,7 +23,7 @@ use crate::{
         paths::{Mounts, WalkedPath},
         process::{Identities, ProcessTable},
     },
-    journal::{ProcessEventKind, ProcessRecord, Record},
+    journal::{ConfigRecord, ProcessEventKind, ProcessRecord, Record},
     kernel::KernelSums,
     metrics::Metrics,
 };
@@ -65,6 +65,19 @@ pub enum Answer {
 pub enum Message {
     Poll(Box<PollInput>),
     Query(Query, oneshot::Sender<Answer>),
+    /// A config reload (SIGHUP): the config in force from now on. The answer says whether it
+    /// was taken; refused, the old config stays whole.
+    Reload(Box<Reload>, oneshot::Sender<Result<(), ConfigError>>),
+}
+
+/// A reloaded config, checked, and its file for the journal's config record.
+pub struct Reload {
+    pub config: Config,
+    pub at: SystemTime,
+    /// The file's path, as errors and the journal name it.
+    pub source: String,
+    /// The file's text, for the journal (replay takes its rules).
+    pub text: String,
 }
 
 /// How many messages may wait for the aggregator: a few polls and queries. A slow
@@ -130,6 +143,32 @@ impl Aggregator {
     /// alert changes it caused, and each process exec and exit. It must not block.
     pub fn on_record(&mut self, journal: impl FnMut(Record) + Send + 'static) {
         self.journal = Some(Box::new(journal));
+    }
+
+    /// Shows file paths as their keyed hash in the records and the API (`files.hash_paths`).
+    pub fn hash_paths(&mut self, hasher: crate::flow::path_hash::PathHasher) {
+        self.files.hash_paths(hasher);
+    }
+
+    /// Takes a reloaded config's detection rules, internal networks and file classes (what
+    /// `config::reload::changes` calls applied); the rest of `reload.config` is what is in
+    /// force already. Everything that can fail is done before anything changes: an error
+    /// leaves the old config whole.
+    pub fn reload(&mut self, reload: &Reload) -> Result<(), ConfigError> {
+        let config = &reload.config;
+        let classes = config.file_classes(&reload.source)?;
+        self.detector.reconfigure(&config.detect, &reload.source)?;
+        self.files.set_classes(classes);
+        self.flows.set_networks(config.networks());
+        self.metrics.set_networks(config.networks());
+        if let Some(journal) = &mut self.journal {
+            journal(Record::Config(ConfigRecord {
+                at_ms: unix_ms(reload.at),
+                config_source: reload.source.clone(),
+                config_toml: reload.text.clone(),
+            }));
+        }
+        Ok(())
     }
 
     /// Sends every alert change to `notify` (the sinks). It must not block.
@@ -331,6 +370,9 @@ impl Aggregator {
                     // The asker may have given up; nothing to do then.
                     let _ = reply.send(self.answer(&query));
                 }
+                Message::Reload(reload, reply) => {
+                    let _ = reply.send(self.reload(&reload));
+                }
             }
         }
         if let Some(now) = last {
@@ -373,5 +415,7 @@ pub fn exited(events: &[ProcessEvent]) -> HashSet<u32> {
         .collect()
 }
 
+#[cfg(test)]
+mod reload_tests;
 #[cfg(test)]
 mod tests;

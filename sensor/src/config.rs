@@ -11,6 +11,8 @@ use crate::flow::{
     flows::Limits,
 };
 
+pub mod reload;
+
 /// The default configuration, embedded in the binary (`exfil-sensor config default`).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -96,6 +98,13 @@ pub struct FilesConfig {
     pub records: Vec<String>,
     /// More classes, matched after the three above, in order.
     pub class: Vec<FileClassRule>,
+    /// Show each file's path in the journal and the files API as `hash:<hex>`, a keyed
+    /// BLAKE3 hash, so that responders can match a file across records without its name
+    /// (the class is still computed from the real path).
+    pub hash_paths: bool,
+    /// The hash's 32-byte key: created (random, mode 0600) when missing and `hash_paths` is
+    /// on; refused when others may read it.
+    pub hash_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -111,6 +120,12 @@ pub struct HttpConfig {
     /// TLS, basic auth and headers for the TCP listeners, in the Prometheus
     /// exporter-toolkit's `web-config.yml` format (`run --web.config.file` overrides it).
     pub web_config_file: Option<PathBuf>,
+    /// How long a client may take to send a request's headers (and, between requests on a
+    /// kept-alive connection, to start the next one) before its connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// The most bytes of a request line and headers; more is answered 431.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -176,6 +191,8 @@ impl Default for FilesConfig {
             ]),
             records: strings(&["/var/lib/postgresql", "/var/lib/pgsql", "/var/lib/mysql"]),
             class: Vec::new(),
+            hash_paths: false,
+            hash_key_file: PathBuf::from("/var/lib/exfil-sensor/path-hash.key"),
         }
     }
 }
@@ -205,6 +222,8 @@ impl Default for HttpConfig {
             api_listen: None,
             api_token_file: None,
             web_config_file: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -255,7 +274,7 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
-    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let invalid = |key, value: String, reason| ConfigError::Invalid {
             path: path.to_owned(),
             key,
@@ -323,6 +342,21 @@ impl Config {
                 "flows.idle_ttl",
                 humantime::format_duration(self.flows.idle_ttl).to_string(),
                 "must be at least agent.interval",
+            ));
+        }
+        let timeout = self.http.header_read_timeout;
+        if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(600) {
+            return Err(invalid(
+                "http.header_read_timeout",
+                humantime::format_duration(timeout).to_string(),
+                "must be between 100ms and 10m",
+            ));
+        }
+        if !(1024..=1 << 20).contains(&self.http.max_header_bytes) {
+            return Err(invalid(
+                "http.max_header_bytes",
+                self.http.max_header_bytes.to_string(),
+                "must be between 1024 and 1048576",
             ));
         }
         // Whether the web config verifies client certificates is checked where it is read

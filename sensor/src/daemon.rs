@@ -1,4 +1,7 @@
-//! `exfil-sensor run`: bind the listeners, load the sensor, poll it until told to stop.
+//! `exfil-sensor run`: bind the listeners, load the sensor, poll it until told to stop;
+//! reload the config on SIGHUP ([`reload`]).
+
+pub(crate) mod reload;
 
 use std::{
     path::PathBuf,
@@ -10,7 +13,7 @@ use anyhow::Context as _;
 
 use crate::{
     agent::{self, Aggregator, Message, PollInput},
-    config::Config,
+    config::{Config, reload::Overrides},
     flow::{
         identity::ProcFs,
         interval::{Interval, unix_ms},
@@ -31,6 +34,10 @@ pub struct ConfigSource {
     /// The file's path, or `(embedded default)`.
     pub path: String,
     pub text: String,
+    /// The file, read again on SIGHUP; `None` for the embedded default.
+    pub file: Option<PathBuf>,
+    /// The command line's overrides, applied to the file at start and at each reload.
+    pub overrides: Overrides,
 }
 
 pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
@@ -45,6 +52,10 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
+    // SIGHUP's default action ends the process: watched from the start, so that a reload
+    // sent early (a unit's ExecReload during start-up) is taken, not fatal.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("watching SIGHUP")?;
     // Read the web config and bind first: a bad certificate or a port in use is reported
     // before any probe is attached.
     let web_config = http::web_config(&config.http)?;
@@ -89,9 +100,17 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         metrics,
     )?;
     aggregator.restore_detection();
+    if config.files.hash_paths {
+        aggregator.hash_paths(crate::flow::path_hash::PathHasher::load_or_create(
+            &config.files.hash_key_file,
+        )?);
+    }
+    let reload_metrics = reload::ReloadMetrics::register(&registry);
     let sinks = crate::sinks::Sinks::start(&config.alerts, &registry, &hostname())?;
     let to_sinks = sinks.clone();
     aggregator.on_alert(move |event| to_sinks.send(event));
+    let source_file = source.file.clone();
+    let overrides = source.overrides.clone();
     let journal = start_journal(&config, source, &aggregator, &registry)?;
     if let Some(journal) = &journal {
         let to_journal = journal.sender();
@@ -103,6 +122,14 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .transpose()?
         .map(Arc::new);
     let (agent_tx, agent_rx) = agent::channel();
+    let reloading = tokio::spawn(reload::on_hangup(
+        hangups,
+        source_file,
+        config.clone(),
+        overrides,
+        agent_tx.clone(),
+        reload_metrics,
+    ));
     let aggregating = std::thread::Builder::new()
         .name("aggregate".into())
         .spawn(move || aggregator.run(agent_rx, log_interval))
@@ -146,16 +173,22 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         })
     };
     let mut servers = tokio::task::JoinSet::new();
+    let limits = http::Limits::of(&config.http);
     let tcp_server = http::serve(
         tcp,
         http::metrics_router(state.clone()),
         guard(true),
         "metrics",
+        limits,
         until_stopped(&stop_serving),
     );
     servers.spawn(async move { tcp_server.await.context("metrics listener") });
-    let unix_server = axum::serve(unix, http::api_router(state.clone()))
-        .with_graceful_shutdown(until_stopped(&stop_serving));
+    let unix_server = http::serve_unix(
+        unix,
+        http::api_router(state.clone()),
+        limits,
+        until_stopped(&stop_serving),
+    );
     servers.spawn(async move { unix_server.await.context("API socket listener") });
     if let Some((listener, token)) = api_tcp {
         // The bearer token and basic auth would both need the Authorization header: with a
@@ -169,6 +202,7 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
             router,
             guard(basic_auth),
             "api",
+            limits,
             until_stopped(&stop_serving),
         );
         servers.spawn(async move { server.await.context("TCP API listener") });
@@ -182,6 +216,9 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     }
     let _ = stop_serving.send(());
     let _ = stop_tx.send(());
+    // Its sender to the aggregator goes with it.
+    reloading.abort();
+    let _ = reloading.await;
     let polled = tokio::task::spawn_blocking(move || poller.join())
         .await
         .context("joining the poll thread")?;
@@ -219,9 +256,13 @@ fn start_journal(
     registry: &prometheus::Registry,
 ) -> anyhow::Result<Option<JournalThread>> {
     let metrics = JournalMetrics::register(registry);
+    let loose = crate::journal::permissions::register_metric(registry);
     if !config.journal.enabled {
         return Ok(None);
     }
+    // Before the writer opens it (which makes a missing directory 0700).
+    let found = crate::journal::permissions::warn_loose(&config.journal.dir);
+    loose.set(i64::try_from(found).unwrap_or(i64::MAX));
     let start = StartRecord {
         at_ms: unix_ms(SystemTime::now()),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),

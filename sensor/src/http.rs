@@ -4,10 +4,12 @@
 //! web config in exporter-toolkit's format (`web_config`, `web`, `tls`, `auth`).
 
 mod auth;
+mod conn;
 mod tls;
 mod web;
 mod web_config;
 
+pub use conn::Limits;
 pub use web::{Guard, HttpMetrics, Web};
 pub use web_config::{ClientAuth, WebConfig, WebConfigError};
 
@@ -88,28 +90,36 @@ pub fn web_config(http: &crate::config::HttpConfig) -> Result<Option<WebConfig>,
 }
 
 /// Serves `router` on `listener` until `stop`: plain HTTP without a web config; with one,
-/// its [`web::guard`] on every request, over TLS when it has a `tls_server_config`.
+/// its [`web::guard`] on every request, over TLS when it has a `tls_server_config`. Each
+/// connection within `limits` (see [`conn`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     guard: Option<Guard>,
     name: &'static str,
+    limits: Limits,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(guard) = guard else {
-        return axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await;
+        return conn::serve(listener, router, limits, stop).await;
     };
     let web = Arc::clone(&guard.web);
     let router = router.layer(middleware::from_fn_with_state(guard, web::guard));
     if web.tls() {
-        tls::serve(listener, router, web, name, stop).await
+        tls::serve(listener, router, web, name, limits, stop).await
     } else {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await
+        conn::serve(listener, router, limits, stop).await
     }
+}
+
+/// Serves the JSON API on its Unix socket until `stop`, each connection within `limits`.
+pub async fn serve_unix(
+    listener: UnixListener,
+    router: Router,
+    limits: Limits,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    conn::serve(listener, router, limits, stop).await
 }
 
 /// What every handler needs: the probe table (fixed after load), the aggregator to ask,

@@ -89,6 +89,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             api_socket,
             web_config_file,
         } => {
+            let overrides = config::reload::Overrides {
+                listen,
+                api_socket,
+                web_config_file,
+            };
             let source = match config {
                 Some(path) => ConfigSource {
                     path: path.display().to_string(),
@@ -98,22 +103,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                             cause,
                         }
                     })?,
+                    file: Some(path),
+                    overrides,
                 },
                 None => ConfigSource {
                     path: "(embedded default)".to_owned(),
                     text: config::DEFAULT_TOML.to_owned(),
+                    file: None,
+                    overrides,
                 },
             };
             let mut config = Config::parse(&source.text, &source.path)?;
-            if let Some(listen) = listen {
-                config.http.listen = listen;
-            }
-            if let Some(api_socket) = api_socket {
-                config.http.api_socket = api_socket;
-            }
-            if let Some(web_config_file) = web_config_file {
-                config.http.web_config_file = Some(web_config_file);
-            }
+            source.overrides.apply(&mut config);
             daemon::run(config, source)?;
             Ok(ExitCode::SUCCESS)
         }

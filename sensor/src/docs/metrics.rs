@@ -71,6 +71,8 @@ fn served_registry() -> prometheus::Registry {
     let registry = metrics.registry();
     crate::journal::live::JournalMetrics::register(&registry);
     crate::http::HttpMetrics::register(&registry);
+    crate::daemon::reload::ReloadMetrics::register(&registry);
+    crate::journal::permissions::register_metric(&registry);
     let dir = std::env::temp_dir().join(format!("exfil-docs-sinks-{}", std::process::id()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

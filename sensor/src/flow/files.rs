@@ -17,6 +17,7 @@ use super::{
     flows::{Evictions, Limits, largest_first, oldest},
     identity::{Names, Process, ProcessSource},
     interval::FileInterval,
+    path_hash::PathHasher,
     paths::{Mounts, WalkedPath, path_of},
 };
 use crate::api::{FileRecord, Filter};
@@ -153,6 +154,12 @@ pub struct FileChange {
     pub bytes_written: u64,
 }
 
+/// A file's path as shown, and the class of its real path.
+struct Named {
+    path: Arc<str>,
+    class: Arc<str>,
+}
+
 pub struct FileTable {
     limits: Limits,
     classes: FileClasses,
@@ -166,8 +173,11 @@ pub struct FileTable {
     /// Per service: bytes read since start.
     services: HashMap<String, u64>,
     names: Names,
-    /// (device, inode) → path, as the kernel's walks told; at most twice `max_rows`.
-    paths: HashMap<(u32, u64), Arc<str>>,
+    /// (device, inode) → path as shown (hashed with `files.hash_paths`) and the class of
+    /// the real one, as the kernel's walks told; at most twice `max_rows`.
+    paths: HashMap<(u32, u64), Named>,
+    /// Shows each path as its keyed hash (`files.hash_paths`).
+    hasher: Option<PathHasher>,
     /// (device, inode) → the rows of it made before its path came (a path the full ring
     /// dropped comes at the file's next read or write, perhaps in another process): the path
     /// is given to them when it comes, not only when each row next moves, so that an interval
@@ -203,31 +213,59 @@ impl FileTable {
             services: HashMap::new(),
             names: Names::default(),
             paths: HashMap::new(),
+            hasher: None,
             pathless: HashMap::new(),
             evictions: Evictions::default(),
+        }
+    }
+
+    /// Shows every path learnt from now on as its keyed hash; classes still come from the
+    /// real paths.
+    pub fn hash_paths(&mut self, hasher: PathHasher) {
+        self.hasher = Some(hasher);
+    }
+
+    /// New file classes (a config reload), for paths the kernel reports from now on: a path
+    /// already learnt keeps its class (with `files.hash_paths`, its real name is not kept).
+    pub fn set_classes(&mut self, classes: FileClasses) {
+        for name in classes.names() {
+            if !self.class_names.contains_key(name) {
+                self.class_names.insert(name.to_owned(), Arc::from(name));
+            }
+        }
+        self.classes = classes;
+    }
+
+    /// The path (as shown) and class of a file, `other` while its path is not known.
+    fn named(&self, key: &FileKey) -> (Option<Arc<str>>, Arc<str>) {
+        match self.paths.get(&(key.dev, key.ino)) {
+            Some(named) => (Some(Arc::clone(&named.path)), Arc::clone(&named.class)),
+            None => (None, self.class_of(None)),
         }
     }
 
     /// Takes the paths the kernel sent since the last poll, and names the rows that were
     /// waiting for them.
     pub fn learn_paths(&mut self, walked: &[WalkedPath], mounts: &Mounts) {
-        for path in walked {
-            let id = (path.dev, path.ino);
-            let path: Arc<str> = Arc::from(path_of(path, mounts));
+        for walked in walked {
+            let id = (walked.dev, walked.ino);
+            let real = path_of(walked, mounts);
+            let class = self.class_of(Some(&real));
+            let path: Arc<str> = match &self.hasher {
+                Some(hasher) => Arc::from(hasher.hash(&real)),
+                None => Arc::from(real),
+            };
             if let Some(keys) = self.pathless.remove(&id) {
                 for key in keys {
                     if let Some(row) = self.rows.get_mut(&key)
                         && row.path.is_none()
                     {
-                        let class = self.classes.classify(Some(&path));
-                        if let Some(class) = self.class_names.get(class) {
-                            row.class = Arc::clone(class);
-                        }
+                        row.class = Arc::clone(&class);
                         row.path = Some(Arc::clone(&path));
                     }
                 }
             }
-            self.paths.insert(id, path);
+            self.paths.insert(id, Named { path, class });
         }
         if self.paths.len() > self.limits.max_rows.saturating_mul(2) {
             // Keep the paths of files a row still names; the kernel sends a path again when
@@ -268,11 +306,10 @@ impl FileTable {
             self.seen.insert(key, (totals, !own));
             let class = if own {
                 if !self.rows.contains_key(&key) {
-                    let path = self.paths.get(&(key.dev, key.ino)).cloned();
+                    let (path, class) = self.named(&key);
                     if path.is_none() {
                         self.wait_for_path(key);
                     }
-                    let class = self.class_of(path.as_deref());
                     self.rows.insert(key, Row::new(&process, path, class, now));
                 }
                 let Some(row) = self.rows.get_mut(&key) else {
@@ -364,11 +401,10 @@ impl FileTable {
                 row.totals = totals;
             } else if is_file && self.rows.len() < self.limits.max_rows {
                 let process = self.names.get(key.tgid, source);
-                let path = self.paths.get(&(key.dev, key.ino)).cloned();
+                let (path, class) = self.named(&key);
                 if path.is_none() {
                     self.wait_for_path(key);
                 }
-                let class = self.class_of(path.as_deref());
                 let mut row = Row::new(&process, path, class, now);
                 row.totals = totals;
                 self.rows.insert(key, row);

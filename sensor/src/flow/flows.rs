@@ -93,6 +93,12 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
+    /// Which destinations are internal from now on (a config reload): rows and records made
+    /// from now on are classed by them.
+    pub fn set_networks(&mut self, networks: Networks) {
+        self.networks = networks;
+    }
+
     pub fn new(limits: Limits, networks: Networks) -> Self {
         Self {
             limits,

@@ -6,6 +6,7 @@ pub mod files;
 pub mod flows;
 pub mod identity;
 pub mod interval;
+pub mod path_hash;
 pub mod paths;
 pub mod process;
 

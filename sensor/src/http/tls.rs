@@ -24,6 +24,7 @@ use rustls::{
 use tokio::net::TcpListener;
 
 use super::{
+    conn::{Connections, Limits, serve_http1, stopped},
     web::Web,
     web_config::{ClientAuth, Pem, TlsSettings, TlsVersion, io_reason},
 };
@@ -238,15 +239,19 @@ fn has_allowed_san(cert: &CertificateDer<'_>, allowed: &[String]) -> bool {
 /// Serves `router` over TLS on `listener` until `stop` resolves. Each connection gets the
 /// config current when it arrives (so a renewed certificate is used without a restart); a
 /// failed or slow handshake ends that connection only, logged at debug and counted in
-/// `exfil_sensor_http_tls_handshake_errors_total{listener}`.
+/// `exfil_sensor_http_tls_handshake_errors_total{listener}`. HTTP/1.1 connections have the
+/// header read timeout and size bound of `limits`; h2 (by ALPN, when the web config allows
+/// it) bounds its header list to the same size.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     web: Arc<Web>,
     name: &'static str,
+    limits: Limits,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let handshake_errors = web.handshake_errors(name);
+    let mut connections = Connections::default();
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -260,7 +265,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut stop => return Ok(()),
+            () = &mut stop => break,
         };
         let Some(config) = web.current().tls.clone() else {
             continue;
@@ -268,7 +273,7 @@ pub async fn serve(
         let http2 = web.http2();
         let router = router.clone();
         let handshake_errors = handshake_errors.clone();
-        tokio::spawn(async move {
+        connections.spawn(move |stop| async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let stream =
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -284,19 +289,32 @@ pub async fn serve(
                         return;
                     }
                 };
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            if !http2 {
-                builder = builder.http1_only();
+            let h2 = http2 && stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            if !h2 {
+                serve_http1(stream, router, limits, stop).await;
+                return;
             }
+            let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+            builder
+                .http2()
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
             let service = TowerToHyperService::new(router);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = stopped(stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended");
             }
         });
     }
+    connections.close().await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod compact;
 pub mod config;
 pub mod format;
 pub mod live;
+pub mod permissions;
 pub mod reader;
 pub mod record;
 mod retention;

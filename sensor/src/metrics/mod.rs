@@ -127,6 +127,11 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
 }
 
 impl Metrics {
+    /// Which destinations are internal from now on (a config reload).
+    pub fn set_networks(&mut self, networks: Networks) {
+        self.networks = networks;
+    }
+
     /// `networks` says which destinations are internal (the config's, plus the private ranges).
     pub fn new(config: &MetricsConfig, networks: Networks) -> Self {
         let registry = Registry::new();

@@ -108,6 +108,7 @@ async fn serve(config: &Path) -> Server {
         router,
         Some(guard),
         "metrics",
+        crate::http::Limits::of(&crate::config::HttpConfig::default()),
         std::future::pending(),
     ));
     Server { addr, web }
