@@ -284,6 +284,45 @@ impl Agent {
         self.child.id()
     }
 
+    /// The config file the agent was started with (a test may rewrite it and SIGHUP).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// What the agent logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends the agent `signal` (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: kill(2) on our own child's pid.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill {signal}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the agent process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `within` for a log line containing `needle`; the line.
+    pub fn wait_for_log(&self, within: Duration, needle: &str) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.log_text().lines().find(|l| l.contains(needle)) {
+                return Some(line.to_owned());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The agent's journal directory.
     /// Where it serves `/metrics` and `/healthz` (plain HTTP unless its web config says
     /// TLS): what a scrape config targets.
