@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use exfil_tests::{Agent, NetNs, POLL, Proc, ServiceCgroup, require_root, socket_addr, traffic};
+use exfil_tests::{
+    Agent, NetNs, POLL, Proc, ServiceCgroup, require_root, socket_addr, traffic, watch_only,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -26,15 +28,18 @@ struct Alert {
 }
 
 const INTERVAL: Duration = Duration::from_secs(2);
+/// The uploads' destination, and the only one detection watches: other tests on the machine
+/// send to 198.51.100.1–30, and the agent counts the whole host.
+const DESTINATION: &str = "198.51.100.213";
 
 fn upload(ns: &NetNs, unit: &str, bytes: u64) -> (ServiceCgroup, Proc, Proc) {
     let cgroup = ServiceCgroup::create(unit).expect("cgroup");
-    let (mut sink, port) = traffic!().sink(ns, "tcp", ns.peer_ip).expect("sink");
+    let (mut sink, port) = traffic!().sink(ns, "tcp", DESTINATION).expect("sink");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfil-traffic"));
     cmd.args([
         "send",
         "tcp",
-        &socket_addr(ns.peer_ip, port),
+        &socket_addr(DESTINATION, port),
         &bytes.to_string(),
         "write",
     ]);
@@ -74,9 +79,13 @@ fn a_bad_file_is_refused_whole_and_a_good_one_takes_effect() {
     const FIRST: u64 = 24 << 20;
     const SECOND: u64 = 30 << 20;
     let ns = NetNs::outside().expect("namespace");
+    ns.add_host(DESTINATION).expect("the destination host");
     let mut agent = Agent::start_with_interval(
         INTERVAL,
-        "[detect]\nquiet = \"10m\"\n[detect.burst]\nbytes = \"48 MiB\"\n",
+        &format!(
+            "[detect]\nquiet = \"10m\"\n[detect.burst]\nbytes = \"48 MiB\"\n{}",
+            watch_only(DESTINATION.parse().expect("an address"))
+        ),
     )
     .expect("agent");
     let path = agent.config_path().to_owned();
@@ -177,7 +186,7 @@ fn a_bad_file_is_refused_whole_and_a_good_one_takes_effect() {
         .collect();
     assert_eq!(
         bursts,
-        vec![(unit.to_owned(), ns.peer_ip.to_owned(), SECOND)],
+        vec![(unit.to_owned(), DESTINATION.to_owned(), SECOND)],
         "{burst:?}"
     );
     assert!(agent.running());
