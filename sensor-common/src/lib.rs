@@ -162,12 +162,16 @@ pub struct FilePathEvent {
 }
 const _: () = assert!(core::mem::size_of::<FilePathEvent>() == 16 + PATH_DEPTH * PATH_NAME_LEN);
 
-/// Key of the map of files whose path was sent.
+/// Key of the map of files whose path was sent. `generation` is the inode's `i_generation`:
+/// a file deleted and another created in its place gets the same inode number (ext4 gives
+/// the just-freed one back at once) but a new generation (ext4, xfs and tmpfs draw it at
+/// random for every new inode), so the new file's path is sent instead of the old file's
+/// being taken for it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileId {
     pub dev: u32,
-    pub _pad: u32,
+    pub generation: u32,
     pub ino: u64,
 }
 const _: () = assert!(core::mem::size_of::<FileId>() == 16);
@@ -252,7 +256,9 @@ pub struct KernelLayout {
     pub file_inode: u16,
     pub iter_data_source: u16,
     pub iter_count: u16,
-    pub _pad: [u16; 3],
+    /// `struct inode` of `i_generation`.
+    pub inode_generation: u16,
+    pub _pad: [u16; 2],
 }
 const _: () = assert!(core::mem::size_of::<KernelLayout>() == 56);
 

@@ -280,7 +280,12 @@ pub(crate) fn send_path_once(
     layout: &KernelLayout,
 ) -> Result<bool, ReadError> {
     let (dev, ino) = (key.dev, key.ino);
-    let id = FileId { dev, _pad: 0, ino };
+    let generation: u32 = read_kernel(inode, layout.inode_generation)?;
+    let id = FileId {
+        dev,
+        generation,
+        ino,
+    };
     if PATH_SENT.get_ptr(id).is_some() {
         return Ok(true);
     }

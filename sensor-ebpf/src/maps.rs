@@ -158,7 +158,8 @@ pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     file_inode: 32,
     iter_data_source: 2,
     iter_count: 24,
-    _pad: [0; 3],
+    inode_generation: 124,
+    _pad: [0; 2],
 });
 
 /// The ephemeral port range, read by the agent from `net.ipv4.ip_local_port_range`.

@@ -271,3 +271,81 @@ fn a_burst_of_new_files_keeps_every_path_and_class() {
     assert!(bad.is_empty(), "{bad_count} rows wrong, such as {bad:?}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// ext4 gives a deleted file's inode number to the next file created (seen here at once,
+/// every time): the new file must have its own path and class, not the one the kernel sent
+/// for the deleted file. On a mail server that is every queue file and every expunged
+/// message.
+#[test]
+fn a_file_on_a_reused_inode_has_its_own_path_and_class() {
+    require_root();
+    const CLASS: &str = "e2e_reused";
+    const BYTES: usize = 3_000_017;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("inode-reuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dir = std::fs::canonicalize(&dir).expect("canonical path");
+    let config = format!(
+        "[[files.class]]\nname = \"{CLASS}\"\npaths = [\"{}/secret-*\"]\n",
+        dir.display()
+    );
+    let agent = Agent::start_with(&config).expect("agent");
+    let read = |path: &PathBuf| {
+        let mut reader = traffic!()
+            .send(&["read", path.to_str().expect("utf-8"), "65536", "read"])
+            .expect("reader");
+        let n = reader.expect_line::<u64>("read").expect("read");
+        (reader, n)
+    };
+    let row_of = |pid: u32, inode: u64, bytes: u64| -> Option<FileRow> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = agent
+                .files()
+                .expect("API")
+                .into_iter()
+                .find(|f| f.pid == pid && f.inode == inode);
+            if row
+                .as_ref()
+                .is_some_and(|r| r.path.is_some() && r.bytes_read >= bytes)
+                || Instant::now() > deadline
+            {
+                return row;
+            }
+            std::thread::sleep(POLL);
+        }
+    };
+    // A plain file, read while the agent runs so that the kernel sends its path, then deleted
+    // and a classed file made in its place; a few tries until ext4 hands the inode back.
+    let mut reused = None;
+    for attempt in 0..20 {
+        let plain = dir.join(format!("plain-{attempt}"));
+        std::fs::write(&plain, [b'p'; 4_099]).expect("write");
+        let inode = std::fs::metadata(&plain).expect("stat").ino();
+        let (reader, n) = read(&plain);
+        assert_eq!(n, 4_099);
+        let row = row_of(reader.pid(), inode, 4_099).expect("the plain file's row");
+        assert_eq!(row.path.as_deref(), plain.to_str());
+        reader.finish().expect("reader exits cleanly");
+        std::fs::remove_file(&plain).expect("rm");
+        let secret = dir.join(format!("secret-{attempt}"));
+        std::fs::write(&secret, vec![b's'; BYTES]).expect("write");
+        if std::fs::metadata(&secret).expect("stat").ino() == inode {
+            reused = Some((secret, inode));
+            break;
+        }
+        std::fs::remove_file(&secret).expect("rm");
+    }
+    let (secret, inode) = reused.expect("ext4 reused a freed inode within 20 tries");
+    let (reader, n) = read(&secret);
+    assert_eq!(n, BYTES as u64);
+    let row = row_of(reader.pid(), inode, BYTES as u64).expect("the secret file's row");
+    assert_eq!(
+        (row.path.as_deref(), row.class.as_str(), row.bytes_read),
+        (secret.to_str(), CLASS, BYTES as u64),
+        "{row:?}"
+    );
+    reader.finish().expect("reader exits cleanly");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

@@ -45,7 +45,8 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, String> {
         file_inode: offset("file", "f_inode")?,
         iter_data_source: offset("iov_iter", "data_source")?,
         iter_count: offset("iov_iter", "count")?,
-        _pad: [0; 3],
+        inode_generation: offset("inode", "i_generation")?,
+        _pad: [0; 2],
     };
     for (field, at, size) in [
         ("skc_daddr", layout.skc_daddr, 4),
