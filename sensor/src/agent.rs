@@ -65,6 +65,8 @@ pub enum Answer {
 pub enum Message {
     Poll(Box<PollInput>),
     Query(Query, oneshot::Sender<Answer>),
+    /// What the tamper checks found this poll.
+    Tamper(Vec<TamperReport>),
 }
 
 /// How many messages may wait for the aggregator: a few polls and queries. A slow
@@ -327,6 +329,11 @@ impl Aggregator {
                         on_interval(&interval);
                     }
                 }
+                Message::Tamper(reports) => {
+                    for report in &reports {
+                        self.tamper(report);
+                    }
+                }
                 Message::Query(query, reply) => {
                     // The asker may have given up; nothing to do then.
                     let _ = reply.send(self.answer(&query));
@@ -372,6 +379,9 @@ pub fn exited(events: &[ProcessEvent]) -> HashSet<u32> {
         .map(|e| e.tgid)
         .collect()
 }
+
+mod tamper;
+pub use tamper::TamperReport;
 
 #[cfg(test)]
 mod tests;
