@@ -47,7 +47,7 @@ impl SmallDisk {
         let path = self.dir.join("filler");
         let mut file = std::fs::File::create(&path).expect("filler");
         let chunk = [0xA5u8; 4096];
-        // A 256 KiB disk is full long before this bound.
+        // A 1 MiB disk is full long before this bound.
         for _ in 0..1_024 {
             if let Err(e) = file.write_all(&chunk) {
                 assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
@@ -122,13 +122,18 @@ fn a_full_journal_disk_loses_no_count_and_no_record() {
     require_root();
     const BYTES: u64 = 1_048_583; // 1 MiB and 7 bytes
     let unit = "exfil-e2e-journal-full.service";
-    // Declared before the agent: dropped (unmounted) after it stopped.
-    let disk = SmallDisk::mount("256k");
+    // Declared before the agent: dropped (unmounted) after it stopped. Large enough for any
+    // one record of a busy shared machine once the filler is gone: the file rows (every
+    // file the machine's builds read, with paths, in one interval record) are bounded.
+    let disk = SmallDisk::mount("1m");
     let journal = disk.dir.join("journal");
     let ns = NetNs::outside().expect("namespace");
     let mut agent = Agent::start_with_interval(
         INTERVAL,
-        &format!("[journal]\ndir = \"{}\"\n", journal.display()),
+        &format!(
+            "[flows]\nmax_files = 64\n[journal]\ndir = \"{}\"\n",
+            journal.display()
+        ),
     )
     .expect("agent");
     assert_eq!(agent.journal_dir(), journal);

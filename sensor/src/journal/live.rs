@@ -393,6 +393,7 @@ impl Loop<'_> {
         };
         let metrics = &self.shared.metrics;
         let mut failure = None;
+        let mut dropped = 0;
         let had_backlog = self.backlog.len();
         let flushed = self
             .backlog
@@ -410,6 +411,13 @@ impl Loop<'_> {
                     }
                     true
                 }
+                // A record the journal can never take (too large, unencodable) must not hold
+                // up the ones after it: dropped and counted.
+                Err(e @ (JournalError::TooLarge { .. } | JournalError::Encode(_))) => {
+                    failure = Some(("writing a record that cannot be written", e, false));
+                    dropped += 1;
+                    true
+                }
                 Err(e) => {
                     failure = Some(("writing", e, true));
                     false
@@ -418,6 +426,9 @@ impl Loop<'_> {
         metrics
             .bytes
             .set(i64::try_from(writer.bytes()).unwrap_or(i64::MAX));
+        if dropped > 0 {
+            self.shared.dropped(dropped, "the record cannot be written");
+        }
         metrics
             .backlog
             .set(i64::try_from(self.backlog.len()).unwrap_or(i64::MAX));

@@ -26,11 +26,9 @@ pub(super) struct HeldLink {
     pub probe: &'static super::probes::Probe,
     pub fd: OwnedFd,
     pub id: u32,
-    /// Where it is pinned; `None` for a cgroup link, which lives as long as the agent.
+    /// Where it is pinned; `None` for a cgroup link, which lives as long as the agent (this
+    /// descriptor is its only holder: replaced by a repair, it goes).
     pub pin: Option<PathBuf>,
-    /// aya's handle of a cgroup link: dropped (and the link with it) when a repair replaces
-    /// this one.
-    pub _owner: Option<aya::programs::cgroup_sock_addr::CgroupSockAddrLink>,
 }
 
 /// A map the agent holds, and where it is pinned.
@@ -227,9 +225,9 @@ pub(super) fn check_link(held: &HeldLink) -> Option<Tampered> {
         Err(_) => return Some(detached),
         Ok(info) => {
             // A detached cgroup link has no cgroup (kernel/bpf/cgroup.c,
-            // bpf_cgroup_link_fill_link_info); a detached link of another kind no program
-            // (kernel/bpf/syscall.c, bpf_link_show_fdinfo reads link->prog under the same
-            // rule).
+            // bpf_cgroup_link_fill_link_info). A raw tracepoint link cannot be detached (its
+            // bpf_link_ops have no detach: BPF_LINK_DETACH answers EOPNOTSUPP); one whose
+            // program reads as none is taken as detached all the same.
             let gone = match held.probe.hook {
                 Hook::CgroupSockAddr => info.cgroup_id == 0,
                 Hook::RawTracepoint { .. } => info.prog_id == 0,

@@ -267,7 +267,7 @@ impl Sensor {
                     Some(reason) => ProbeState::Skipped(reason.clone()),
                     None => match probes::attach(&mut ebpf, &cx, probe) {
                         Ok(held) => {
-                            links.extend(held);
+                            links.push(held);
                             ProbeState::Attached
                         }
                         Err(reason) => ProbeState::Skipped(reason),

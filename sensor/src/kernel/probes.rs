@@ -231,18 +231,17 @@ pub struct AttachContext<'a> {
     pub keep_pinned_links: bool,
 }
 
-/// Attaches `probe`; its link, held by the agent for the tamper checks (none on a kernel
-/// that attaches cgroup programs without links).
+/// Attaches `probe`; its link, held by the agent for the tamper checks.
 pub fn attach(
     ebpf: &mut Ebpf,
     cx: &AttachContext<'_>,
     probe: &'static Probe,
-) -> Result<Option<HeldLink>, String> {
+) -> Result<HeldLink, String> {
     match &probe.hook {
         Hook::RawTracepoint { name, params } => {
-            attach_raw_tracepoint(ebpf, cx, probe, name, params).map(Some)
+            attach_raw_tracepoint(ebpf, cx, probe, name, params)
         }
-        Hook::CgroupSockAddr => attach_cgroup(ebpf, cx.cgroup2, probe),
+        Hook::CgroupSockAddr => attach_cgroup(ebpf, cx.cgroup2, cx.pins, probe),
     }
 }
 
@@ -258,8 +257,7 @@ pub fn reattach(
         Hook::RawTracepoint { name, .. } => {
             attach_raw_link(ebpf, probe, name, &pins.link_path(probe.program))
         }
-        Hook::CgroupSockAddr => attach_cgroup(ebpf, cgroup2, probe)?
-            .ok_or_else(|| "the kernel shows no link of the attached program".to_owned()),
+        Hook::CgroupSockAddr => attach_cgroup(ebpf, cgroup2, pins, probe),
     }
 }
 
@@ -272,7 +270,6 @@ fn hold_pinned(probe: &'static Probe, path: &Path) -> Option<HeldLink> {
         fd,
         id: info.id,
         pin: Some(path.to_owned()),
-        _owner: None,
     })
 }
 
@@ -410,8 +407,9 @@ pub fn module_prototypes(btf: &mut Btf, vmlinux: &Path) -> HashMap<&'static str,
 fn attach_cgroup(
     ebpf: &mut Ebpf,
     cgroup2: Option<&Path>,
+    pins: &Pins,
     probe: &'static Probe,
-) -> Result<Option<HeldLink>, String> {
+) -> Result<HeldLink, String> {
     let root = cgroup2.ok_or("no cgroup2 hierarchy is mounted (see /proc/mounts)")?;
     let dir = std::fs::File::open(root)
         .map_err(|e| format!("opening the cgroup2 root {}: {e}", root.display()))?;
@@ -423,8 +421,8 @@ fn attach_cgroup(
         sock_addr.load().map_err(|e| refused(probe, &e))?;
     }
     // A BPF link (kernel ≥ 5.7) always runs alongside other programs on the cgroup; the kernel
-    // refuses attach flags on link creation, so the mode must be `Single`. aya 0.14 cannot
-    // pin a cgroup link, so this one lives as long as the agent.
+    // refuses attach flags on link creation, so the mode must be `Single`. It is not left
+    // pinned: it lives as long as the agent.
     let link_id = sock_addr
         .attach(&dir, CgroupAttachMode::Single)
         .map_err(|e| {
@@ -434,29 +432,30 @@ fn attach_cgroup(
                 crate::error_chain(&e)
             )
         })?;
-    // The link just made is the program's one attached link (one with no cgroup is an
-    // earlier one, detached). A kernel that attached without a link (before 5.7) shows none:
-    // the program is attached all the same, only not watched, and its attachment stays with
-    // the program.
-    let prog_id = sock_addr.info().map_err(|e| crate::error_chain(&e))?.id();
-    let found = sys::links_of_program(prog_id)
-        .map_err(|e| format!("listing the links of program {prog_id}: {e}"))?
-        .into_iter()
-        .filter(|(info, _)| info.cgroup_id != 0)
-        .max_by_key(|(info, _)| info.id);
-    let Some((info, fd)) = found else {
-        return Ok(None);
-    };
-    let owner = sock_addr
+    let link: FdLink = sock_addr
         .take_link(link_id)
-        .map_err(|e| crate::error_chain(&e))?;
-    Ok(Some(HeldLink {
+        .map_err(|e| crate::error_chain(&e))?
+        .try_into()
+        .map_err(|e| format!("attached without a BPF link: {}", crate::error_chain(&e)))?;
+    // aya gives no descriptor of a link: pinned for a moment, opened by its pin (which needs
+    // no CAP_SYS_ADMIN, as looking links up by id would), unpinned.
+    let moment = pins.link_path(&format!("{}_held", probe.program));
+    let _ = std::fs::remove_file(&moment);
+    let pinned = link
+        .pin(&moment)
+        .map_err(|e| format!("pinning {}: {}", moment.display(), crate::error_chain(&e)))?;
+    let opened = sys::obj_get(&moment);
+    let unpinned = pinned.unpin();
+    let fd = opened.map_err(|e| format!("opening {}: {e}", moment.display()))?;
+    unpinned.map_err(|e| format!("unpinning {}: {e}", moment.display()))?;
+    let info = sys::link_info(fd.as_fd())
+        .map_err(|e| format!("reading the link of {}: {e}", probe.program))?;
+    Ok(HeldLink {
         probe,
         fd,
         id: info.id,
         pin: None,
-        _owner: Some(owner),
-    }))
+    })
 }
 
 fn program<'a>(

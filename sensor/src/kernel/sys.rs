@@ -1,6 +1,8 @@
 //! The few `bpf(2)` commands the tamper checks need that aya 0.14 does not expose on a link
 //! or map the agent holds: its kernel id, whether a cgroup link is still attached, and
-//! pinning a held object again. Values from include/uapi/linux/bpf.h.
+//! pinning a held object again. None needs CAP_SYS_ADMIN (the unit's capabilities have
+//! none): objects are opened by their pins, never looked up by id. Values from
+//! include/uapi/linux/bpf.h.
 
 use std::{
     ffi::CString,
@@ -16,8 +18,6 @@ use std::{
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
 
 /// `enum bpf_link_type`.
 pub const LINK_TYPE_CGROUP: u32 = 3;
@@ -40,16 +40,6 @@ struct InfoAttr {
     bpf_fd: u32,
     info_len: u32,
     info: u64,
-}
-
-/// `union bpf_attr`'s id members (`*_GET_NEXT_ID`, `*_GET_FD_BY_ID`).
-#[repr(C)]
-#[derive(Default)]
-struct IdAttr {
-    start_id: u32,
-    next_id: u32,
-    open_flags: u32,
-    _pad: u32,
 }
 
 /// The head of `struct bpf_link_info` and its `cgroup` member: the kernel fills what fits.
@@ -163,34 +153,4 @@ pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
 pub fn map_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let raw: RawMapInfo = info(fd)?;
     Ok(raw.id)
-}
-
-/// The links of program `prog_id`, each opened (the kernel's link ids, walked).
-pub fn links_of_program(prog_id: u32) -> io::Result<Vec<(LinkInfo, OwnedFd)>> {
-    let mut found = Vec::new();
-    let mut start_id = 0;
-    loop {
-        let mut attr = IdAttr {
-            start_id,
-            ..IdAttr::default()
-        };
-        match bpf(BPF_LINK_GET_NEXT_ID, &mut attr) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(found),
-            Err(e) => return Err(e),
-        }
-        start_id = attr.next_id;
-        let mut by_id = IdAttr {
-            start_id,
-            ..IdAttr::default()
-        };
-        // A link gone between the two calls is simply not ours any more.
-        let Ok(fd) = bpf(BPF_LINK_GET_FD_BY_ID, &mut by_id).and_then(owned) else {
-            continue;
-        };
-        let info = link_info(std::os::fd::AsFd::as_fd(&fd))?;
-        if info.prog_id == prog_id {
-            found.push((info, fd));
-        }
-    }
 }
