@@ -258,9 +258,15 @@ impl Agent {
 
     /// `kill -9` the agent, then start a new one on the same config and pins.
     pub fn kill_and_restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        self.kill_and_restart_after(|| std::thread::sleep(down_for))
+    }
+
+    /// `kill -9` the agent, run `meanwhile` while no agent runs, then start a new one on the
+    /// same config and pins.
+    pub fn kill_and_restart_after(&mut self, meanwhile: impl FnOnce()) -> anyhow::Result<()> {
         self.child.kill()?;
         self.child.wait()?;
-        std::thread::sleep(down_for);
+        meanwhile();
         self.child = Self::spawn(&[], &self.config, &self.api_socket, &self.log)?;
         self.wait_healthy(Duration::from_secs(20))
     }

@@ -287,3 +287,40 @@ fn a_removed_map_pin_is_pinned_again_and_a_restarted_agent_continues_the_totals(
     );
     upload.finish().expect("upload exits cleanly");
 }
+
+/// A map pin removed while no agent runs: the programs the last agent left write to the map
+/// no pin names any more, so the next agent attaches them anew on the maps the pins give, and
+/// what is sent after it started is counted exactly.
+#[test]
+fn a_map_pin_removed_while_no_agent_runs_loses_no_later_byte() {
+    require_root();
+    const BYTES: u64 = 7_340_032;
+    let ns = NetNs::outside().expect("namespace");
+    let mut agent = Agent::start().expect("agent");
+    let flows_pin = layout_dir(agent.pin_dir()).join("FLOWS");
+    agent
+        .kill_and_restart_after(|| std::fs::remove_file(&flows_pin).expect("rm the FLOWS pin"))
+        .expect("restart");
+    assert!(flows_pin.exists(), "the new agent pinned a FLOWS map");
+    let traffic = traffic!();
+    let (mut sink, port) = traffic.sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let mut upload = traffic
+        .send(&[
+            "send",
+            "tcp",
+            &socket_addr(ns.peer_ip, port),
+            &BYTES.to_string(),
+        ])
+        .expect("upload");
+    assert_eq!(upload.expect_line::<u64>("sent").expect("sent"), BYTES);
+    assert_eq!(
+        sink.expect_line::<u64>("received").expect("received"),
+        BYTES
+    );
+    let flow = agent
+        .settled_flow(upload.pid(), ns.peer_ip, port, "tcp", BYTES)
+        .expect("API")
+        .expect("the upload's flow");
+    assert_eq!(flow.bytes_sent, BYTES);
+    upload.finish().expect("upload exits cleanly");
+}

@@ -3,7 +3,7 @@
 //! again, pin again.
 //!
 //! The agent holds a descriptor of every link and map it made or adopted, so a check is a
-//! handful of `bpf(2)` calls per object (about a hundred a poll), and removing a pin by hand
+//! handful of `bpf(2)` calls per object (about 130 a poll), and removing a pin by hand
 //! (`rm /sys/fs/bpf/…`) destroys nothing while the agent runs: the object lives on in the
 //! agent, which pins it again. What can stop a program is detaching its link
 //! (`bpftool link detach`, `bpftool cgroup detach`): the agent then attaches it anew; bytes
