@@ -46,8 +46,8 @@ impl SmallDisk {
     fn fill(&self) -> PathBuf {
         let path = self.dir.join("filler");
         let mut file = std::fs::File::create(&path).expect("filler");
-        let chunk = [0xA5u8; 4096];
-        // A 1 MiB disk is full long before this bound.
+        let chunk = vec![0xA5u8; 1 << 20];
+        // A 64 MiB disk is full long before this bound.
         for _ in 0..1_024 {
             if let Err(e) = file.write_all(&chunk) {
                 assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
@@ -122,10 +122,11 @@ fn a_full_journal_disk_loses_no_count_and_no_record() {
     require_root();
     const BYTES: u64 = 1_048_583; // 1 MiB and 7 bytes
     let unit = "exfil-e2e-journal-full.service";
-    // Declared before the agent: dropped (unmounted) after it stopped. Large enough for any
-    // one record of a busy shared machine once the filler is gone: the file rows (every
-    // file the machine's builds read, with paths, in one interval record) are bounded.
-    let disk = SmallDisk::mount("1m");
+    // Declared before the agent: dropped (unmounted) after it stopped. Once the filler is
+    // gone, room for minutes of the journal of a busy shared machine (other tests' floods of
+    // destinations are interval rows too), and the file rows (every file the machine's
+    // builds read, with paths) are bounded: 256 KiB held less than one such interval record.
+    let disk = SmallDisk::mount("64m");
     let journal = disk.dir.join("journal");
     let ns = NetNs::outside().expect("namespace");
     let mut agent = Agent::start_with_interval(
