@@ -124,6 +124,7 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .context("starting the file path thread")?;
     let mut watch = Watch {
         journal: journal.as_ref().map(JournalThread::health),
+        unrepaired: std::collections::HashSet::new(),
     };
     let poller = std::thread::Builder::new()
         .name("poll".into())
@@ -287,9 +288,13 @@ fn log_interval(interval: &Interval) {
     );
 }
 
-/// What the poll thread checks for tampering besides the kernel side: the journal.
+/// What the poll thread checks for tampering besides the kernel side (the journal), and what
+/// it reported.
 struct Watch {
     journal: Option<JournalHealth>,
+    /// What the last check found and could not repair: reported once, then tried again each
+    /// poll without a report (or a log line) per poll, until it is repaired.
+    unrepaired: std::collections::HashSet<String>,
 }
 
 impl Watch {
@@ -297,11 +302,20 @@ impl Watch {
     /// journal; one report per finding, each logged.
     fn check(&mut self, sensor: &mut Sensor) -> Vec<TamperReport> {
         let now = SystemTime::now();
-        let mut reports: Vec<TamperReport> = sensor
-            .check_integrity()
-            .into_iter()
-            .map(|finding| kernel_report(now, &finding))
-            .collect();
+        let mut unrepaired = std::collections::HashSet::new();
+        let mut reports = Vec::new();
+        for finding in sensor.check_integrity() {
+            if finding.repair.is_err() {
+                let subject = finding.tampered.subject();
+                let reported = self.unrepaired.contains(&subject);
+                unrepaired.insert(subject);
+                if reported {
+                    continue;
+                }
+            }
+            reports.push(kernel_report(now, &finding));
+        }
+        self.unrepaired = unrepaired;
         if let Some(failure) = self.journal.as_mut().and_then(JournalHealth::new_failure) {
             tracing::error!(
                 dir = %failure.dir.display(),

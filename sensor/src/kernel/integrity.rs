@@ -126,7 +126,7 @@ impl Finding {
             }
         };
         format!(
-            "{} Someone with root access to the BPF file system or the bpf() system call \
+            "{}. Someone with root access to the BPF file system or the bpf() system call \
              changed the agent's kernel side. {repair}",
             self.tampered.summary()
         )
@@ -312,9 +312,11 @@ mod tests {
             finding.tampered.summary()
         );
         assert!(
-            finding
-                .description()
-                .contains("attached the program again (a new link). Bytes sent between"),
+            finding.description().contains(
+                "were not counted. Someone with root access to the BPF file system or the \
+                 bpf() system call changed the agent's kernel side. The agent attached the \
+                 program again (a new link). Bytes sent between"
+            ),
             "{}",
             finding.description()
         );
