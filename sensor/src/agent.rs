@@ -68,6 +68,8 @@ pub enum Message {
     /// A config reload (SIGHUP): the config in force from now on. The answer says whether it
     /// was taken; refused, the old config stays whole.
     Reload(Box<Reload>, oneshot::Sender<Result<(), ConfigError>>),
+    /// What the tamper checks found this poll.
+    Tamper(Vec<TamperReport>),
 }
 
 /// A reloaded config, checked, and its file for the journal's config record.
@@ -366,6 +368,11 @@ impl Aggregator {
                         on_interval(&interval);
                     }
                 }
+                Message::Tamper(reports) => {
+                    for report in &reports {
+                        self.tamper(report);
+                    }
+                }
                 Message::Query(query, reply) => {
                     // The asker may have given up; nothing to do then.
                     let _ = reply.send(self.answer(&query));
@@ -414,6 +421,9 @@ pub fn exited(events: &[ProcessEvent]) -> HashSet<u32> {
         .map(|e| e.tgid)
         .collect()
 }
+
+mod tamper;
+pub use tamper::TamperReport;
 
 #[cfg(test)]
 mod reload_tests;

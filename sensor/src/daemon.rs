@@ -12,8 +12,9 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    agent::{self, Aggregator, Message, PollInput},
+    agent::{self, Aggregator, Message, PollInput, TamperReport},
     config::{Config, reload::Overrides},
+    detect::tamper::Tamper,
     flow::{
         identity::ProcFs,
         interval::{Interval, unix_ms},
@@ -23,9 +24,11 @@ use crate::{
     http,
     journal::{
         StartRecord,
-        live::{JournalMetrics, JournalThread},
+        live::{JournalHealth, JournalMetrics, JournalThread},
     },
-    kernel::{DeadKeys, KernelOptions, KernelSums, ProbeState, Sensor, path_ring::PathRing},
+    kernel::{
+        DeadKeys, Finding, KernelOptions, KernelSums, ProbeState, Sensor, path_ring::PathRing,
+    },
     metrics::Metrics,
 };
 
@@ -146,9 +149,22 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .path_ring(WalkedPath::from_event)
         .context("the file path ring was already taken")?
         .context("starting the file path thread")?;
+    let mut watch = Watch {
+        journal: journal.as_ref().map(JournalThread::health),
+        unrepaired: std::collections::HashSet::new(),
+    };
     let poller = std::thread::Builder::new()
         .name("poll".into())
-        .spawn(move || poll_loop(&mut sensor, &paths, &agent_tx, interval, &stop_rx))
+        .spawn(move || {
+            poll_loop(
+                &mut sensor,
+                &paths,
+                &agent_tx,
+                interval,
+                &stop_rx,
+                &mut watch,
+            )
+        })
         .context("starting the poll thread")?;
 
     tracing::info!(
@@ -313,14 +329,107 @@ fn log_interval(interval: &Interval) {
     );
 }
 
+/// What the poll thread checks for tampering besides the kernel side (the journal), and what
+/// it reported.
+struct Watch {
+    journal: Option<JournalHealth>,
+    /// What the last check found and could not repair: reported once, then tried again each
+    /// poll without a report (or a log line) per poll, until it is repaired.
+    unrepaired: std::collections::HashSet<String>,
+}
+
+impl Watch {
+    /// The tamper checks of one poll: the kernel side (repaired where it can be) and the
+    /// journal; one report per finding, each logged.
+    fn check(&mut self, sensor: &mut Sensor) -> Vec<TamperReport> {
+        let now = SystemTime::now();
+        let mut unrepaired = std::collections::HashSet::new();
+        let mut reports = Vec::new();
+        for finding in sensor.check_integrity() {
+            if finding.repair.is_err() {
+                let subject = finding.tampered.subject();
+                let reported = self.unrepaired.contains(&subject);
+                unrepaired.insert(subject);
+                if reported {
+                    continue;
+                }
+            }
+            reports.push(kernel_report(now, &finding));
+        }
+        self.unrepaired = unrepaired;
+        if let Some(failure) = self.journal.as_mut().and_then(JournalHealth::new_failure) {
+            tracing::error!(
+                dir = %failure.dir.display(),
+                error = %failure.error,
+                "tamper check: the journal stopped taking records"
+            );
+            reports.push(TamperReport {
+                now,
+                tamper: Tamper {
+                    subject: format!("journal {}", failure.dir.display()),
+                    summary: format!(
+                        "the journal {} stopped taking records: {}",
+                        failure.dir.display(),
+                        failure.error
+                    ),
+                    description: format!(
+                        "Writing to the journal {} failed ({}). Counting, metrics and alerts \
+                         go on; records wait in memory (up to {} MiB) and are written, in \
+                         order, once writing works again; beyond that they are counted in \
+                         exfil_sensor_journal_dropped_records_total. \
+                         exfil_sensor_journal_writable is 0 while it fails.",
+                        failure.dir.display(),
+                        failure.error,
+                        crate::journal::live::BACKLOG_BYTES >> 20
+                    ),
+                },
+                detached_probe: None,
+                repaired: None,
+            });
+        }
+        reports
+    }
+}
+
+/// A kernel finding as a `tamper` alert's report, logged.
+fn kernel_report(now: SystemTime, finding: &Finding) -> TamperReport {
+    let tampered = &finding.tampered;
+    match &finding.repair {
+        Ok(()) => tracing::error!(
+            what = %tampered.subject(),
+            repaired = true,
+            "tamper check: {}",
+            tampered.summary()
+        ),
+        Err(why) => tracing::error!(
+            what = %tampered.subject(),
+            repaired = false,
+            repair_error = %why,
+            "tamper check: {}",
+            tampered.summary()
+        ),
+    }
+    TamperReport {
+        now,
+        tamper: Tamper {
+            subject: tampered.subject(),
+            summary: tampered.summary(),
+            description: finding.description(),
+        },
+        detached_probe: tampered.detached_probe(),
+        repaired: finding.repair.is_ok().then(|| tampered.repair_label()),
+    }
+}
+
 /// Reads the kernel every `interval` until `stop` fires, then once more so the last bytes
-/// are counted, handing each read to the aggregator.
+/// are counted, handing each read to the aggregator; each poll also runs the tamper checks.
 fn poll_loop(
     sensor: &mut Sensor,
     paths: &PathRing<WalkedPath>,
     agent: &tokio::sync::mpsc::Sender<Message>,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
+    watch: &mut Watch,
 ) -> anyhow::Result<()> {
     let mut adopt = sensor.reused_maps();
     let mut stopping = false;
@@ -376,6 +485,10 @@ fn poll_loop(
         }
         if stopping {
             return Ok(());
+        }
+        let reports = watch.check(sensor);
+        if !reports.is_empty() && agent.blocking_send(Message::Tamper(reports)).is_err() {
+            anyhow::bail!("the aggregating thread stopped");
         }
         let wait = interval.saturating_sub(started.elapsed());
         match stop.recv_timeout(wait) {

@@ -179,7 +179,16 @@ pub fn replay(
                     keep(&mut ours, event, &in_range);
                 }
             }
-            Record::Alert(event) => keep(&mut live, event, &in_range),
+            Record::Alert(event) => {
+                // The live agent's own checks raised it, from nothing in the journal: replay
+                // takes it as recorded, so that its ids stay the live agent's.
+                if let Some(now) = &mut current
+                    && let Some(ours_too) = now.detector.recorded_tamper(&event)
+                {
+                    keep(&mut ours, ours_too, &in_range);
+                }
+                keep(&mut live, event, &in_range);
+            }
             Record::Process(_) | Record::Stop(_) => {}
         }
     }

@@ -174,13 +174,20 @@ impl Agent {
         } else {
             format!("{extra}\n{state_key}")
         };
-        // And its own journal, never the system's.
-        let journal = dir.join(format!("exfil-e2e-{tag}-journal"));
-        let journal_key = format!("[journal]\ndir = \"{}\"\n", journal.display());
-        let extra = if extra.contains("[journal]\n") {
-            extra.replacen("[journal]\n", &journal_key, 1)
-        } else {
-            format!("{extra}\n{journal_key}")
+        // And its own journal, never the system's, unless the test names one (`[journal]`
+        // first, then `dir = "…"`).
+        let (journal, extra) = match given_journal_dir(&extra) {
+            Some(given) => (given, extra),
+            None => {
+                let journal = dir.join(format!("exfil-e2e-{tag}-journal"));
+                let journal_key = format!("[journal]\ndir = \"{}\"\n", journal.display());
+                let extra = if extra.contains("[journal]\n") {
+                    extra.replacen("[journal]\n", &journal_key, 1)
+                } else {
+                    format!("{extra}\n{journal_key}")
+                };
+                (journal, extra)
+            }
         };
         std::fs::write(
             &config,
@@ -251,9 +258,15 @@ impl Agent {
 
     /// `kill -9` the agent, then start a new one on the same config and pins.
     pub fn kill_and_restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        self.kill_and_restart_after(|| std::thread::sleep(down_for))
+    }
+
+    /// `kill -9` the agent, run `meanwhile` while no agent runs, then start a new one on the
+    /// same config and pins.
+    pub fn kill_and_restart_after(&mut self, meanwhile: impl FnOnce()) -> anyhow::Result<()> {
         self.child.kill()?;
         self.child.wait()?;
-        std::thread::sleep(down_for);
+        meanwhile();
         self.child = Self::spawn(&[], &self.config, &self.api_socket, &self.log)?;
         self.wait_healthy(Duration::from_secs(20))
     }
@@ -332,6 +345,11 @@ impl Agent {
 
     pub fn journal_dir(&self) -> &Path {
         &self.journal
+    }
+
+    /// Its pin directory in bpffs (`layout-N/` maps, `layout-N/links-<build>/` links).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
     }
 
     /// SIGTERM, and the agent's exit status once it has stopped (within 10 s).
@@ -480,6 +498,12 @@ impl Agent {
         std::thread::sleep(POLL * 2);
         find()
     }
+}
+
+/// The journal directory a test's config names right after `[journal]`.
+fn given_journal_dir(extra: &str) -> Option<PathBuf> {
+    let rest = extra.split_once("[journal]\ndir = \"")?.1;
+    Some(PathBuf::from(rest.split_once('"')?.0))
 }
 
 impl Drop for Agent {

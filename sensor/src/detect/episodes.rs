@@ -74,6 +74,99 @@ impl Episodes {
         self.records.values()
     }
 
+    /// Opens an episode for an alert no traffic rule raises (`tamper`): keyed by `subject`, so
+    /// that the same thing found again while its alert is open updates it (never a storm),
+    /// and resolved like a service-wide episode, `quiet` after it was last found.
+    pub fn event(&mut self, hit: Hit, subject: &str, now: u64) -> AlertEvent {
+        let k = format!("{}/{}/{subject}", hit.kind, hit.service);
+        if let Some(open) = self.open.get_mut(&k) {
+            open.last_growth_ms = now;
+            if let Some(record) = self.records.get_mut(&open.id) {
+                record.updated_at = rfc3339(now);
+                record.summary.clone_from(&hit.summary);
+                record.description.clone_from(&hit.description);
+                return AlertEvent {
+                    change: AlertChange::Updated,
+                    alert: record.clone(),
+                };
+            }
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let record = AlertRecord {
+            id,
+            kind: hit.kind.as_str().to_owned(),
+            severity: hit.kind.severity().to_owned(),
+            service: hit.service.clone(),
+            pid: hit.sender.pid,
+            comm: hit.sender.comm.clone(),
+            destination: "*".to_owned(),
+            port: 0,
+            bytes: hit.bytes,
+            window_s: hit.window_s,
+            started_at: rfc3339(hit.started_ms),
+            raised_at: rfc3339(now),
+            updated_at: rfc3339(now),
+            resolved_at: None,
+            status: "firing".to_owned(),
+            class: None,
+            summary: hit.summary,
+            description: hit.description,
+        };
+        self.open.insert(
+            k,
+            Open {
+                id,
+                service: hit.service,
+                destination: None,
+                last_growth_ms: now,
+            },
+        );
+        self.records.insert(id, record.clone());
+        AlertEvent {
+            change: AlertChange::Raised,
+            alert: record,
+        }
+    }
+
+    /// Takes a `tamper` alert the live agent recorded (for replay, which cannot see what the
+    /// live checks saw): the same id, open until the same quiet period after its last
+    /// update, so that the alerts after it get the live agent's ids. `None` for a change
+    /// replay makes itself (resolution) or knows nothing of.
+    pub fn recorded(&mut self, event: &AlertEvent) -> Option<AlertEvent> {
+        let alert = &event.alert;
+        let updated = super::parse_rfc3339_ms(&alert.updated_at)?;
+        match event.change {
+            AlertChange::Raised => {
+                self.next_id = self.next_id.max(alert.id);
+                self.open.insert(
+                    format!("{}/{}/#{}", alert.kind, alert.service, alert.id),
+                    Open {
+                        id: alert.id,
+                        service: alert.service.clone(),
+                        destination: None,
+                        last_growth_ms: updated,
+                    },
+                );
+            }
+            AlertChange::Updated => {
+                let open = self.open.values_mut().find(|o| o.id == alert.id)?;
+                open.last_growth_ms = updated;
+            }
+            AlertChange::Resolved => return None,
+        }
+        let record = AlertRecord {
+            resolved_at: None,
+            status: "firing".to_owned(),
+            ..alert.clone()
+        };
+        self.records.insert(alert.id, record.clone());
+        Some(AlertEvent {
+            change: event.change,
+            alert: record,
+        })
+    }
+
     /// Grows open episodes with this interval's bytes, opens one per new hit, resolves the
     /// quiet ones. Hits come sorted, so ids are the same on every run over the same input.
     pub fn observe(

@@ -10,6 +10,7 @@ pub mod config;
 mod episodes;
 mod rules;
 mod state;
+pub mod tamper;
 
 use std::{
     fmt,

@@ -1,13 +1,17 @@
 //! The live agent's journal: a writer thread of its own, fed through a bounded channel, so
-//! that a slow or failing disk never holds up counting, metrics or alerts. A record that
-//! finds the queue full, or the disk failing, is dropped, counted and logged (at most once
-//! a minute); the agent goes on.
+//! that a slow or failing disk never holds up counting, metrics or alerts. A record the disk
+//! does not take (full, failing, the journal not open) waits in a bounded backlog in memory
+//! and is written, in order, once writing works again; the writer tries again every
+//! [`RETRY`]. A record that finds the queue or the backlog full is dropped, counted and
+//! logged (at most once a minute); the agent goes on. The poll thread's tamper check reads
+//! [`JournalHealth`] and raises one alert when writing starts failing.
 
 use std::{
+    path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        mpsc::{self, Receiver, SyncSender, TrySendError},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -16,7 +20,8 @@ use std::{
 use prometheus::{IntCounter, IntGauge, Registry};
 
 use super::{
-    JournalConfig, Writer,
+    JournalConfig, JournalError, Writer,
+    backlog::Backlog,
     record::{Record, StartRecord, StopRecord},
 };
 use crate::{error_chain, flow::interval::unix_ms};
@@ -28,6 +33,11 @@ const QUEUE: usize = 4_096;
 const QUEUE_BYTES: usize = 64 << 20;
 /// A journal that could not be opened is tried again this often.
 const REOPEN: Duration = Duration::from_secs(60);
+/// Records the disk did not take wait in memory, up to about this many bytes; beyond, the
+/// newest are dropped.
+pub const BACKLOG_BYTES: usize = 32 << 20;
+/// While records wait, writing them is tried again this often (and with each new record).
+const RETRY: Duration = Duration::from_secs(1);
 /// At most one log line per this long for drops, and one for write errors.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -39,6 +49,8 @@ pub struct JournalMetrics {
     records: IntCounter,
     errors: IntCounter,
     dropped: IntCounter,
+    writable: IntGauge,
+    backlog: IntGauge,
 }
 
 impl JournalMetrics {
@@ -72,7 +84,15 @@ impl JournalMetrics {
             ),
             dropped: counter(
                 "exfil_sensor_journal_dropped_records_total",
-                "Records not written: the writer's queue was full, or the disk failed.",
+                "Records never written: the writer's queue, or the backlog of records the disk did not take, was full.",
+            ),
+            writable: gauge(
+                "exfil_sensor_journal_writable",
+                "1 while the journal takes records, 0 while writing or opening it fails (records wait in memory).",
+            ),
+            backlog: gauge(
+                "exfil_sensor_journal_backlog_records",
+                "Records waiting in memory for the journal to take them again.",
             ),
         }
     }
@@ -93,6 +113,39 @@ struct Shared {
     queued_bytes: AtomicUsize,
     /// Unix seconds of the last "dropped" log line.
     drop_logged: AtomicU64,
+    /// How many times writing started failing, and the last failure.
+    failures: AtomicU64,
+    failure: Mutex<Option<JournalFailure>>,
+}
+
+/// Why the journal stopped taking records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalFailure {
+    pub dir: PathBuf,
+    /// The error, with its errno's name: `… No space left on device (os error 28) (ENOSPC)`.
+    pub error: String,
+}
+
+/// Whether the journal takes records, for the poll thread's tamper check.
+pub struct JournalHealth {
+    shared: Arc<Shared>,
+    seen: u64,
+}
+
+impl JournalHealth {
+    /// The failure, when writing started failing since the last call: once per failing
+    /// period, never once per interval.
+    pub fn new_failure(&mut self) -> Option<JournalFailure> {
+        let failures = self.shared.failures.load(Ordering::Acquire);
+        if failures == self.seen {
+            return None;
+        }
+        self.seen = failures;
+        self.shared
+            .failure
+            .lock()
+            .map_or_else(|p| p.into_inner().clone(), |f| f.clone())
+    }
 }
 
 struct Queued {
@@ -138,6 +191,23 @@ impl JournalSender {
 }
 
 impl Shared {
+    /// Writing failed: the first failure of a period is announced to the tamper check.
+    fn failing(&self, dir: &std::path::Path, e: &JournalError) {
+        if self.metrics.writable.get() == 0 && self.failures.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        self.metrics.writable.set(0);
+        let failure = JournalFailure {
+            dir: dir.to_owned(),
+            error: describe(e),
+        };
+        match self.failure.lock() {
+            Ok(mut f) => *f = Some(failure),
+            Err(p) => *p.into_inner() = Some(failure),
+        }
+        self.failures.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn dropped(&self, records: u64, why: &str) {
         self.metrics.dropped.inc_by(records);
         let now = SystemTime::now()
@@ -174,7 +244,10 @@ impl JournalThread {
             closing: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
             drop_logged: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            failure: Mutex::new(None),
         });
+        shared.metrics.writable.set(1);
         let thread_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("journal".into())
@@ -187,6 +260,14 @@ impl JournalThread {
 
     pub fn sender(&self) -> JournalSender {
         self.sender.clone()
+    }
+
+    /// Whether the journal takes records, for the tamper check.
+    pub fn health(&self) -> JournalHealth {
+        JournalHealth {
+            shared: Arc::clone(&self.sender.shared),
+            seen: 0,
+        }
     }
 
     /// From now on sends wait for room rather than drop: the agent is stopping, and its
@@ -222,91 +303,222 @@ fn approximate_size(record: &Record) -> usize {
     }
 }
 
-fn write_loop(config: &JournalConfig, start: StartRecord, rx: &Receiver<Queued>, shared: &Shared) {
-    let metrics = &shared.metrics;
-    let mut start = Some(start);
-    let mut writer: Option<Writer> = None;
-    let mut last_open: Option<Instant> = None;
-    let mut error_logged: Option<Instant> = None;
-    let mut log_error = |what: &str, e: &super::JournalError| {
+/// The error and, for an I/O error, its errno's name (what an admin greps for).
+fn describe(e: &JournalError) -> String {
+    let text = error_chain(e);
+    let JournalError::Io { cause, .. } = e else {
+        return text;
+    };
+    let name = match cause.raw_os_error() {
+        Some(libc::ENOSPC) => "ENOSPC",
+        Some(libc::EDQUOT) => "EDQUOT",
+        Some(libc::EIO) => "EIO",
+        Some(libc::EROFS) => "EROFS",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::ENOTDIR) => "ENOTDIR",
+        _ => return text,
+    };
+    format!("{text} ({name})")
+}
+
+/// The writer thread's state besides the channel.
+struct Loop<'a> {
+    config: &'a JournalConfig,
+    shared: &'a Shared,
+    writer: Option<Writer>,
+    last_open: Option<Instant>,
+    error_logged: Option<Instant>,
+    backlog: Backlog,
+    /// Records dropped since writing last failed (the backlog was full).
+    dropped_while_failing: u64,
+}
+
+impl Loop<'_> {
+    fn log_error(&mut self, what: &str, e: &JournalError) {
+        let metrics = &self.shared.metrics;
         metrics.errors.inc();
-        if error_logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-            error_logged = Some(Instant::now());
+        if self.error_logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            self.error_logged = Some(Instant::now());
             tracing::error!(
                 errors_total = metrics.errors.get(),
                 "journal: {what}: {} (logged once a minute)",
                 error_chain(e)
             );
         }
-    };
-    // Opened now, so that the start record is written at start; while it cannot be, tried
-    // again with the first record after each REOPEN.
-    let mut next = None;
-    loop {
-        if writer.is_none() && last_open.is_none_or(|at| at.elapsed() >= REOPEN) {
-            last_open = Some(Instant::now());
-            match open(config, metrics) {
-                Ok(mut opened) => {
-                    if let Some(record) = start.take() {
-                        match opened.append(&Record::Start(record), SystemTime::now()) {
-                            Ok(_) => metrics.records.inc(),
-                            Err(e) => {
-                                log_error("writing the start record", &e);
-                                shared.dropped(1, "writing failed");
-                            }
-                        }
-                    }
-                    metrics
-                        .bytes
-                        .set(i64::try_from(opened.bytes()).unwrap_or(i64::MAX));
-                    writer = Some(opened);
-                }
-                Err(e) => log_error("opening", &e),
-            }
+    }
+
+    /// Opens the journal if it is not open and it is time to try.
+    fn open_if_due(&mut self) {
+        if self.writer.is_some() || self.last_open.is_some_and(|at| at.elapsed() < REOPEN) {
+            return;
         }
-        let Some(Queued { record, size }) = next.take() else {
-            match rx.recv() {
-                Ok(queued) => next = Some(queued),
-                Err(_) => break,
-            }
-            continue;
-        };
-        shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-        let Some(w) = writer.as_mut() else {
-            shared.dropped(1, "the journal is not open");
-            continue;
-        };
-        match w.append(&record, SystemTime::now()) {
-            Ok(appended) => {
-                metrics.records.inc();
-                if let Some(rotation) = appended.rotated {
-                    tracing::info!(
-                        closed = %rotation.closed.display(),
-                        chain_hash = rotation.closed_hash,
-                        opened = %rotation.opened.display(),
-                        retired = rotation.retired.len(),
-                        "journal segment closed"
-                    );
-                    for path in &rotation.retired {
-                        tracing::info!(segment = %path.display(), "journal segment retired");
-                    }
-                    if let Some(e) = rotation.retire_error {
-                        log_error("retiring old segments", &e);
-                    }
-                }
+        self.last_open = Some(Instant::now());
+        match open(self.config, &self.shared.metrics) {
+            Ok(opened) => {
+                self.shared
+                    .metrics
+                    .bytes
+                    .set(i64::try_from(opened.bytes()).unwrap_or(i64::MAX));
+                self.writer = Some(opened);
             }
             Err(e) => {
-                log_error("writing", &e);
-                shared.dropped(1, "writing failed");
+                self.log_error("opening", &e);
+                self.shared.failing(&self.config.dir, &e);
             }
         }
+    }
+
+    /// Takes a record into the backlog (it is written from there, in order).
+    fn take(&mut self, record: Record, size: usize) {
+        if !self.backlog.push(record, size) {
+            self.dropped_while_failing += 1;
+            self.shared.dropped(
+                1,
+                "the journal is not taking records and the records waiting in memory \
+                 reached their bound",
+            );
+        }
+    }
+
+    /// Writes what waits, oldest first, until the disk refuses one.
+    fn flush(&mut self) {
+        let Some(writer) = self.writer.as_mut() else {
+            self.shared
+                .metrics
+                .backlog
+                .set(i64::try_from(self.backlog.len()).unwrap_or(i64::MAX));
+            return;
+        };
+        let metrics = &self.shared.metrics;
+        let mut failure = None;
+        let mut dropped = 0;
+        let had_backlog = self.backlog.len();
+        let flushed = self
+            .backlog
+            .flush(|record| match writer.append(record, SystemTime::now()) {
+                Ok(appended) => {
+                    metrics.records.inc();
+                    log_rotation(appended.rotated.as_ref());
+                    if let Some(rotation) = appended.rotated
+                        && let Some(e) = rotation.retire_error
+                    {
+                        failure = Some(("retiring old segments", e, false));
+                    }
+                    if let Some(e) = appended.sync_error {
+                        failure = Some(("syncing", e, false));
+                    }
+                    true
+                }
+                // A record the journal can never take (too large, unencodable) must not hold
+                // up the ones after it: dropped and counted.
+                Err(e @ (JournalError::TooLarge { .. } | JournalError::Encode(_))) => {
+                    failure = Some(("writing a record that cannot be written", e, false));
+                    dropped += 1;
+                    true
+                }
+                Err(e) => {
+                    failure = Some(("writing", e, true));
+                    false
+                }
+            });
         metrics
             .bytes
-            .set(i64::try_from(w.bytes()).unwrap_or(i64::MAX));
+            .set(i64::try_from(writer.bytes()).unwrap_or(i64::MAX));
+        if dropped > 0 {
+            self.shared.dropped(dropped, "the record cannot be written");
+        }
+        metrics
+            .backlog
+            .set(i64::try_from(self.backlog.len()).unwrap_or(i64::MAX));
+        if let Some((what, e, stops)) = failure {
+            self.log_error(what, &e);
+            if stops {
+                self.shared.failing(&self.config.dir, &e);
+                return;
+            }
+        }
+        if !flushed.stopped && metrics.writable.get() == 0 {
+            metrics.writable.set(1);
+            tracing::info!(
+                dir = %self.config.dir.display(),
+                written_from_memory = flushed.written.min(had_backlog),
+                dropped = self.dropped_while_failing,
+                "journal: writing again"
+            );
+            self.dropped_while_failing = 0;
+        }
     }
-    if let Some(mut w) = writer {
+}
+
+fn log_rotation(rotation: Option<&super::writer::Rotation>) {
+    let Some(rotation) = rotation else {
+        return;
+    };
+    tracing::info!(
+        closed = %rotation.closed.display(),
+        chain_hash = rotation.closed_hash,
+        opened = %rotation.opened.display(),
+        retired = rotation.retired.len(),
+        "journal segment closed"
+    );
+    for path in &rotation.retired {
+        tracing::info!(segment = %path.display(), "journal segment retired");
+    }
+}
+
+fn write_loop(config: &JournalConfig, start: StartRecord, rx: &Receiver<Queued>, shared: &Shared) {
+    let mut state = Loop {
+        config,
+        shared,
+        writer: None,
+        last_open: None,
+        error_logged: None,
+        backlog: Backlog::new(BACKLOG_BYTES),
+        dropped_while_failing: 0,
+    };
+    // The start record goes first, whenever the journal opens.
+    let start = Record::Start(start);
+    let size = approximate_size(&start);
+    state.take(start, size);
+    loop {
+        state.open_if_due();
+        state.flush();
+        // While records wait, wake up to try again even if no record comes.
+        let received = if state.backlog.is_empty() {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(RETRY)
+        };
+        match received {
+            Ok(Queued { record, size }) => {
+                shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                state.take(record, size);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Every sender is gone (the agent is stopping): one last try, then what is left is lost.
+    state.open_if_due();
+    state.flush();
+    let lost = state.backlog.clear();
+    if lost > 0 {
+        shared.dropped(
+            lost as u64,
+            "the agent stopped while the journal was not taking records",
+        );
+        tracing::error!(
+            records = lost,
+            dir = %config.dir.display(),
+            "journal: records still waiting in memory when the agent stopped were lost"
+        );
+    }
+    shared.metrics.backlog.set(0);
+    if let Some(mut w) = state.writer.take() {
         if let Err(e) = w.sync() {
-            log_error("syncing", &e);
+            state.log_error("syncing", &e);
         }
         let (number, hash) = w.head();
         tracing::info!(

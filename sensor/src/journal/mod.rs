@@ -11,6 +11,7 @@
 //! - [`verify`]: the first damage, or a summary of an intact journal.
 //! - [`live`]: the agent's writer thread behind a bounded channel, and its metrics.
 
+mod backlog;
 mod compact;
 pub mod config;
 pub mod format;

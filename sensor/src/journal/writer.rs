@@ -77,6 +77,10 @@ pub struct Appended {
     /// Bytes written (the frame).
     pub bytes: u64,
     pub rotated: Option<Rotation>,
+    /// The record was written, but syncing it to disk failed: it is in the journal (the
+    /// chain goes on from it), only perhaps not durable yet. Never an `Err`, which would have
+    /// the caller write it again.
+    pub sync_error: Option<JournalError>,
 }
 
 /// A segment closed and the next begun before the record.
@@ -249,13 +253,16 @@ impl Writer {
             record.record_type(),
             RecordType::Start | RecordType::Interval | RecordType::Stop
         );
-        if durable && self.fsync == FsyncPolicy::Interval {
-            self.sync()?;
-        }
+        let sync_error = if durable && self.fsync == FsyncPolicy::Interval {
+            self.sync().err()
+        } else {
+            None
+        };
         Ok(Appended {
             number,
             bytes: frame_len,
             rotated,
+            sync_error,
         })
     }
 
@@ -422,13 +429,19 @@ fn create_segment(
         .mode(0o600)
         .open(&path)
         .map_err(io(&path))?;
-    file.write_all(&header.to_bytes()).map_err(io(&path))?;
-    if fsync == FsyncPolicy::Interval {
-        // The new file's name too: a segment that vanishes after a crash breaks the chain.
-        file.sync_all().map_err(io(&path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
+    // A segment left without its header (a full disk) is removed: every later try to begin
+    // it would find its name taken.
+    let written = file.write_all(&header.to_bytes()).and_then(|()| {
+        if fsync == FsyncPolicy::Interval {
+            // The new file's name too: a segment that vanishes after a crash breaks the chain.
+            file.sync_all()?;
+            File::open(dir).and_then(|d| d.sync_all())?;
+        }
+        Ok(())
+    });
+    if let Err(cause) = written {
+        let _ = fs::remove_file(&path);
+        return Err(JournalError::Io { path, cause });
     }
     Ok((
         file,

@@ -1,13 +1,16 @@
 //! The kernel edge: load the eBPF object with this kernel's layout, attach the probes, and
 //! read the sums out of the maps. Nothing above this module touches BPF.
 
+mod announce;
 mod batch;
 pub mod btf;
 pub mod host;
+mod integrity;
 mod layout;
 pub mod path_ring;
 mod pin;
 mod probes;
+mod sys;
 
 use std::{
     collections::HashSet,
@@ -16,19 +19,24 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    AgentState, FileId, FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey,
-    KernelLayout, MAP_COUNT, PROG_COUNT, ProcessEvent,
+    FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout, MAP_COUNT,
+    PROG_COUNT, ProcessEvent,
 };
 use thiserror::Error;
 
-pub use self::probes::{ProbeState, ProbeStatus};
 use self::{
+    announce::announce_agent,
     btf::Btf,
+    integrity::{HeldLink, HeldMap},
     pin::{PINNED_MAPS, Pins, Reuse},
     probes::{AttachContext, PROBES},
+};
+pub use self::{
+    integrity::{Finding, Tampered},
+    probes::{ProbeState, ProbeStatus},
 };
 
 /// For the docs' tests: every map the programs write.
@@ -185,6 +193,11 @@ pub struct Sensor {
     cpus: usize,
     /// The maps were left pinned by an earlier agent: their totals predate this one.
     reused_maps: bool,
+    /// What the tamper checks watch, and what repairs need.
+    pins: Pins,
+    cgroup2: Option<PathBuf>,
+    links: Vec<HeldLink>,
+    maps: Vec<HeldMap>,
 }
 
 impl Sensor {
@@ -244,6 +257,7 @@ impl Sensor {
             pins: &pins,
             keep_pinned_links: reuse == Reuse::MapsAndLinks,
         };
+        let mut links = Vec::new();
         let probes = PROBES
             .iter()
             .map(|probe| ProbeStatus {
@@ -252,13 +266,17 @@ impl Sensor {
                 state: match &layout_problem {
                     Some(reason) => ProbeState::Skipped(reason.clone()),
                     None => match probes::attach(&mut ebpf, &cx, probe) {
-                        Ok(()) => ProbeState::Attached,
+                        Ok(held) => {
+                            links.push(held);
+                            ProbeState::Attached
+                        }
                         Err(reason) => ProbeState::Skipped(reason),
                     },
                 },
             })
             .collect();
         pins.retire_other_builds()?;
+        let maps = integrity::hold_maps(&pins);
         let file_paths = RingBuf::try_from(
             ebpf.take_map("FILE_PATHS")
                 .ok_or(KernelError::MissingMap("FILE_PATHS"))?,
@@ -278,6 +296,10 @@ impl Sensor {
             file_paths: Some(file_paths),
             cpus,
             reused_maps: reuse != Reuse::Fresh,
+            pins,
+            cgroup2,
+            links,
+            maps,
         })
     }
 
@@ -469,50 +491,6 @@ fn drain<T: aya::Pod>(ring: &mut RingBuf<MapData>) -> Vec<T> {
         }
     }
     records
-}
-
-/// Writes this agent into `AGENT`: its tgid at once, so that the programs stop counting it,
-/// then, once `PATH_SENT` is empty, a generation one past the previous agent's, so that each
-/// file read before this agent started has its path sent on its next read.
-fn announce_agent(ebpf: &mut Ebpf) -> Result<(), KernelError> {
-    let tgid = std::process::id();
-    let previous = {
-        let mut agent = agent_map(ebpf)?;
-        let previous = agent.get(&0, 0).map_err(map_err("AGENT"))?;
-        agent
-            .set(0, AgentState { tgid, ..previous }, 0)
-            .map_err(map_err("AGENT"))?;
-        previous
-    };
-    forget_sent_paths(ebpf)?;
-    let state = AgentState {
-        tgid,
-        generation: previous.generation.wrapping_add(1),
-    };
-    agent_map(ebpf)?.set(0, state, 0).map_err(map_err("AGENT"))
-}
-
-fn agent_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, AgentState>, KernelError> {
-    Array::try_from(
-        ebpf.map_mut("AGENT")
-            .ok_or(KernelError::MissingMap("AGENT"))?,
-    )
-    .map_err(map_err("AGENT"))
-}
-
-/// Empties `PATH_SENT`: this agent knows no path yet.
-fn forget_sent_paths(ebpf: &mut Ebpf) -> Result<(), KernelError> {
-    let mut sent: HashMap<&mut MapData, FileId, u8> = HashMap::try_from(
-        ebpf.map_mut("PATH_SENT")
-            .ok_or(KernelError::MissingMap("PATH_SENT"))?,
-    )
-    .map_err(map_err("PATH_SENT"))?;
-    let ids: Vec<FileId> = sent.keys().filter_map(Result::ok).collect();
-    for id in ids {
-        // Gone already (evicted meanwhile) is as good as removed.
-        let _ = sent.remove(&id);
-    }
-    Ok(())
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> KernelError {

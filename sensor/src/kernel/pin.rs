@@ -78,9 +78,25 @@ impl Pins {
                 std::fs::remove_dir_all(&entry).map_err(io(&entry))?;
             }
         }
-        let reuse = if links_dir.is_dir() {
+        // Kept programs write to the maps they were loaded with: with a map's pin gone (removed
+        // while no agent ran), this agent would read a new, empty map the programs never see.
+        // They are attached anew instead, on the maps the pins give.
+        let missing: Vec<&str> = PINNED_MAPS
+            .iter()
+            .copied()
+            .filter(|m| !layout_dir.join(m).exists())
+            .collect();
+        let reuse = if links_dir.is_dir() && missing.is_empty() {
             Reuse::MapsAndLinks
         } else if layout_dir.is_dir() {
+            if !missing.is_empty() {
+                tracing::warn!(
+                    pins = %layout_dir.display(),
+                    missing = %missing.join(","),
+                    "map pins removed while no agent ran: attaching the programs anew; the \
+                     totals of those maps restart at zero"
+                );
+            }
             Reuse::Maps
         } else {
             Reuse::Fresh
@@ -153,7 +169,9 @@ mod tests {
         let dir = temp_dir("reuse");
         let (pins, reuse) = Pins::prepare(&dir, b"object A").expect("prepare");
         assert_eq!(reuse, Reuse::Fresh);
-        std::fs::write(pins.map_path("FLOWS"), "kept").expect("a pinned map");
+        for map in PINNED_MAPS {
+            std::fs::write(pins.map_path(map), "kept").expect("a pinned map");
+        }
         std::fs::write(pins.link_path("sock_send_length"), "A's link").expect("a link");
         let (_, reuse) = Pins::prepare(&dir, b"object A").expect("prepare again");
         assert_eq!(reuse, Reuse::MapsAndLinks);
@@ -171,6 +189,22 @@ mod tests {
             "A's links retired"
         );
         assert!(pins_b.map_path("FLOWS").exists());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A map pin removed while no agent ran: the kept programs write to the old map, which
+    /// no agent could read again; they are attached anew on the maps the pins give.
+    #[test]
+    fn a_map_pin_gone_while_no_agent_ran_has_the_programs_attached_anew() {
+        let dir = temp_dir("map-gone");
+        let (pins, _) = Pins::prepare(&dir, b"object A").expect("prepare");
+        for map in PINNED_MAPS {
+            std::fs::write(pins.map_path(map), "kept").expect("a pinned map");
+        }
+        std::fs::write(pins.link_path("sock_send_length"), "A's link").expect("a link");
+        std::fs::remove_file(pins.map_path("FLOWS")).expect("rm FLOWS");
+        let (_, reuse) = Pins::prepare(&dir, b"object A").expect("prepare again");
+        assert_eq!(reuse, Reuse::Maps);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

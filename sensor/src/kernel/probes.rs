@@ -1,17 +1,14 @@
 //! The probe table, and attaching each probe: raw tracepoints (pinned, so they keep counting
 //! between agents) and cgroup hooks. A probe that cannot attach is skipped with its reason.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf,
-    programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, links::FdLink},
 };
 
-use super::{btf::Btf, pin::Pins};
+use super::{btf::Btf, integrity::HeldLink, pin::Pins, sys};
 
 /// Whether one probe is attached, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,22 +231,55 @@ pub struct AttachContext<'a> {
     pub keep_pinned_links: bool,
 }
 
-pub fn attach(ebpf: &mut Ebpf, cx: &AttachContext<'_>, probe: &Probe) -> Result<(), String> {
+/// Attaches `probe`; its link, held by the agent for the tamper checks.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    cx: &AttachContext<'_>,
+    probe: &'static Probe,
+) -> Result<HeldLink, String> {
     match &probe.hook {
         Hook::RawTracepoint { name, params } => {
             attach_raw_tracepoint(ebpf, cx, probe, name, params)
         }
-        Hook::CgroupSockAddr => attach_cgroup(ebpf, cx, probe),
+        Hook::CgroupSockAddr => attach_cgroup(ebpf, cx.cgroup2, cx.pins, probe),
     }
+}
+
+/// Attaches `probe` again, after the tamper check found its link detached: a new link,
+/// pinned where the old one was.
+pub fn reattach(
+    ebpf: &mut Ebpf,
+    pins: &Pins,
+    cgroup2: Option<&Path>,
+    probe: &'static Probe,
+) -> Result<HeldLink, String> {
+    match &probe.hook {
+        Hook::RawTracepoint { name, .. } => {
+            attach_raw_link(ebpf, probe, name, &pins.link_path(probe.program))
+        }
+        Hook::CgroupSockAddr => attach_cgroup(ebpf, cgroup2, pins, probe),
+    }
+}
+
+/// The link pinned at `path`, held, if it is one still attached.
+fn hold_pinned(probe: &'static Probe, path: &Path) -> Option<HeldLink> {
+    let fd = sys::obj_get(path).ok()?;
+    let info = sys::link_info(fd.as_fd()).ok()?;
+    (info.prog_id != 0).then(|| HeldLink {
+        probe,
+        fd,
+        id: info.id,
+        pin: Some(path.to_owned()),
+    })
 }
 
 fn attach_raw_tracepoint(
     ebpf: &mut Ebpf,
     cx: &AttachContext<'_>,
-    probe: &Probe,
+    probe: &'static Probe,
     name: &str,
     params: &[&str],
-) -> Result<(), String> {
+) -> Result<HeldLink, String> {
     let found = cx
         .btf
         .raw_tracepoint_params(name)
@@ -271,16 +301,31 @@ fn attach_raw_tracepoint(
         Some(_) => {}
     }
     let pin_path = cx.pins.link_path(probe.program);
-    if cx.keep_pinned_links && PinnedLink::from_pin(&pin_path).is_ok() {
+    if cx.keep_pinned_links
+        && let Some(held) = hold_pinned(probe, &pin_path)
+    {
         // The same program, attached by an earlier agent of this build: it never stopped
         // counting, and attaching it again would count every byte twice.
-        return Ok(());
+        return Ok(held);
     }
+    attach_raw_link(ebpf, probe, name, &pin_path)
+}
+
+/// Loads the program (once per agent), attaches it to raw tracepoint `name`, pins the link
+/// at `pin_path` and holds it.
+fn attach_raw_link(
+    ebpf: &mut Ebpf,
+    probe: &'static Probe,
+    name: &str,
+    pin_path: &Path,
+) -> Result<HeldLink, String> {
     let program = program(ebpf, probe)?;
     let raw: &mut RawTracePoint = program
         .try_into()
         .map_err(|e: ProgramError| e.to_string())?;
-    raw.load().map_err(|e| refused(probe, &e))?;
+    if raw.fd().is_err() {
+        raw.load().map_err(|e| refused(probe, &e))?;
+    }
     let link_id = raw
         .attach(name)
         .map_err(|e| format!("attaching to {name}: {}", crate::error_chain(&e)))?;
@@ -288,7 +333,13 @@ fn attach_raw_tracepoint(
         .take_link(link_id)
         .map_err(|e| crate::error_chain(&e))?
         .into();
-    pin_replacing(link, &pin_path)
+    pin_replacing(link, pin_path)?;
+    hold_pinned(probe, pin_path).ok_or_else(|| {
+        format!(
+            "the link pinned at {} could not be opened again",
+            pin_path.display()
+        )
+    })
 }
 
 /// Pins a new link where an older build's may be: the new one is pinned beside it first and
@@ -353,21 +404,26 @@ pub fn module_prototypes(btf: &mut Btf, vmlinux: &Path) -> HashMap<&'static str,
     found
 }
 
-fn attach_cgroup(ebpf: &mut Ebpf, cx: &AttachContext<'_>, probe: &Probe) -> Result<(), String> {
-    let root = cx
-        .cgroup2
-        .ok_or("no cgroup2 hierarchy is mounted (see /proc/mounts)")?;
+fn attach_cgroup(
+    ebpf: &mut Ebpf,
+    cgroup2: Option<&Path>,
+    pins: &Pins,
+    probe: &'static Probe,
+) -> Result<HeldLink, String> {
+    let root = cgroup2.ok_or("no cgroup2 hierarchy is mounted (see /proc/mounts)")?;
     let dir = std::fs::File::open(root)
         .map_err(|e| format!("opening the cgroup2 root {}: {e}", root.display()))?;
     let program = program(ebpf, probe)?;
     let sock_addr: &mut CgroupSockAddr = program
         .try_into()
         .map_err(|e: ProgramError| e.to_string())?;
-    sock_addr.load().map_err(|e| refused(probe, &e))?;
+    if sock_addr.fd().is_err() {
+        sock_addr.load().map_err(|e| refused(probe, &e))?;
+    }
     // A BPF link (kernel ≥ 5.7) always runs alongside other programs on the cgroup; the kernel
-    // refuses attach flags on link creation, so the mode must be `Single`. aya 0.14 cannot
-    // pin a cgroup link, so this one lives as long as the agent.
-    sock_addr
+    // refuses attach flags on link creation, so the mode must be `Single`. It is not left
+    // pinned: it lives as long as the agent.
+    let link_id = sock_addr
         .attach(&dir, CgroupAttachMode::Single)
         .map_err(|e| {
             format!(
@@ -376,7 +432,30 @@ fn attach_cgroup(ebpf: &mut Ebpf, cx: &AttachContext<'_>, probe: &Probe) -> Resu
                 crate::error_chain(&e)
             )
         })?;
-    Ok(())
+    let link: FdLink = sock_addr
+        .take_link(link_id)
+        .map_err(|e| crate::error_chain(&e))?
+        .try_into()
+        .map_err(|e| format!("attached without a BPF link: {}", crate::error_chain(&e)))?;
+    // aya gives no descriptor of a link: pinned for a moment, opened by its pin (which needs
+    // no CAP_SYS_ADMIN, as looking links up by id would), unpinned.
+    let moment = pins.link_path(&format!("{}_held", probe.program));
+    let _ = std::fs::remove_file(&moment);
+    let pinned = link
+        .pin(&moment)
+        .map_err(|e| format!("pinning {}: {}", moment.display(), crate::error_chain(&e)))?;
+    let opened = sys::obj_get(&moment);
+    let unpinned = pinned.unpin();
+    let fd = opened.map_err(|e| format!("opening {}: {e}", moment.display()))?;
+    unpinned.map_err(|e| format!("unpinning {}: {e}", moment.display()))?;
+    let info = sys::link_info(fd.as_fd())
+        .map_err(|e| format!("reading the link of {}: {e}", probe.program))?;
+    Ok(HeldLink {
+        probe,
+        fd,
+        id: info.id,
+        pin: None,
+    })
 }
 
 fn program<'a>(

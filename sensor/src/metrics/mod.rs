@@ -29,6 +29,9 @@ use crate::{
 
 /// Alert kinds (shared/CONTRACT.md), each exported from the start so that `increase()` sees
 /// the first alert.
+/// The `what` labels of `exfil_sensor_tamper_repairs_total`.
+pub const TAMPER_REPAIRS: [&str; 3] = ["probe", "link_pin", "map_pin"];
+
 pub const ALERT_KINDS: [&str; 7] = [
     "burst",
     "lineage",
@@ -71,6 +74,7 @@ pub struct Metrics {
     last_unattributed: u64,
     last_evictions: [Evictions; 2],
     alerts: IntCounterVec,
+    tamper_repairs: IntCounterVec,
 }
 
 /// A `{service, class}` byte counter, with its series kept by service and class, so that a
@@ -200,9 +204,18 @@ impl Metrics {
         let probe_attached = gauge_vec(
             &registry,
             "exfil_sensor_probe_attached",
-            "1 when the probe is attached, 0 when it was skipped (see the agent's log for why).",
+            "1 when the probe is attached, 0 when it was skipped or found detached (see the agent's log for why).",
             &["probe"],
         );
+        let tamper_repairs = counter_vec(
+            &registry,
+            "exfil_sensor_tamper_repairs_total",
+            "Repairs after a tamper check found the agent's kernel side changed: probe (attached again), link_pin, map_pin (pinned again).",
+            &["what"],
+        );
+        for what in TAMPER_REPAIRS {
+            tamper_repairs.with_label_values(&[what]);
+        }
         let poll_duration = registered(
             &registry,
             Gauge::new(
@@ -278,6 +291,7 @@ impl Metrics {
             last_errors: vec![0; PROG_NAMES.len()],
             last_drops: vec![0; MAP_NAMES.len()],
             last_unattributed: 0,
+            tamper_repairs,
             last_evictions: [Evictions::default(); 2],
             alerts,
         }
@@ -290,6 +304,18 @@ impl Metrics {
 
     pub fn registry(&self) -> Registry {
         self.registry.clone()
+    }
+
+    /// A probe found detached (`false`) or attached again (`true`) by the tamper checks.
+    pub fn set_probe_attached(&self, probe: &str, attached: bool) {
+        self.probe_attached
+            .with_label_values(&[probe])
+            .set(i64::from(attached));
+    }
+
+    /// One repair after a tamper check; `what` is one of [`TAMPER_REPAIRS`].
+    pub fn tamper_repaired(&self, what: &str) {
+        self.tamper_repairs.with_label_values(&[what]).inc();
     }
 
     pub fn set_probes(&self, probes: &[ProbeStatus]) {

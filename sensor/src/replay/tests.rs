@@ -300,3 +300,38 @@ fn intervals_before_any_start_record_are_replayed_with_the_default_rules() {
     assert_eq!(outcome.alerts, outcome.live);
     assert_eq!(outcome.alerts.len(), 1);
 }
+
+/// A `tamper` alert the live agent's own checks raised between intervals: replay cannot see
+/// what they saw, so it takes the alert as recorded, and the burst after it keeps its live id.
+#[test]
+fn recorded_tamper_alerts_are_taken_as_they_were_and_later_ids_match() {
+    let mut live = live_detector(DEFAULT_TOML);
+    let mut entries = vec![start(T0, DEFAULT_TOML, None)];
+    entries.extend(live_run(&mut live, vec![interval(T0, 0, Vec::new())]));
+    let tamper = crate::detect::tamper::Tamper {
+        subject: "probe cgroup:sendmsg4".into(),
+        summary: "probe cgroup:sendmsg4 was detached from the kernel (link 7): …".into(),
+        description: "…".into(),
+    };
+    let raised = live.tamper(&tamper, T0 + INTERVAL_MS + 500, 4242);
+    assert_eq!(raised.alert.id, 1);
+    entries.push(entry(Record::Alert(raised)));
+    entries.extend(live_run(
+        &mut live,
+        upload(T0, 1, 10, 8 * MIB, "198.51.100.2"),
+    ));
+    let outcome = run(entries, Rules::Recorded);
+    assert_eq!(
+        outcome
+            .live
+            .iter()
+            .map(|a| (a.id, a.kind.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "tamper"), (2, "burst")]
+    );
+    assert_eq!(
+        outcome.alerts, outcome.live,
+        "ids, times, bytes: all the same"
+    );
+    assert!(outcome.agrees_with_live());
+}

@@ -179,10 +179,29 @@ fn a_journal_that_cannot_be_opened_is_counted_and_holds_nobody_up() {
         JournalMetrics::register(&registry),
     )
     .expect("thread");
+    let mut health = thread.health();
     let started = std::time::Instant::now();
     for s in 0..3 {
         thread.sender().send(super::stop(s));
     }
+    // The failure is announced once, naming the directory and the errno.
+    let failure = loop {
+        if let Some(failure) = health.new_failure() {
+            break failure;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no failure announced"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(failure.dir, file.join("journal"));
+    assert!(failure.error.ends_with("(ENOTDIR)"), "{}", failure.error);
+    assert_eq!(health.new_failure(), None, "once per failing period");
+    assert_eq!(
+        metric(&registry, "exfil_sensor_journal_writable"),
+        "exfil_sensor_journal_writable 0"
+    );
     thread.stop(SystemTime::now());
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
@@ -192,8 +211,9 @@ fn a_journal_that_cannot_be_opened_is_counted_and_holds_nobody_up() {
         ],
         [
             "exfil_sensor_journal_errors_total 1".to_owned(),
-            "exfil_sensor_journal_dropped_records_total 4".to_owned(),
+            "exfil_sensor_journal_dropped_records_total 5".to_owned(),
         ],
-        "one failed open; three records and the stop dropped"
+        "one failed open; the start record, three records and the stop waited in memory and \
+         were lost when the agent stopped"
     );
 }
