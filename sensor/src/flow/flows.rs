@@ -90,6 +90,19 @@ pub struct FlowTable {
     services: HashMap<String, FlowCounters>,
     names: Names,
     pub evictions: Evictions,
+    /// With a journal: each key's running totals as last changed since the last
+    /// [`FlowTable::totals`] (zeros for a key deleted from the kernel).
+    moved: Option<FastMap<FlowKey, FlowCounters>>,
+}
+
+/// A kernel key found at the first poll of pinned maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    pub key: FlowKey,
+    /// Its running totals then.
+    pub kernel: FlowCounters,
+    /// What of them was already accounted for; `None`: all of them (nothing to compare with).
+    pub journaled: Option<FlowCounters>,
 }
 
 impl FlowTable {
@@ -103,7 +116,31 @@ impl FlowTable {
             services: HashMap::new(),
             names: Names::default(),
             evictions: Evictions::default(),
+            moved: None,
         }
+    }
+
+    /// Keeps what [`FlowTable::totals`] needs (the journal's totals records).
+    pub fn keep_totals(&mut self) {
+        self.moved.get_or_insert_with(FastMap::default);
+    }
+
+    /// The running totals accounted for so far: every key's (`complete`), or those that
+    /// changed since the last call. Empty unless [`FlowTable::keep_totals`] was called.
+    pub fn totals(&mut self, complete: bool) -> Vec<(FlowKey, FlowCounters)> {
+        let Some(moved) = &mut self.moved else {
+            return Vec::new();
+        };
+        if complete {
+            moved.clear();
+            return self
+                .keys
+                .iter()
+                .filter(|(_, t)| !counters::is_zero(&t.last))
+                .map(|(key, t)| (*key, t.last))
+                .collect();
+        }
+        moved.drain().collect()
     }
 
     /// Takes one poll's running totals (per flow, and per process the bytes that overflowed
@@ -127,6 +164,9 @@ impl FlowTable {
                 continue;
             }
             tracked.last = totals;
+            if let Some(moved) = &mut self.moved {
+                moved.insert(key, totals);
+            }
             // The common case: a flow with its row, one lookup.
             if let Some(row) = &mut tracked.row {
                 row.totals = totals;
@@ -210,30 +250,41 @@ impl FlowTable {
     }
 
     /// The first poll of maps an earlier agent left pinned: their totals become the rows'
-    /// totals, but not news — they were counted (and reported) before this agent started.
+    /// totals, and what `journaled` says was accounted for already (by the journal's last
+    /// totals) is not news; the rest comes with this poll's `apply`, as new bytes. A key
+    /// `journaled` knows nothing of (`None`) is taken as accounted for in full.
     pub fn adopt(
         &mut self,
         now: SystemTime,
         sums: &[(FlowKey, FlowCounters)],
         overflow: &[(u32, FlowCounters)],
         source: &dyn ProcessSource,
-    ) {
+        journaled: &dyn Fn(&FlowKey) -> Option<FlowCounters>,
+    ) -> Vec<Adopted> {
+        let mut adopted = Vec::new();
         for (key, totals) in with_overflow_rows(sums, overflow) {
+            let accounted = journaled(&key);
             let row = (self.rows < self.limits.max_rows).then(|| {
                 let mut row = Row::new(&self.names.get(key.tgid, source), now);
-                row.totals = totals;
+                row.totals = accounted.unwrap_or(totals);
                 row
             });
             self.rows += usize::from(row.is_some());
             self.keys.insert(
                 key,
                 Tracked {
-                    last: totals,
+                    last: accounted.unwrap_or(totals),
                     to_other: false,
                     row,
                 },
             );
+            adopted.push(Adopted {
+                key,
+                kernel: totals,
+                journaled: accounted,
+            });
         }
+        adopted
     }
 
     /// Ends an interval: each row's bytes since the last call, then drops rows idle for the
@@ -281,6 +332,9 @@ impl FlowTable {
                 return true;
             }
             t.last = FlowCounters::default();
+            if let Some(moved) = &mut self.moved {
+                moved.insert(*key, FlowCounters::default());
+            }
             t.to_other = false;
             t.row.is_some()
         });

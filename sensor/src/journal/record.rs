@@ -55,6 +55,107 @@ pub struct ProcessRecord {
     pub service: String,
 }
 
+/// A kernel flow key (`FlowKey`): what the pinned maps' totals are compared with across a
+/// restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FlowId {
+    pub tgid: u32,
+    /// `None` for a process's overflow key (no destination kept).
+    pub destination: Option<std::net::IpAddr>,
+    pub port: u16,
+    /// The kernel's protocol and direction numbers.
+    pub protocol: u8,
+    pub direction: u8,
+}
+
+/// Running totals of one kernel key (`FlowCounters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub sent: u64,
+    pub sends: u64,
+    pub received: u64,
+    pub recvs: u64,
+}
+
+/// The kernel's running totals that the interval record right after it (the one that ends at
+/// `at_ms`) accounts up to. A totals record not followed by its interval (the agent died
+/// between the two) counts for nothing: a restart then carries that interval's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotalsRecord {
+    /// The interval's end, Unix ms.
+    pub at_ms: u64,
+    /// Every key the agent follows (about once an hour), else only the keys that moved since
+    /// the last totals record (a key of an exited process, deleted from the kernel, with
+    /// zeros).
+    pub complete: bool,
+    pub flows: Vec<(FlowId, Counts)>,
+}
+
+/// How the run before a start ended, as its journal tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PreviousRun {
+    /// No earlier record: a new journal (or none was kept).
+    None,
+    /// With its stop record, at this time (Unix ms).
+    Stopped { at_ms: u64 },
+    /// Without a stop record (killed, crashed, power lost); its last record was at this
+    /// time (Unix ms).
+    Unclean { last_at_ms: u64 },
+}
+
+/// One kernel key the agent found at its first poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumedFlow {
+    pub key: FlowId,
+    /// The kernel's running totals at the first poll.
+    pub kernel: Counts,
+    /// What of them the journal already accounted for (its last totals for the key, zeros
+    /// for a key it never saw): the rest is carried into the first interval as new bytes.
+    /// `None` when the journal holds no totals to compare with (none, disabled, or older
+    /// than totals records): all of `kernel` is taken as accounted, never alerted on.
+    pub journaled: Option<Counts>,
+}
+
+impl ResumedFlow {
+    /// Bytes (and calls) the kernel counted beyond the journal's last totals.
+    pub fn carried(&self) -> Counts {
+        match self.journaled {
+            Some(journaled) => self.kernel.since(&journaled),
+            None => Counts::default(),
+        }
+    }
+}
+
+impl Counts {
+    /// What `self` adds to `before`; all of `self` when a total went down (the kernel made
+    /// the key afresh).
+    pub fn since(&self, before: &Self) -> Self {
+        if self.sent < before.sent
+            || self.sends < before.sends
+            || self.received < before.received
+            || self.recvs < before.recvs
+        {
+            return *self;
+        }
+        Self {
+            sent: self.sent - before.sent,
+            sends: self.sends - before.sends,
+            received: self.received - before.received,
+            recvs: self.recvs - before.recvs,
+        }
+    }
+}
+
+/// The first poll of a run: the kernel's totals found and the journal's baseline for them.
+/// With the totals records after it, what a later restart compares the pinned maps with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRecord {
+    pub at_ms: u64,
+    pub previous: PreviousRun,
+    /// Every key the kernel held at the first poll (none when its maps were new).
+    pub flows: Vec<ResumedFlow>,
+}
+
 /// The agent stopped cleanly (SIGTERM, SIGINT), after its last interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopRecord {
@@ -77,6 +178,10 @@ pub enum Record {
     /// Every raise, update and resolve the live agent emitted.
     Alert(AlertEvent),
     Stop(StopRecord),
+    /// Before each interval: the kernel totals it accounts up to.
+    Totals(TotalsRecord),
+    /// At the first poll of each run.
+    Resume(ResumeRecord),
 }
 
 /// The frame's type byte of each record.
@@ -89,6 +194,8 @@ pub enum RecordType {
     Process = 4,
     Alert = 5,
     Stop = 6,
+    Totals = 7,
+    Resume = 8,
 }
 
 impl RecordType {
@@ -100,6 +207,8 @@ impl RecordType {
             4 => Self::Process,
             5 => Self::Alert,
             6 => Self::Stop,
+            7 => Self::Totals,
+            8 => Self::Resume,
             _ => return None,
         })
     }
@@ -133,6 +242,8 @@ impl Record {
             Self::Process(_) => RecordType::Process,
             Self::Alert(_) => RecordType::Alert,
             Self::Stop(_) => RecordType::Stop,
+            Self::Totals(_) => RecordType::Totals,
+            Self::Resume(_) => RecordType::Resume,
         }
     }
 
@@ -145,6 +256,8 @@ impl Record {
             Self::Interval(r) => Some(r.end_ms),
             Self::Process(r) => Some(r.at_ms),
             Self::Stop(r) => Some(r.at_ms),
+            Self::Totals(r) => Some(r.at_ms),
+            Self::Resume(r) => Some(r.at_ms),
             Self::Alert(_) => None,
         }
     }
@@ -161,6 +274,8 @@ impl Record {
             Self::Process(r) => postcard::to_extend(r, taken),
             Self::Alert(r) => postcard::to_extend(r, taken),
             Self::Stop(r) => postcard::to_extend(r, taken),
+            Self::Totals(r) => postcard::to_extend(r, taken),
+            Self::Resume(r) => postcard::to_extend(r, taken),
         };
         match result {
             Ok(bytes) => {
@@ -192,6 +307,8 @@ impl Record {
             RecordType::Process => Self::Process(whole(body).map_err(body_error)?),
             RecordType::Alert => Self::Alert(whole(body).map_err(body_error)?),
             RecordType::Stop => Self::Stop(whole(body).map_err(body_error)?),
+            RecordType::Totals => Self::Totals(whole(body).map_err(body_error)?),
+            RecordType::Resume => Self::Resume(whole(body).map_err(body_error)?),
         })
     }
 }
