@@ -260,8 +260,8 @@ impl Aggregator {
         self.metrics.observe_tables(&self.flows, &self.files);
         self.metrics.review(now);
         let events = self.detector.observe(&interval);
-        // The totals it accounts up to, the interval, then the alerts it caused: a replay
-        // reads them in that order, and a restart pairs the totals with their interval.
+        // The interval, the totals its rows do not tell, then the alerts it caused: a replay
+        // reads them in that order, and a restart takes totals only right after their interval.
         if self.journal.is_some() {
             let complete = self.complete_totals_at.is_none_or(|at| now >= at);
             if complete {
@@ -274,6 +274,7 @@ impl Aggregator {
                 .map(|(key, c)| (resume::flow_id(key), resume::counts(c)))
                 .collect();
             if let Some(journal) = &mut self.journal {
+                journal(Record::Interval(interval.clone()));
                 if complete || !flows.is_empty() {
                     journal(Record::Totals(TotalsRecord {
                         at_ms: interval.end_ms,
@@ -281,7 +282,6 @@ impl Aggregator {
                         flows,
                     }));
                 }
-                journal(Record::Interval(interval.clone()));
             }
         }
         for event in events {

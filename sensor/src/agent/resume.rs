@@ -9,7 +9,12 @@ use std::{collections::HashMap, time::SystemTime};
 use sensor_common::{FlowCounters, FlowKey};
 
 use crate::{
-    flow::{FlowTable, flows::Adopted, identity::ProcessSource, interval::unix_ms},
+    flow::{
+        FlowTable,
+        flows::Adopted,
+        identity::ProcessSource,
+        interval::{Direction, Protocol, unix_ms},
+    },
     journal::{
         Counts, FlowId, JournalConfig, LastTotals, PreviousRun, ResumeRecord, ResumedFlow,
         last_totals,
@@ -155,8 +160,8 @@ pub fn flow_id(key: &FlowKey) -> FlowId {
         tgid: key.tgid,
         destination: crate::flow::destination(key),
         port: key.port,
-        protocol: key.protocol,
-        direction: key.direction,
+        protocol: Protocol::from_kernel(key.protocol),
+        direction: Direction::from_kernel(key.direction),
     }
 }
 

@@ -90,9 +90,10 @@ pub struct FlowTable {
     services: HashMap<String, FlowCounters>,
     names: Names,
     pub evictions: Evictions,
-    /// With a journal: each key's running totals as last changed since the last
-    /// [`FlowTable::totals`] (zeros for a key deleted from the kernel).
-    moved: Option<FastMap<FlowKey, FlowCounters>>,
+    /// With a journal: the keys whose bytes since the last [`FlowTable::totals`] an
+    /// interval's rows do not add up to (their bytes went to an other row, or the kernel
+    /// deleted the key).
+    unrowed: Option<HashSet<FlowKey, foldhash::fast::RandomState>>,
 }
 
 /// A kernel key found at the first poll of pinned maps.
@@ -116,31 +117,33 @@ impl FlowTable {
             services: HashMap::new(),
             names: Names::default(),
             evictions: Evictions::default(),
-            moved: None,
+            unrowed: None,
         }
     }
 
     /// Keeps what [`FlowTable::totals`] needs (the journal's totals records).
     pub fn keep_totals(&mut self) {
-        self.moved.get_or_insert_with(FastMap::default);
+        self.unrowed.get_or_insert_with(HashSet::default);
     }
 
-    /// The running totals accounted for so far: every key's (`complete`), or those that
-    /// changed since the last call. Empty unless [`FlowTable::keep_totals`] was called.
+    /// The running totals accounted for so far: every key's (`complete`), or those of the
+    /// keys whose bytes since the last call are not all in their own rows (for the others,
+    /// the rows tell). Empty unless [`FlowTable::keep_totals`] was called.
     pub fn totals(&mut self, complete: bool) -> Vec<(FlowKey, FlowCounters)> {
-        let Some(moved) = &mut self.moved else {
+        let Some(unrowed) = &mut self.unrowed else {
             return Vec::new();
         };
+        let keys = &self.keys;
+        let last = |key: &FlowKey| keys.get(key).map_or_else(FlowCounters::default, |t| t.last);
         if complete {
-            moved.clear();
-            return self
-                .keys
+            unrowed.clear();
+            return keys
                 .iter()
                 .filter(|(_, t)| !counters::is_zero(&t.last))
                 .map(|(key, t)| (*key, t.last))
                 .collect();
         }
-        moved.drain().collect()
+        unrowed.drain().map(|key| (key, last(&key))).collect()
     }
 
     /// Takes one poll's running totals (per flow, and per process the bytes that overflowed
@@ -164,9 +167,6 @@ impl FlowTable {
                 continue;
             }
             tracked.last = totals;
-            if let Some(moved) = &mut self.moved {
-                moved.insert(key, totals);
-            }
             // The common case: a flow with its row, one lookup.
             if let Some(row) = &mut tracked.row {
                 row.totals = totals;
@@ -188,6 +188,9 @@ impl FlowTable {
                 }
                 Some(tracked) => {
                     tracked.to_other = true;
+                    if let Some(unrowed) = &mut self.unrowed {
+                        unrowed.insert(key);
+                    }
                     let service = &process.service;
                     if !self.other.contains_key(service) {
                         let row = Row::new(&Arc::new(Process::other(service)), now);
@@ -332,8 +335,8 @@ impl FlowTable {
                 return true;
             }
             t.last = FlowCounters::default();
-            if let Some(moved) = &mut self.moved {
-                moved.insert(*key, FlowCounters::default());
+            if let Some(unrowed) = &mut self.unrowed {
+                unrowed.insert(*key);
             }
             t.to_other = false;
             t.row.is_some()

@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::compact;
-use crate::{api::AlertEvent, flow::interval::Interval};
+use crate::{
+    api::AlertEvent,
+    flow::interval::{Direction, FlowInterval, Interval, Protocol},
+};
 
 /// The version of the payload encoding, the first byte of every payload. A reader refuses a
 /// payload of another version (a `Decode` damage) rather than misread it.
@@ -55,17 +58,31 @@ pub struct ProcessRecord {
     pub service: String,
 }
 
-/// A kernel flow key (`FlowKey`): what the pinned maps' totals are compared with across a
-/// restart.
+/// A kernel flow key (`FlowKey`), in the terms of an interval's flow row (pid, destination,
+/// port, protocol, direction): what the pinned maps' totals are compared with across a
+/// restart, and what a row's bytes add to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FlowId {
     pub tgid: u32,
     /// `None` for a process's overflow key (no destination kept).
     pub destination: Option<std::net::IpAddr>,
     pub port: u16,
-    /// The kernel's protocol and direction numbers.
-    pub protocol: u8,
-    pub direction: u8,
+    pub protocol: Protocol,
+    pub direction: Direction,
+}
+
+impl FlowId {
+    /// The key of an interval's flow row; `None` for a service's other row (pid 0), whose
+    /// bytes come from keys the totals records name.
+    pub fn of_row(row: &FlowInterval) -> Option<Self> {
+        (row.pid != 0).then_some(Self {
+            tgid: row.pid,
+            destination: row.destination,
+            port: row.port,
+            protocol: row.protocol,
+            direction: row.direction,
+        })
+    }
 }
 
 /// Running totals of one kernel key (`FlowCounters`).
@@ -77,16 +94,16 @@ pub struct Counts {
     pub recvs: u64,
 }
 
-/// The kernel's running totals that the interval record right after it (the one that ends at
-/// `at_ms`) accounts up to. A totals record not followed by its interval (the agent died
-/// between the two) counts for nothing: a restart then carries that interval's bytes.
+/// Written right after an interval record (the one that ends at `at_ms`), when needed: the
+/// kernel running totals of the keys whose bytes that interval does not add up to by its
+/// rows (keys whose bytes went to a service's other row, and keys of exited processes,
+/// deleted from the kernel: zeros unless counted afresh), or of every key (`complete`, about
+/// once an hour: an anchor a restart reads back to). A totals record not right after its
+/// interval counts for nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TotalsRecord {
     /// The interval's end, Unix ms.
     pub at_ms: u64,
-    /// Every key the agent follows (about once an hour), else only the keys that moved since
-    /// the last totals record (a key of an exited process, deleted from the kernel, with
-    /// zeros).
     pub complete: bool,
     pub flows: Vec<(FlowId, Counts)>,
 }
@@ -127,6 +144,14 @@ impl ResumedFlow {
 }
 
 impl Counts {
+    /// Adds an interval row's bytes and calls.
+    pub fn add(&mut self, row: &FlowInterval) {
+        self.sent = self.sent.saturating_add(row.bytes_sent);
+        self.sends = self.sends.saturating_add(row.sends);
+        self.received = self.received.saturating_add(row.bytes_received);
+        self.recvs = self.recvs.saturating_add(row.recvs);
+    }
+
     /// What `self` adds to `before`; all of `self` when a total went down (the kernel made
     /// the key afresh).
     pub fn since(&self, before: &Self) -> Self {
@@ -147,7 +172,7 @@ impl Counts {
 }
 
 /// The first poll of a run: the kernel's totals found and the journal's baseline for them.
-/// With the totals records after it, what a later restart compares the pinned maps with.
+/// With the interval and totals records after it, what a later restart compares the pinned maps with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeRecord {
     pub at_ms: u64,
@@ -178,7 +203,7 @@ pub enum Record {
     /// Every raise, update and resolve the live agent emitted.
     Alert(AlertEvent),
     Stop(StopRecord),
-    /// Before each interval: the kernel totals it accounts up to.
+    /// After an interval, when its rows do not tell every key's totals.
     Totals(TotalsRecord),
     /// At the first poll of each run.
     Resume(ResumeRecord),

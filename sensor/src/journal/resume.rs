@@ -4,8 +4,12 @@
 //! detection: counted while no agent ran, or in the interval the previous agent died in.
 //!
 //! Read from the newest segment back to the newest anchor (a resume record, or a complete
-//! totals record followed by its interval), then forward from there: a few segments at most,
-//! since a complete totals record is written about once an hour.
+//! totals record right after its interval), then forward from there: a few segments at most,
+//! since a complete totals record is written about once an hour. From the anchor on, each
+//! interval record's rows add their bytes to their keys' totals, and each totals record
+//! right after its interval sets the keys it names. An interval is one record, so the totals
+//! advance by exactly what the journal holds: a kill, a torn write or a dropped record leaves
+//! the bytes it did not hold beyond them.
 
 use std::{
     collections::HashMap,
@@ -64,28 +68,29 @@ fn records_of(sequence: u64, path: &PathBuf) -> Result<Vec<Record>, JournalError
         .collect())
 }
 
-/// A resume record, or a complete totals record with its interval right after it.
+/// A resume record, or a complete totals record right after its interval.
 fn is_anchor(records: &[Record], i: usize) -> bool {
     match &records[i] {
         Record::Resume(_) => true,
-        Record::Totals(t) => t.complete && pairs(t, records.get(i + 1)),
+        Record::Totals(t) => t.complete && i > 0 && follows(t, &records[i - 1]),
         _ => false,
     }
 }
 
-/// Whether `next` is the interval a totals record was written for.
-fn pairs(totals: &TotalsRecord, next: Option<&Record>) -> bool {
-    matches!(next, Some(Record::Interval(i)) if i.end_ms == totals.at_ms)
+/// Whether `before` is the interval a totals record was written after.
+fn follows(totals: &TotalsRecord, before: &Record) -> bool {
+    matches!(before, Record::Interval(i) if i.end_ms == totals.at_ms)
 }
 
 /// The last totals after `records`, oldest first.
 pub fn fold(records: impl IntoIterator<Item = Record>) -> LastTotals {
     let mut flows: Option<HashMap<FlowId, Counts>> = None;
-    let mut pending: Option<TotalsRecord> = None;
+    // The interval record just read, for the totals record that may follow it.
+    let mut interval_end: Option<u64> = None;
     let mut last_at_ms: Option<u64> = None;
     let mut stopped = false;
     for record in records {
-        let totals = pending.take();
+        let after_interval = interval_end.take();
         if let Some(at) = record.at_ms() {
             last_at_ms = Some(last_at_ms.map_or(at, |last| last.max(at)));
         }
@@ -100,11 +105,17 @@ pub fn fold(records: impl IntoIterator<Item = Record>) -> LastTotals {
                         .collect(),
                 );
             }
-            Record::Totals(t) => pending = Some(t),
             Record::Interval(interval) => {
-                let Some(t) = totals.filter(|t| t.at_ms == interval.end_ms) else {
-                    continue;
-                };
+                interval_end = Some(interval.end_ms);
+                if let Some(flows) = &mut flows {
+                    for row in &interval.flows {
+                        if let Some(key) = FlowId::of_row(row) {
+                            flows.entry(key).or_default().add(row);
+                        }
+                    }
+                }
+            }
+            Record::Totals(t) if after_interval == Some(t.at_ms) => {
                 if t.complete {
                     flows = Some(t.flows.into_iter().collect());
                 } else if let Some(flows) = &mut flows {

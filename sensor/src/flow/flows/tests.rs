@@ -265,24 +265,24 @@ fn adopted_totals_beyond_the_journaled_ones_are_the_first_intervals_bytes() {
 }
 
 #[test]
-fn totals_list_keys_that_moved_and_zeros_for_exited_ones() {
-    let mut t = table(100);
+fn totals_name_the_keys_their_rows_do_not_tell() {
+    let mut t = table(1);
     assert!(t.totals(true).is_empty(), "nothing kept before keep_totals");
     t.keep_totals();
     let (a, b) = (key(7, 2, 443), key(9, 2, 443));
+    // a has the only row; b finds no room and counts in its service's other row.
     t.apply(at(0), &[(a, sent(100)), (b, sent(5))], &[], &FakeProc);
-    let mut moved = t.totals(false);
-    moved.sort_by_key(|(k, _)| k.tgid);
-    assert_eq!(moved, vec![(a, sent(100)), (b, sent(5))]);
-    t.apply(at(1), &[(a, sent(100)), (b, sent(8))], &[], &FakeProc);
-    assert_eq!(t.totals(false), vec![(b, sent(8))], "only what moved");
-    t.forget_processes(&HashSet::from([9]));
-    assert_eq!(t.totals(false), vec![(b, FlowCounters::default())]);
-    assert_eq!(
-        t.totals(true),
-        vec![(a, sent(100))],
-        "every key with totals"
-    );
+    assert_eq!(t.totals(false), vec![(b, sent(5))]);
+    t.apply(at(1), &[(a, sent(300)), (b, sent(5))], &[], &FakeProc);
+    assert_eq!(t.totals(false), vec![], "a's row tells, b did not move");
+    // The kernel deletes the keys of an exited process: they count from zero.
+    t.forget_processes(&HashSet::from([7]));
+    assert_eq!(t.totals(false), vec![(a, FlowCounters::default())]);
+    t.apply(at(2), &[(a, sent(40)), (b, sent(8))], &[], &FakeProc);
+    let mut complete = t.totals(true);
+    complete.sort_by_key(|(k, _)| k.tgid);
+    assert_eq!(complete, vec![(a, sent(40)), (b, sent(8))], "every key");
+    assert_eq!(t.totals(false), vec![], "a complete list clears the others");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use crate::{
     config::Config,
     flow::{
         identity::{Process, ProcessSource},
+        interval::{Direction, Protocol},
         process::ProcessTable,
     },
     journal::{
@@ -98,8 +99,8 @@ fn the_aggregator_hands_over_processes_then_each_interval_then_its_alerts() {
         tgid: 31,
         destination: Some("198.51.100.7".parse().expect("an IP")),
         port: 443,
-        protocol: PROTO_TCP,
-        direction: sensor_common::DIRECTION_OUTBOUND,
+        protocol: Protocol::Tcp,
+        direction: Direction::Outbound,
     };
     assert_eq!(
         written[..5],
@@ -112,14 +113,14 @@ fn the_aggregator_hands_over_processes_then_each_interval_then_its_alerts() {
                 flows: Vec::new(),
             }),
             process(ProcessEventKind::Exit, 1_795_392_010_000),
-            // The totals the interval accounts up to: curl exited, its key is deleted from
-            // the kernel, so a reused pid's key counts from zero.
+            Record::Interval(interval),
+            // What the interval's rows do not tell: curl exited, its key is deleted from the
+            // kernel, so a reused pid's key counts from zero.
             Record::Totals(TotalsRecord {
                 at_ms: 1_795_392_010_000,
                 complete: false,
                 flows: vec![(curl, Counts::default())],
             }),
-            Record::Interval(interval),
         ]
     );
     let Record::Alert(alert) = &written[5] else {

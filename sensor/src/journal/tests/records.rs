@@ -269,8 +269,8 @@ fn flow_id() -> impl Strategy<Value = FlowId> {
             tgid,
             destination,
             port,
-            protocol,
-            direction,
+            protocol: Protocol::from_kernel(protocol),
+            direction: Direction::from_kernel(direction),
         })
 }
 
