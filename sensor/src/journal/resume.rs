@@ -20,7 +20,7 @@ use std::{
 use super::{
     JournalError, format,
     reader::{Entry, Reader},
-    record::{Counts, FlowId, PreviousRun, Record, TotalsRecord},
+    record::{Counts, FlowId, PreviousRun, Record},
 };
 
 /// The journal's view of the run before this one.
@@ -44,60 +44,108 @@ pub fn last_totals(dir: &Path) -> Result<Option<LastTotals>, JournalError> {
     if segments.is_empty() {
         return Ok(None);
     }
-    // Newest first, until one holds an anchor.
-    let mut loaded: Vec<Vec<Record>> = Vec::new();
-    for (sequence, path) in segments.iter().rev() {
-        let records = records_of(*sequence, path)?;
-        let anchored = (0..records.len()).any(|i| is_anchor(&records, i));
-        loaded.push(records);
+    // Newest first, until one holds an anchor, or its intervals end more than LOOK_BACK_MS
+    // before the newest: a run writes an anchor at its first poll and about once an hour,
+    // so older segments only hold one for a journal of a build before totals records (read
+    // from the newest segment then: no totals, only how the previous run ended).
+    let mut first = segments.len() - 1;
+    let mut newest_end: Option<u64> = None;
+    for (index, (sequence, path)) in segments.iter().enumerate().rev() {
+        let (anchored, ends) = scan_for_anchor(*sequence, path)?;
         if anchored {
+            first = index;
             break;
         }
+        if let Some((oldest, newest)) = ends {
+            let newest = *newest_end.get_or_insert(newest);
+            if oldest.saturating_add(LOOK_BACK_MS) < newest {
+                break;
+            }
+        }
     }
-    Ok(Some(fold(loaded.into_iter().rev().flatten())))
+    let mut folded = Fold::default();
+    for (sequence, path) in &segments[first..] {
+        for record in records_of(*sequence, path)? {
+            folded.feed(record);
+        }
+    }
+    Ok(Some(folded.finish()))
 }
 
-/// The intact records of one segment, read on its own (the chain into it is verify's job).
-fn records_of(sequence: u64, path: &PathBuf) -> Result<Vec<Record>, JournalError> {
+/// How far back from its newest interval a journal's newest anchor is looked for: the
+/// complete totals record comes every hour of a run.
+const LOOK_BACK_MS: u64 = 2 * 3_600_000;
+
+/// The intact records of one segment, read on its own (the chain into it is verify's job),
+/// one at a time.
+fn records_of(
+    sequence: u64,
+    path: &PathBuf,
+) -> Result<impl Iterator<Item = Record> + use<>, JournalError> {
     let bytes = fs::read(path).map_err(JournalError::io(path))?;
-    Ok(Reader::from_bytes(path.clone(), sequence, bytes)
-        .filter_map(|entry| match entry {
+    Ok(
+        Reader::from_bytes(path.clone(), sequence, bytes).filter_map(|entry| match entry {
             Entry::Record { record, .. } => Some(record),
             Entry::Damaged(_) => None,
-        })
-        .collect())
+        }),
+    )
 }
 
-/// A resume record, or a complete totals record right after its interval.
-fn is_anchor(records: &[Record], i: usize) -> bool {
-    match &records[i] {
-        Record::Resume(_) => true,
-        Record::Totals(t) => t.complete && i > 0 && follows(t, &records[i - 1]),
-        _ => false,
+/// Whether a segment holds an anchor (a resume record, or a complete totals record right
+/// after its interval), and the ends of its oldest and newest intervals.
+fn scan_for_anchor(
+    sequence: u64,
+    path: &PathBuf,
+) -> Result<(bool, Option<(u64, u64)>), JournalError> {
+    let mut anchored = false;
+    let mut ends: Option<(u64, u64)> = None;
+    let mut interval_end = None;
+    for record in records_of(sequence, path)? {
+        let after_interval = interval_end.take();
+        match &record {
+            Record::Resume(_) => anchored = true,
+            Record::Totals(t) if t.complete && after_interval == Some(t.at_ms) => anchored = true,
+            Record::Interval(i) => {
+                interval_end = Some(i.end_ms);
+                ends = Some(ends.map_or((i.end_ms, i.end_ms), |(oldest, newest)| {
+                    (oldest.min(i.end_ms), newest.max(i.end_ms))
+                }));
+            }
+            _ => {}
+        }
     }
-}
-
-/// Whether `before` is the interval a totals record was written after.
-fn follows(totals: &TotalsRecord, before: &Record) -> bool {
-    matches!(before, Record::Interval(i) if i.end_ms == totals.at_ms)
+    Ok((anchored, ends))
 }
 
 /// The last totals after `records`, oldest first.
 pub fn fold(records: impl IntoIterator<Item = Record>) -> LastTotals {
-    let mut flows: Option<HashMap<FlowId, Counts>> = None;
-    // The interval record just read, for the totals record that may follow it.
-    let mut interval_end: Option<u64> = None;
-    let mut last_at_ms: Option<u64> = None;
-    let mut stopped = false;
+    let mut folded = Fold::default();
     for record in records {
-        let after_interval = interval_end.take();
+        folded.feed(record);
+    }
+    folded.finish()
+}
+
+/// The last totals, record by record.
+#[derive(Default)]
+struct Fold {
+    flows: Option<HashMap<FlowId, Counts>>,
+    /// The interval record just read, for the totals record that may follow it.
+    interval_end: Option<u64>,
+    last_at_ms: Option<u64>,
+    stopped: bool,
+}
+
+impl Fold {
+    fn feed(&mut self, record: Record) {
+        let after_interval = self.interval_end.take();
         if let Some(at) = record.at_ms() {
-            last_at_ms = Some(last_at_ms.map_or(at, |last| last.max(at)));
+            self.last_at_ms = Some(self.last_at_ms.map_or(at, |last| last.max(at)));
         }
-        stopped = matches!(record, Record::Stop(_));
+        self.stopped = matches!(record, Record::Stop(_));
         match record {
             Record::Resume(resume) => {
-                flows = Some(
+                self.flows = Some(
                     resume
                         .flows
                         .iter()
@@ -106,8 +154,8 @@ pub fn fold(records: impl IntoIterator<Item = Record>) -> LastTotals {
                 );
             }
             Record::Interval(interval) => {
-                interval_end = Some(interval.end_ms);
-                if let Some(flows) = &mut flows {
+                self.interval_end = Some(interval.end_ms);
+                if let Some(flows) = &mut self.flows {
                     for row in &interval.flows {
                         if let Some(key) = FlowId::of_row(row) {
                             flows.entry(key).or_default().add(row);
@@ -117,18 +165,24 @@ pub fn fold(records: impl IntoIterator<Item = Record>) -> LastTotals {
             }
             Record::Totals(t) if after_interval == Some(t.at_ms) => {
                 if t.complete {
-                    flows = Some(t.flows.into_iter().collect());
-                } else if let Some(flows) = &mut flows {
+                    self.flows = Some(t.flows.into_iter().collect());
+                } else if let Some(flows) = &mut self.flows {
                     flows.extend(t.flows);
                 }
             }
             _ => {}
         }
     }
-    let previous = match (last_at_ms, stopped) {
-        (None, _) => PreviousRun::None,
-        (Some(at_ms), true) => PreviousRun::Stopped { at_ms },
-        (Some(last_at_ms), false) => PreviousRun::Unclean { last_at_ms },
-    };
-    LastTotals { previous, flows }
+
+    fn finish(self) -> LastTotals {
+        let previous = match (self.last_at_ms, self.stopped) {
+            (None, _) => PreviousRun::None,
+            (Some(at_ms), true) => PreviousRun::Stopped { at_ms },
+            (Some(last_at_ms), false) => PreviousRun::Unclean { last_at_ms },
+        };
+        LastTotals {
+            previous,
+            flows: self.flows,
+        }
+    }
 }

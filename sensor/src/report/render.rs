@@ -144,9 +144,9 @@ fn restarts(report: &Report, several: bool, out: &mut String) {
         left("PREVIOUS"),
         left("PREVIOUS_END"),
         right("CARRIED_BYTES"),
-        right("FLOWS"),
+        right("CARRIED_FLOWS"),
         right("ADOPTED_BYTES"),
-        right("FLOWS"),
+        right("ADOPTED_FLOWS"),
     ]);
     out.push_str(&render(&columns, &rows));
 }

@@ -190,3 +190,28 @@ fn a_complete_totals_record_replaces_what_came_before_and_old_journals_have_none
         totals(&[(4, 41), (5, 50)])
     );
 }
+
+#[test]
+fn the_newest_anchor_is_looked_for_two_hours_of_intervals_back() {
+    let dir = TempDir::new("resume-look-back");
+    let mut journal = config(&dir.0);
+    journal.segment_size = bytesize::ByteSize::b(400); // a record or two a segment
+    // An anchor, then 90 minutes of intervals in later segments: found.
+    let mut records = vec![resume(0, &[(1, 5, None)])];
+    records.extend((1..=9).map(|i| interval(i * 600, &[(1, 1)])));
+    write(&journal, &records);
+    let segments = crate::journal::format::list_segments(&dir.0).expect("list");
+    assert!(segments.len() >= 5, "{} segments", segments.len());
+    assert_eq!(
+        last_totals(&dir.0).expect("reads").and_then(|t| t.flows),
+        totals(&[(1, 14)])
+    );
+    // Three hours more without one (what a build before totals records writes): the
+    // older segments are not read, and there are no totals to compare with.
+    let later: Vec<Record> = (10..=28).map(|i| interval(i * 600, &[(1, 1)])).collect();
+    write(&journal, &later);
+    assert_eq!(
+        last_totals(&dir.0).expect("reads").and_then(|t| t.flows),
+        None
+    );
+}
