@@ -11,6 +11,10 @@ use std::{
 use sensor_common::{EVENT_EXIT, ProcessEvent};
 use tokio::sync::{mpsc, oneshot};
 
+mod resume;
+
+pub use self::resume::Baseline;
+
 use crate::{
     api::{AlertChange, AlertEvent, AlertRecord, FileRecord, Filter, FlowRecord, ServiceRecord},
     config::{Config, ConfigError},
@@ -23,7 +27,7 @@ use crate::{
         paths::{Mounts, WalkedPath},
         process::{Identities, ProcessTable},
     },
-    journal::{ConfigRecord, ProcessEventKind, ProcessRecord, Record},
+    journal::{ConfigRecord, ProcessEventKind, ProcessRecord, Record, TotalsRecord},
     kernel::KernelSums,
     metrics::Metrics,
 };
@@ -103,7 +107,15 @@ pub struct Aggregator {
     notify: Box<dyn FnMut(&AlertEvent) + Send>,
     /// Where journal records go (the journal's writer thread); none by default.
     journal: Option<Box<dyn FnMut(Record) + Send>>,
+    /// What the first poll compares the pinned maps' totals with.
+    baseline: Baseline,
+    /// When the next totals record is a complete one (an anchor a restart reads back to).
+    complete_totals_at: Option<SystemTime>,
 }
+
+/// How often a totals record lists every key, so that a restart reads at most about this much
+/// of the journal back.
+const COMPLETE_TOTALS_EVERY: Duration = Duration::from_secs(3600);
 
 impl Aggregator {
     /// `live` names running processes (`/proc`); `processes` names the ones gone, from events.
@@ -124,6 +136,8 @@ impl Aggregator {
             detector: Detector::new(&config.detect, "config")?,
             notify: Box::new(|_| {}),
             journal: None,
+            baseline: Baseline::None,
+            complete_totals_at: None,
         })
     }
 
@@ -145,6 +159,13 @@ impl Aggregator {
     /// alert changes it caused, and each process exec and exit. It must not block.
     pub fn on_record(&mut self, journal: impl FnMut(Record) + Send + 'static) {
         self.journal = Some(Box::new(journal));
+        self.flows.keep_totals();
+    }
+
+    /// What the first poll compares pinned totals with (`Baseline::read`, before the
+    /// journal is opened for writing).
+    pub fn resume_from(&mut self, baseline: Baseline) {
+        self.baseline = baseline;
     }
 
     /// Shows file paths as their keyed hash in the records and the API (`files.hash_paths`).
@@ -192,6 +213,7 @@ impl Aggregator {
     /// Takes one poll. Returns the interval that ended with it, if one did.
     pub fn poll(&mut self, input: &PollInput) -> Option<Interval> {
         let now = input.now;
+        let first = self.interval_start.is_none();
         let start = *self.interval_start.get_or_insert(now);
         // Events first: a process that sent and exited since the last poll is named by them.
         let seen = self.processes.apply(now, &input.events);
@@ -232,9 +254,15 @@ impl Aggregator {
             writes: &sums.file_writes,
             write_overflow: &sums.file_write_overflow,
         };
+        if first {
+            let pinned = input.adopt.then_some(sums);
+            let record = resume::resume(&mut self.flows, &self.baseline, now, pinned, &identities);
+            self.complete_totals_at = Some(now + COMPLETE_TOTALS_EVERY);
+            if let Some(journal) = &mut self.journal {
+                journal(Record::Resume(record));
+            }
+        }
         if input.adopt {
-            self.flows
-                .adopt(now, &sums.flows, &sums.flow_overflow, &identities);
             self.files.adopt(now, file_sums, &identities);
         }
         let flow_changes = self
@@ -273,9 +301,29 @@ impl Aggregator {
         self.metrics.observe_tables(&self.flows, &self.files);
         self.metrics.review(now);
         let events = self.detector.observe(&interval);
-        // The interval first, then the alerts it caused: a replay reads them in that order.
-        if let Some(journal) = &mut self.journal {
-            journal(Record::Interval(interval.clone()));
+        // The interval, the totals its rows do not tell, then the alerts it caused: a replay
+        // reads them in that order, and a restart takes totals only right after their interval.
+        if self.journal.is_some() {
+            let complete = self.complete_totals_at.is_none_or(|at| now >= at);
+            if complete {
+                self.complete_totals_at = Some(now + COMPLETE_TOTALS_EVERY);
+            }
+            let flows: Vec<_> = self
+                .flows
+                .totals(complete)
+                .iter()
+                .map(|(key, c)| (resume::flow_id(key), resume::counts(c)))
+                .collect();
+            if let Some(journal) = &mut self.journal {
+                journal(Record::Interval(interval.clone()));
+                if complete || !flows.is_empty() {
+                    journal(Record::Totals(TotalsRecord {
+                        at_ms: interval.end_ms,
+                        complete,
+                        flows,
+                    }));
+                }
+            }
         }
         for event in events {
             if event.change == AlertChange::Raised {

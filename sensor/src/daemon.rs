@@ -109,6 +109,8 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         )?);
     }
     let reload_metrics = reload::ReloadMetrics::register(&registry);
+    // The journal's last totals, before its writer opens it.
+    aggregator.resume_from(agent::Baseline::read(&config.journal));
     let sinks = crate::sinks::Sinks::start(&config.alerts, &registry, &hostname())?;
     let to_sinks = sinks.clone();
     aggregator.on_alert(move |event| to_sinks.send(event));

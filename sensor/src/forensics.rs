@@ -163,6 +163,10 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<String> {
                     record: Record::Start(start),
                     ..
                 } => builder.host(&start.hostname),
+                Entry::Record {
+                    record: Record::Resume(resume),
+                    ..
+                } => builder.resume(&resume),
                 Entry::Record { .. } => {}
                 Entry::Damaged(damage) => say_damage(&damage),
             }

@@ -189,7 +189,8 @@ pub fn replay(
                 }
                 keep(&mut live, event, &in_range);
             }
-            Record::Process(_) | Record::Stop(_) => {}
+            // The bytes a restart carried over are in the interval after its resume record.
+            Record::Process(_) | Record::Stop(_) | Record::Totals(_) | Record::Resume(_) => {}
         }
     }
     outcome.alerts = by_raise_time(ours);

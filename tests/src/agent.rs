@@ -271,6 +271,34 @@ impl Agent {
         self.wait_healthy(Duration::from_secs(20))
     }
 
+    /// Starts the agent again on the same config and pins, once [`Agent::stop`] stopped it.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            bail!("the agent still runs: stop it first");
+        }
+        self.child = Self::spawn(&[], &self.config, &self.api_socket, &self.log)?;
+        self.wait_healthy(Duration::from_secs(20))
+    }
+
+    /// What the agent logged so far, over all its runs.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every intact record of the agent's journal, oldest first (none before it has one).
+    pub fn journal_records(&self) -> Vec<sensor::journal::Record> {
+        sensor::journal::Reader::open(&self.journal)
+            .map(|reader| {
+                reader
+                    .filter_map(|entry| match entry {
+                        sensor::journal::Entry::Record { record, .. } => Some(record),
+                        sensor::journal::Entry::Damaged(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
@@ -300,11 +328,6 @@ impl Agent {
     /// The config file the agent was started with (a test may rewrite it and SIGHUP).
     pub fn config_path(&self) -> &Path {
         &self.config
-    }
-
-    /// What the agent logged so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends the agent `signal` (e.g. `libc::SIGHUP`).

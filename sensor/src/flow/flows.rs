@@ -90,6 +90,20 @@ pub struct FlowTable {
     services: HashMap<String, FlowCounters>,
     names: Names,
     pub evictions: Evictions,
+    /// With a journal: the keys whose bytes since the last [`FlowTable::totals`] an
+    /// interval's rows do not add up to (their bytes went to an other row, or the kernel
+    /// deleted the key).
+    unrowed: Option<HashSet<FlowKey, foldhash::fast::RandomState>>,
+}
+
+/// A kernel key found at the first poll of pinned maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    pub key: FlowKey,
+    /// Its running totals then.
+    pub kernel: FlowCounters,
+    /// What of them was already accounted for; `None`: all of them (nothing to compare with).
+    pub journaled: Option<FlowCounters>,
 }
 
 impl FlowTable {
@@ -109,7 +123,33 @@ impl FlowTable {
             services: HashMap::new(),
             names: Names::default(),
             evictions: Evictions::default(),
+            unrowed: None,
         }
+    }
+
+    /// Keeps what [`FlowTable::totals`] needs (the journal's totals records).
+    pub fn keep_totals(&mut self) {
+        self.unrowed.get_or_insert_with(HashSet::default);
+    }
+
+    /// The running totals accounted for so far: every key's (`complete`), or those of the
+    /// keys whose bytes since the last call are not all in their own rows (for the others,
+    /// the rows tell). Empty unless [`FlowTable::keep_totals`] was called.
+    pub fn totals(&mut self, complete: bool) -> Vec<(FlowKey, FlowCounters)> {
+        let Some(unrowed) = &mut self.unrowed else {
+            return Vec::new();
+        };
+        let keys = &self.keys;
+        let last = |key: &FlowKey| keys.get(key).map_or_else(FlowCounters::default, |t| t.last);
+        if complete {
+            unrowed.clear();
+            return keys
+                .iter()
+                .filter(|(_, t)| !counters::is_zero(&t.last))
+                .map(|(key, t)| (*key, t.last))
+                .collect();
+        }
+        unrowed.drain().map(|key| (key, last(&key))).collect()
     }
 
     /// Takes one poll's running totals (per flow, and per process the bytes that overflowed
@@ -154,6 +194,9 @@ impl FlowTable {
                 }
                 Some(tracked) => {
                     tracked.to_other = true;
+                    if let Some(unrowed) = &mut self.unrowed {
+                        unrowed.insert(key);
+                    }
                     let service = &process.service;
                     if !self.other.contains_key(service) {
                         let row = Row::new(&Arc::new(Process::other(service)), now);
@@ -216,30 +259,41 @@ impl FlowTable {
     }
 
     /// The first poll of maps an earlier agent left pinned: their totals become the rows'
-    /// totals, but not news — they were counted (and reported) before this agent started.
+    /// totals, and what `journaled` says was accounted for already (by the journal's last
+    /// totals) is not news; the rest comes with this poll's `apply`, as new bytes. A key
+    /// `journaled` knows nothing of (`None`) is taken as accounted for in full.
     pub fn adopt(
         &mut self,
         now: SystemTime,
         sums: &[(FlowKey, FlowCounters)],
         overflow: &[(u32, FlowCounters)],
         source: &dyn ProcessSource,
-    ) {
+        journaled: &dyn Fn(&FlowKey) -> Option<FlowCounters>,
+    ) -> Vec<Adopted> {
+        let mut adopted = Vec::new();
         for (key, totals) in with_overflow_rows(sums, overflow) {
+            let accounted = journaled(&key);
             let row = (self.rows < self.limits.max_rows).then(|| {
                 let mut row = Row::new(&self.names.get(key.tgid, source), now);
-                row.totals = totals;
+                row.totals = accounted.unwrap_or(totals);
                 row
             });
             self.rows += usize::from(row.is_some());
             self.keys.insert(
                 key,
                 Tracked {
-                    last: totals,
+                    last: accounted.unwrap_or(totals),
                     to_other: false,
                     row,
                 },
             );
+            adopted.push(Adopted {
+                key,
+                kernel: totals,
+                journaled: accounted,
+            });
         }
+        adopted
     }
 
     /// Ends an interval: each row's bytes since the last call, then drops rows idle for the
@@ -287,6 +341,9 @@ impl FlowTable {
                 return true;
             }
             t.last = FlowCounters::default();
+            if let Some(unrowed) = &mut self.unrowed {
+                unrowed.insert(*key);
+            }
             t.to_other = false;
             t.row.is_some()
         });

@@ -299,6 +299,8 @@ fn approximate_size(record: &Record) -> usize {
             256 + s.config_toml.len() + s.detect_state.as_ref().map_or(0, String::len)
         }
         Record::Config(c) => 256 + c.config_toml.len(),
+        Record::Totals(t) => 64 + 64 * t.flows.len(),
+        Record::Resume(r) => 64 + 96 * r.flows.len(),
         _ => 512,
     }
 }

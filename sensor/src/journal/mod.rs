@@ -8,6 +8,8 @@
 //!   bytes, frame by frame, resynchronising after damage.
 //! - [`writer`]: appends, rotates, retires old segments, truncates a torn tail at open.
 //! - [`reader`]: every intact record of a journal, in order, and each damage between them.
+//! - [`resume`]: how the previous run ended and the kernel totals the journal accounts for,
+//!   what a restarted agent compares the pinned maps with.
 //! - [`verify`]: the first damage, or a summary of an intact journal.
 //! - [`live`]: the agent's writer thread behind a bounded channel, and its metrics.
 
@@ -19,6 +21,7 @@ pub mod live;
 pub mod permissions;
 pub mod reader;
 pub mod record;
+pub mod resume;
 mod retention;
 mod scan;
 pub mod verify;
@@ -34,7 +37,11 @@ use thiserror::Error;
 pub use self::{
     config::{FsyncPolicy, JournalConfig},
     reader::{Damage, DamageKind, Entry, Position, Reader},
-    record::{ConfigRecord, ProcessEventKind, ProcessRecord, Record, StartRecord, StopRecord},
+    record::{
+        ConfigRecord, Counts, FlowId, PreviousRun, ProcessEventKind, ProcessRecord, Record,
+        ResumeRecord, ResumedFlow, StartRecord, StopRecord, TotalsRecord,
+    },
+    resume::{LastTotals, last_totals},
     verify::{Summary, Verdict, verify},
     writer::{OpenReport, Writer},
 };

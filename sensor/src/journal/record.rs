@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::compact;
-use crate::{api::AlertEvent, flow::interval::Interval};
+use crate::{
+    api::AlertEvent,
+    flow::interval::{Direction, FlowInterval, Interval, Protocol},
+};
 
 /// The version of the payload encoding, the first byte of every payload. A reader refuses a
 /// payload of another version (a `Decode` damage) rather than misread it.
@@ -55,6 +58,129 @@ pub struct ProcessRecord {
     pub service: String,
 }
 
+/// A kernel flow key (`FlowKey`), in the terms of an interval's flow row (pid, destination,
+/// port, protocol, direction): what the pinned maps' totals are compared with across a
+/// restart, and what a row's bytes add to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FlowId {
+    pub tgid: u32,
+    /// `None` for a process's overflow key (no destination kept).
+    pub destination: Option<std::net::IpAddr>,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub direction: Direction,
+}
+
+impl FlowId {
+    /// The key of an interval's flow row; `None` for a service's other row (pid 0), whose
+    /// bytes come from keys the totals records name.
+    pub fn of_row(row: &FlowInterval) -> Option<Self> {
+        (row.pid != 0).then_some(Self {
+            tgid: row.pid,
+            destination: row.destination,
+            port: row.port,
+            protocol: row.protocol,
+            direction: row.direction,
+        })
+    }
+}
+
+/// Running totals of one kernel key (`FlowCounters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub sent: u64,
+    pub sends: u64,
+    pub received: u64,
+    pub recvs: u64,
+}
+
+/// Written right after an interval record (the one that ends at `at_ms`), when needed: the
+/// kernel running totals of the keys whose bytes that interval does not add up to by its
+/// rows (keys whose bytes went to a service's other row, and keys of exited processes,
+/// deleted from the kernel: zeros unless counted afresh), or of every key (`complete`, about
+/// once an hour: an anchor a restart reads back to). A totals record not right after its
+/// interval counts for nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotalsRecord {
+    /// The interval's end, Unix ms.
+    pub at_ms: u64,
+    pub complete: bool,
+    pub flows: Vec<(FlowId, Counts)>,
+}
+
+/// How the run before a start ended, as its journal tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PreviousRun {
+    /// No earlier record: a new journal (or none was kept).
+    None,
+    /// With its stop record, at this time (Unix ms).
+    Stopped { at_ms: u64 },
+    /// Without a stop record (killed, crashed, power lost); its last record was at this
+    /// time (Unix ms).
+    Unclean { last_at_ms: u64 },
+}
+
+/// One kernel key the agent found at its first poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumedFlow {
+    pub key: FlowId,
+    /// The kernel's running totals at the first poll.
+    pub kernel: Counts,
+    /// What of them the journal already accounted for (its last totals for the key, zeros
+    /// for a key it never saw): the rest is carried into the first interval as new bytes.
+    /// `None` when the journal holds no totals to compare with (none, disabled, or older
+    /// than totals records): all of `kernel` is taken as accounted, never alerted on.
+    pub journaled: Option<Counts>,
+}
+
+impl ResumedFlow {
+    /// Bytes (and calls) the kernel counted beyond the journal's last totals.
+    pub fn carried(&self) -> Counts {
+        match self.journaled {
+            Some(journaled) => self.kernel.since(&journaled),
+            None => Counts::default(),
+        }
+    }
+}
+
+impl Counts {
+    /// Adds an interval row's bytes and calls.
+    pub fn add(&mut self, row: &FlowInterval) {
+        self.sent = self.sent.saturating_add(row.bytes_sent);
+        self.sends = self.sends.saturating_add(row.sends);
+        self.received = self.received.saturating_add(row.bytes_received);
+        self.recvs = self.recvs.saturating_add(row.recvs);
+    }
+
+    /// What `self` adds to `before`; all of `self` when a total went down (the kernel made
+    /// the key afresh).
+    pub fn since(&self, before: &Self) -> Self {
+        if self.sent < before.sent
+            || self.sends < before.sends
+            || self.received < before.received
+            || self.recvs < before.recvs
+        {
+            return *self;
+        }
+        Self {
+            sent: self.sent - before.sent,
+            sends: self.sends - before.sends,
+            received: self.received - before.received,
+            recvs: self.recvs - before.recvs,
+        }
+    }
+}
+
+/// The first poll of a run: the kernel's totals found and the journal's baseline for them.
+/// With the interval and totals records after it, what a later restart compares the pinned maps with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRecord {
+    pub at_ms: u64,
+    pub previous: PreviousRun,
+    /// Every key the kernel held at the first poll (none when its maps were new).
+    pub flows: Vec<ResumedFlow>,
+}
+
 /// The agent stopped cleanly (SIGTERM, SIGINT), after its last interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopRecord {
@@ -77,6 +203,10 @@ pub enum Record {
     /// Every raise, update and resolve the live agent emitted.
     Alert(AlertEvent),
     Stop(StopRecord),
+    /// After an interval, when its rows do not tell every key's totals.
+    Totals(TotalsRecord),
+    /// At the first poll of each run.
+    Resume(ResumeRecord),
 }
 
 /// The frame's type byte of each record.
@@ -89,6 +219,8 @@ pub enum RecordType {
     Process = 4,
     Alert = 5,
     Stop = 6,
+    Totals = 7,
+    Resume = 8,
 }
 
 impl RecordType {
@@ -100,6 +232,8 @@ impl RecordType {
             4 => Self::Process,
             5 => Self::Alert,
             6 => Self::Stop,
+            7 => Self::Totals,
+            8 => Self::Resume,
             _ => return None,
         })
     }
@@ -133,6 +267,8 @@ impl Record {
             Self::Process(_) => RecordType::Process,
             Self::Alert(_) => RecordType::Alert,
             Self::Stop(_) => RecordType::Stop,
+            Self::Totals(_) => RecordType::Totals,
+            Self::Resume(_) => RecordType::Resume,
         }
     }
 
@@ -145,6 +281,8 @@ impl Record {
             Self::Interval(r) => Some(r.end_ms),
             Self::Process(r) => Some(r.at_ms),
             Self::Stop(r) => Some(r.at_ms),
+            Self::Totals(r) => Some(r.at_ms),
+            Self::Resume(r) => Some(r.at_ms),
             Self::Alert(_) => None,
         }
     }
@@ -161,6 +299,8 @@ impl Record {
             Self::Process(r) => postcard::to_extend(r, taken),
             Self::Alert(r) => postcard::to_extend(r, taken),
             Self::Stop(r) => postcard::to_extend(r, taken),
+            Self::Totals(r) => postcard::to_extend(r, taken),
+            Self::Resume(r) => postcard::to_extend(r, taken),
         };
         match result {
             Ok(bytes) => {
@@ -192,6 +332,8 @@ impl Record {
             RecordType::Process => Self::Process(whole(body).map_err(body_error)?),
             RecordType::Alert => Self::Alert(whole(body).map_err(body_error)?),
             RecordType::Stop => Self::Stop(whole(body).map_err(body_error)?),
+            RecordType::Totals => Self::Totals(whole(body).map_err(body_error)?),
+            RecordType::Resume => Self::Resume(whole(body).map_err(body_error)?),
         })
     }
 }

@@ -19,6 +19,7 @@ use crate::{
     api::{AlertEvent, AlertRecord},
     detect::rfc3339,
     flow::{class::DestinationClass, interval::Interval},
+    journal::{Counts, PreviousRun, ResumeRecord},
 };
 
 pub use render::{csv, json, table};
@@ -125,6 +126,29 @@ pub struct Report {
     pub series: Vec<Series>,
     /// The alerts the agents raised in the span, in the state of their last change.
     pub alerts: Vec<HostAlert>,
+    /// Agent starts that took over pinned kernel totals or followed a run that ended
+    /// without a stop record, in time order.
+    pub restarts: Vec<Restart>,
+}
+
+/// An agent start, from its resume record. The bytes it carried (counted by the kernel
+/// beyond the journal's last totals: while no agent ran, or in the interval the previous
+/// agent died in) are in the first interval after it, so the timeline holds them; these say
+/// how many. Per host, not per service (the record keys flows by process).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Restart {
+    pub host: String,
+    pub at: String,
+    /// `stopped`, `unclean` (no stop record: killed, crashed) or `none` (no earlier record).
+    pub previous: String,
+    /// The previous run's stop, or its last record when it ended without one.
+    pub previous_end: Option<String>,
+    /// Bytes sent beyond the journal's last totals, new in the first interval.
+    pub carried_bytes: u64,
+    pub carried_flows: u64,
+    /// Bytes sent the journal had no totals for, taken as accounted for (not in the timeline).
+    pub adopted_bytes: u64,
+    pub adopted_flows: u64,
 }
 
 /// An alert and the host whose agent raised it (alert ids are per agent).
@@ -163,6 +187,7 @@ pub struct Builder {
     destinations: HashMap<String, DestinationSums>,
     span: Option<(u64, u64)>,
     alerts: BTreeMap<(String, u64), AlertRecord>,
+    restarts: Vec<(u64, Restart)>,
 }
 
 impl Builder {
@@ -175,6 +200,7 @@ impl Builder {
             destinations: HashMap::new(),
             span: None,
             alerts: BTreeMap::new(),
+            restarts: Vec::new(),
         }
     }
 
@@ -234,6 +260,41 @@ impl Builder {
             sums.first_ms = sums.first_ms.min(interval.start_ms);
             sums.last_ms = sums.last_ms.max(interval.end_ms);
         }
+    }
+
+    /// An agent start: kept when it took over pinned totals or followed an unclean end.
+    pub fn resume(&mut self, resume: &ResumeRecord) {
+        if !self.in_range(resume.at_ms, resume.at_ms.saturating_add(1)) {
+            return;
+        }
+        let (previous, previous_end) = match resume.previous {
+            PreviousRun::None => ("none", None),
+            PreviousRun::Stopped { at_ms } => ("stopped", Some(rfc3339(at_ms))),
+            PreviousRun::Unclean { last_at_ms } => ("unclean", Some(rfc3339(last_at_ms))),
+        };
+        let mut restart = Restart {
+            host: self.host.clone(),
+            at: rfc3339(resume.at_ms),
+            previous: previous.to_owned(),
+            previous_end,
+            carried_bytes: 0,
+            carried_flows: 0,
+            adopted_bytes: 0,
+            adopted_flows: 0,
+        };
+        for flow in &resume.flows {
+            if flow.journaled.is_none() {
+                restart.adopted_bytes += flow.kernel.sent;
+                restart.adopted_flows += 1;
+            } else if flow.carried() != Counts::default() {
+                restart.carried_bytes += flow.carried().sent;
+                restart.carried_flows += 1;
+            }
+        }
+        if resume.flows.is_empty() && previous != "unclean" {
+            return;
+        }
+        self.restarts.push((resume.at_ms, restart));
     }
 
     /// An alert change the agent recorded; the report keeps each alert's last state.
@@ -346,6 +407,11 @@ impl Builder {
             destinations,
             series,
             alerts,
+            restarts: {
+                let mut restarts = self.restarts;
+                restarts.sort_by(|a, b| (a.0, &a.1.host).cmp(&(b.0, &b.1.host)));
+                restarts.into_iter().map(|(_, r)| r).collect()
+            },
         }
     }
 }

@@ -107,7 +107,48 @@ pub fn table(report: &Report) -> String {
         }
         out.push_str(&crate::table::alerts(&alerts));
     }
+    restarts(report, several, &mut out);
     out
+}
+
+/// Agent starts that took over pinned totals or followed an unclean end, when there were.
+fn restarts(report: &Report, several: bool, out: &mut String) {
+    if report.restarts.is_empty() {
+        return;
+    }
+    out.push_str("\nRestarts (carried bytes are in the timeline, in the interval after)\n");
+    let rows: Vec<Vec<String>> = report
+        .restarts
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.at.clone()];
+            if several {
+                row.push(printable(&r.host));
+            }
+            row.extend([
+                r.previous.clone(),
+                r.previous_end.clone().unwrap_or_else(|| "-".to_owned()),
+                r.carried_bytes.to_string(),
+                r.carried_flows.to_string(),
+                r.adopted_bytes.to_string(),
+                r.adopted_flows.to_string(),
+            ]);
+            row
+        })
+        .collect();
+    let mut columns = vec![left("TIME")];
+    if several {
+        columns.push(left("HOST"));
+    }
+    columns.extend([
+        left("PREVIOUS"),
+        left("PREVIOUS_END"),
+        right("CARRIED_BYTES"),
+        right("CARRIED_FLOWS"),
+        right("ADOPTED_BYTES"),
+        right("ADOPTED_FLOWS"),
+    ]);
+    out.push_str(&render(&columns, &rows));
 }
 
 pub fn json(report: &Report) -> String {

@@ -333,3 +333,70 @@ fn journals_of_several_hosts_merge_by_host() {
         "the alert's own fields beside its host"
     );
 }
+
+#[test]
+fn restarts_that_took_over_pinned_totals_or_followed_an_unclean_end_are_listed() {
+    use crate::flow::interval::{Direction, Protocol};
+    use crate::journal::{FlowId, ResumedFlow};
+    let key = |tgid| FlowId {
+        tgid,
+        destination: None,
+        port: 0,
+        protocol: Protocol::Other,
+        direction: Direction::Other,
+    };
+    let sent = |sent| Counts {
+        sent,
+        ..Counts::default()
+    };
+    let mut builder = Builder::new(Options::default());
+    builder.host("mx1");
+    // A first start on new maps after nothing: not a restart worth listing.
+    builder.resume(&ResumeRecord {
+        at_ms: T0,
+        previous: PreviousRun::None,
+        flows: Vec::new(),
+    });
+    builder.resume(&ResumeRecord {
+        at_ms: T0 + 60_000,
+        previous: PreviousRun::Unclean {
+            last_at_ms: T0 + 40_000,
+        },
+        flows: vec![
+            ResumedFlow {
+                key: key(1),
+                kernel: sent(5_000),
+                journaled: Some(sent(3_000)),
+            },
+            ResumedFlow {
+                key: key(2),
+                kernel: sent(700),
+                journaled: Some(sent(700)),
+            },
+            ResumedFlow {
+                key: key(3),
+                kernel: sent(90),
+                journaled: None,
+            },
+        ],
+    });
+    let report = builder.finish();
+    assert_eq!(
+        report.restarts,
+        vec![Restart {
+            host: "mx1".into(),
+            at: rfc3339(T0 + 60_000),
+            previous: "unclean".into(),
+            previous_end: Some(rfc3339(T0 + 40_000)),
+            carried_bytes: 2_000,
+            carried_flows: 1,
+            adopted_bytes: 90,
+            adopted_flows: 1,
+        }]
+    );
+    let table = table(&report);
+    assert!(
+        table.contains("unclean") && table.contains("2000"),
+        "{table}"
+    );
+}

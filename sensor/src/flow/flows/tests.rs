@@ -210,7 +210,8 @@ fn idle_rows_expire_after_the_ttl_and_come_back_with_kernel_totals() {
 fn adopted_totals_are_shown_but_not_counted_again() {
     let mut t = table(100);
     let k = key(7, 2, 443);
-    t.adopt(at(0), &[(k, sent(5_000))], &[], &FakeProc);
+    let adopted = t.adopt(at(0), &[(k, sent(5_000))], &[], &FakeProc, &|_| None);
+    assert_eq!(adopted[0].journaled, None);
     assert!(
         t.apply(at(0), &[(k, sent(5_000))], &[], &FakeProc)
             .is_empty()
@@ -219,6 +220,69 @@ fn adopted_totals_are_shown_but_not_counted_again() {
     assert_eq!(t.records(&Filter::default())[0].bytes_sent, 5_100);
     assert_eq!(t.tick(at(10))[0].bytes_sent, 100);
     assert_eq!(t.service_totals()["backup.service"].sent, 100);
+}
+
+#[test]
+fn adopted_totals_beyond_the_journaled_ones_are_the_first_intervals_bytes() {
+    let mut t = table(100);
+    let (journaled, unknown, recreated) = (key(7, 2, 443), key(7, 3, 443), key(8, 2, 443));
+    let baseline = |k: &FlowKey| {
+        Some(match k.tgid {
+            // The kernel made this key afresh after the journal's totals: all of it is new.
+            8 => sent(9_000),
+            _ if *k == journaled => sent(3_000),
+            _ => FlowCounters::default(),
+        })
+    };
+    let pinned = [
+        (journaled, sent(5_000)),
+        (unknown, sent(700)),
+        (recreated, sent(40)),
+    ];
+    t.adopt(at(0), &pinned, &[], &FakeProc, &baseline);
+    let changes = t.apply(at(0), &pinned, &[], &FakeProc);
+    assert_eq!(changes.len(), 3);
+    let mut bytes: Vec<(u32, u8, u64)> = t
+        .tick(at(10))
+        .iter()
+        .map(|r| {
+            let octet = match r.destination {
+                Some(IpAddr::V4(ip)) => ip.octets()[3],
+                _ => 0,
+            };
+            (r.pid, octet, r.bytes_sent)
+        })
+        .collect();
+    bytes.sort_unstable();
+    assert_eq!(bytes, vec![(7, 2, 2_000), (7, 3, 700), (8, 2, 40)]);
+    let mut totals: Vec<u64> = t
+        .records(&Filter::default())
+        .iter()
+        .map(|r| r.bytes_sent)
+        .collect();
+    totals.sort_unstable();
+    assert_eq!(totals, vec![40, 700, 5_000], "the kernel's totals");
+}
+
+#[test]
+fn totals_name_the_keys_their_rows_do_not_tell() {
+    let mut t = table(1);
+    assert!(t.totals(true).is_empty(), "nothing kept before keep_totals");
+    t.keep_totals();
+    let (a, b) = (key(7, 2, 443), key(9, 2, 443));
+    // a has the only row; b finds no room and counts in its service's other row.
+    t.apply(at(0), &[(a, sent(100)), (b, sent(5))], &[], &FakeProc);
+    assert_eq!(t.totals(false), vec![(b, sent(5))]);
+    t.apply(at(1), &[(a, sent(300)), (b, sent(5))], &[], &FakeProc);
+    assert_eq!(t.totals(false), vec![], "a's row tells, b did not move");
+    // The kernel deletes the keys of an exited process: they count from zero.
+    t.forget_processes(&HashSet::from([7]));
+    assert_eq!(t.totals(false), vec![(a, FlowCounters::default())]);
+    t.apply(at(2), &[(a, sent(40)), (b, sent(8))], &[], &FakeProc);
+    let mut complete = t.totals(true);
+    complete.sort_by_key(|(k, _)| k.tgid);
+    assert_eq!(complete, vec![(a, sent(40)), (b, sent(8))], "every key");
+    assert_eq!(t.totals(false), vec![], "a complete list clears the others");
 }
 
 #[test]

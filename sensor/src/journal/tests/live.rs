@@ -17,10 +17,12 @@ use crate::{
     config::Config,
     flow::{
         identity::{Process, ProcessSource},
+        interval::{Direction, Protocol},
         process::ProcessTable,
     },
     journal::{
-        ProcessEventKind, ProcessRecord, Record, StartRecord,
+        Counts, FlowId, PreviousRun, ProcessEventKind, ProcessRecord, Record, ResumeRecord,
+        StartRecord, TotalsRecord,
         live::{JournalMetrics, JournalThread},
     },
     kernel::KernelSums,
@@ -92,17 +94,37 @@ fn the_aggregator_hands_over_processes_then_each_interval_then_its_alerts() {
             service: "curl".into(),
         })
     };
-    assert_eq!(written.len(), 4, "{written:?}");
+    assert_eq!(written.len(), 6, "{written:?}");
+    let curl = FlowId {
+        tgid: 31,
+        destination: Some("198.51.100.7".parse().expect("an IP")),
+        port: 443,
+        protocol: Protocol::Tcp,
+        direction: Direction::Outbound,
+    };
     assert_eq!(
-        written[..3],
+        written[..5],
         [
             process(ProcessEventKind::Exec, 1_795_392_000_000),
+            // The first poll: the maps were new, nothing to take over.
+            Record::Resume(ResumeRecord {
+                at_ms: 1_795_392_000_000,
+                previous: PreviousRun::None,
+                flows: Vec::new(),
+            }),
             process(ProcessEventKind::Exit, 1_795_392_010_000),
             Record::Interval(interval),
+            // What the interval's rows do not tell: curl exited, its key is deleted from the
+            // kernel, so a reused pid's key counts from zero.
+            Record::Totals(TotalsRecord {
+                at_ms: 1_795_392_010_000,
+                complete: false,
+                flows: vec![(curl, Counts::default())],
+            }),
         ]
     );
-    let Record::Alert(alert) = &written[3] else {
-        panic!("an alert last: {:?}", written[3]);
+    let Record::Alert(alert) = &written[5] else {
+        panic!("an alert last: {:?}", written[5]);
     };
     assert_eq!(
         (alert.change, alert.alert.kind.as_str(), alert.alert.bytes),

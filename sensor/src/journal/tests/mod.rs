@@ -4,6 +4,7 @@
 mod damage;
 mod live;
 mod records;
+mod resume;
 mod tampering;
 mod writing;
 

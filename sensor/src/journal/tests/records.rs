@@ -14,7 +14,8 @@ use crate::{
         interval::{Direction, FileInterval, FlowInterval, Interval, ProcessInfo, Protocol},
     },
     journal::{
-        Entry, ProcessEventKind, ProcessRecord, Record, StartRecord,
+        Counts, Entry, FlowId, PreviousRun, ProcessEventKind, ProcessRecord, Record, ResumeRecord,
+        ResumedFlow, StartRecord, TotalsRecord,
         record::{ConfigRecord, DecodeError, StopRecord},
     },
 };
@@ -219,7 +220,67 @@ pub(super) fn record() -> impl Strategy<Value = Record> {
             }),
         1 => alert().prop_map(Record::Alert),
         1 => any::<u64>().prop_map(|at_ms| Record::Stop(StopRecord { at_ms })),
+        1 => (any::<u64>(), any::<bool>(), prop::collection::vec((flow_id(), counts()), 0..4))
+            .prop_map(|(at_ms, complete, flows)| Record::Totals(TotalsRecord {
+                at_ms,
+                complete,
+                flows,
+            })),
+        1 => (
+            any::<u64>(),
+            any::<(u8, u64)>(),
+            prop::collection::vec((flow_id(), counts(), any::<Option<[u64; 4]>>()), 0..4),
+        )
+            .prop_map(|(at_ms, (previous, previous_ms), flows)| Record::Resume(ResumeRecord {
+                at_ms,
+                previous: match previous % 3 {
+                    0 => PreviousRun::None,
+                    1 => PreviousRun::Stopped { at_ms: previous_ms },
+                    _ => PreviousRun::Unclean {
+                        last_at_ms: previous_ms,
+                    },
+                },
+                flows: flows
+                    .into_iter()
+                    .map(|(key, kernel, journaled)| ResumedFlow {
+                        key,
+                        kernel,
+                        journaled: journaled.map(|[sent, sends, received, recvs]| Counts {
+                            sent,
+                            sends,
+                            received,
+                            recvs,
+                        }),
+                    })
+                    .collect(),
+            })),
     ]
+}
+
+fn flow_id() -> impl Strategy<Value = FlowId> {
+    (
+        any::<u32>(),
+        any::<Option<IpAddr>>(),
+        any::<u16>(),
+        any::<u8>(),
+        any::<u8>(),
+    )
+        .prop_map(|(tgid, destination, port, protocol, direction)| FlowId {
+            tgid,
+            destination,
+            port,
+            protocol: Protocol::from_kernel(protocol),
+            direction: Direction::from_kernel(direction),
+        })
+}
+
+fn counts() -> impl Strategy<Value = Counts> {
+    any::<[u64; 4]>().prop_map(|[sent, sends, received, recvs]| Counts {
+        sent,
+        sends,
+        received,
+        recvs,
+    })
 }
 
 proptest! {
