@@ -21,9 +21,11 @@ pub enum ConfigError {
     /// toml's message names the line and column and shows the offending text.
     #[error("config {path}: {message}")]
     Parse { path: String, message: String },
-    #[error("config {path}: {key} = {value}: {reason}")]
+    #[error("config {path}: {at}{key} = {value}: {reason}")]
     Invalid {
         path: String,
+        /// Filled in by [`Config::parse`] from the text.
+        at: Location,
         key: &'static str,
         value: String,
         reason: &'static str,
@@ -39,11 +41,111 @@ pub enum ConfigError {
         path: String,
         cause: Box<crate::sinks::SinkError>,
     },
+    #[error("config {path}: {at}{key} = \"\": an empty pattern would match every file; remove it")]
+    EmptyPattern {
+        path: String,
+        at: Location,
+        key: String,
+    },
     #[error("config {path}: files.{cause}")]
     Pattern {
         path: String,
         cause: Box<crate::flow::class::PatternError>,
     },
+}
+
+/// Where a refused value is in the text: `line 2, column 20: `, or nothing (line 0) when the
+/// text does not set the key (a default that conflicts with a set value). u32s: it rides in
+/// every `ConfigError`, which must stay small.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Location {
+    line: u32,
+    column: u32,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            0 => Ok(()),
+            line => write!(f, "line {line}, column {}: ", self.column),
+        }
+    }
+}
+
+impl ConfigError {
+    /// Names the line and column of the refused value, found in `text` by its key.
+    fn located(mut self, text: &str) -> Self {
+        let find = |key: &str| {
+            locate::value_span(text, key).map_or_else(Location::default, |span| {
+                let (line, column) = locate::line_column(text, span.start);
+                Location {
+                    line: u32::try_from(line).unwrap_or(u32::MAX),
+                    column: u32::try_from(column).unwrap_or(u32::MAX),
+                }
+            })
+        };
+        match &mut self {
+            Self::Invalid { at, key, .. } => *at = find(key),
+            Self::EmptyPattern { at, key, .. } => *at = find(key),
+            _ => {}
+        }
+        self
+    }
+}
+
+/// The allowed range of each bounded key, as validation words it; a value of the wrong type
+/// there (`-5` for a count) gets it too.
+const RANGES: &[(&str, &str)] = &[
+    ("agent.poll_interval", "must be between 100ms and 1h"),
+    (
+        "agent.interval",
+        "must be between agent.poll_interval and 1h",
+    ),
+    ("kernel.flow_map_entries", "must be between 1 and 16777216"),
+    ("kernel.file_map_entries", "must be between 1 and 16777216"),
+    (
+        "metrics.destinations_per_service",
+        "must be between 1 and 10000",
+    ),
+    ("metrics.max_services", "must be between 1 and 100000"),
+    ("flows.max_flows", "must be between 1 and 10000000"),
+    ("flows.max_files", "must be between 1 and 10000000"),
+    ("flows.idle_ttl", "must be between agent.interval and 30d"),
+    ("detect.burst.bytes", "must be more than 0 bytes"),
+    ("detect.burst.spray_bytes", "must be more than 0 bytes"),
+    ("detect.lineage.bytes", "must be more than 0 bytes"),
+    ("detect.new_destination.bytes", "must be more than 0 bytes"),
+    ("detect.slow_leak.min_sigma", "must be more than 0 bytes"),
+    ("detect.burst.window", "must be at least agent.interval"),
+    (
+        "detect.burst.spray_window",
+        "must be at least agent.interval",
+    ),
+    ("detect.lineage.window", "must be at least agent.interval"),
+    (
+        "detect.lineage.file_window",
+        "must be at least agent.interval",
+    ),
+    ("detect.quiet", "must be at least agent.interval"),
+    ("detect.lineage.fraction", "must be above 0 and at most 1"),
+    ("detect.baseline.sigma", "must be above 0 and at most 100"),
+    ("detect.slow_leak.k", "must be above 0 and at most 100"),
+    ("detect.slow_leak.h", "must be above 0 and at most 1000"),
+    ("detect.baseline.min_days", "must be between 1 and 28"),
+    ("detect.slow_leak.min_days", "must be between 1 and 28"),
+    ("detect.max_alerts", "must be between 1 and 10000000"),
+    ("detect.lineage.max_files", "must be between 1 and 10000000"),
+    (
+        "detect.new_destination.max_per_service",
+        "must be between 1 and 10000000",
+    ),
+];
+
+fn range(key: &str) -> &'static str {
+    RANGES
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or("out of range", |(_, r)| r)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -120,6 +222,30 @@ pub struct KernelConfig {
     pub flow_map_entries: u32,
     pub file_map_entries: u32,
     pub pin_dir: PathBuf,
+    /// Probes not to attach, by their names in `exfil_sensor_probe_attached{probe}`.
+    pub disable_probes: Vec<ProbeName>,
+}
+
+/// A probe of the sensor's table, by name; an unknown name (a typo) or a probe the sensor
+/// cannot count without is refused where it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeName(pub &'static str);
+
+impl<'de> Deserialize<'de> for ProbeName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let name = String::deserialize(d)?;
+        match crate::kernel::probe_required(&name) {
+            Some((probe, false)) => Ok(Self(probe)),
+            Some((probe, true)) => Err(D::Error::custom(format!(
+                "{probe} cannot be disabled: the sensor counts no sent bytes without it"
+            ))),
+            None => Err(D::Error::custom(format!(
+                "no probe {name:?}; the probes are {}",
+                crate::kernel::probe_names().join(", ")
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -216,6 +342,7 @@ impl Default for KernelConfig {
             flow_map_entries: 65_536,
             file_map_entries: 65_536,
             pin_dir: PathBuf::from("/sys/fs/bpf/exfil-sensor"),
+            disable_probes: Vec::new(),
         }
     }
 }
@@ -235,15 +362,9 @@ impl Config {
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: match e.span() {
-                Some(span) => {
-                    let (line, column) = line_column(text, span.start);
-                    format!("line {line}, column {column}: {}", e.message())
-                }
-                None => e.message().to_owned(),
-            },
+            message: parse_message(text, &e),
         })?;
-        config.validate(path)?;
+        config.validate(path).map_err(|e| e.located(text))?;
         Ok(config)
     }
 
@@ -258,6 +379,7 @@ impl Config {
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let invalid = |key, value: String, reason| ConfigError::Invalid {
             path: path.to_owned(),
+            at: Location::default(),
             key,
             value,
             reason,
@@ -267,35 +389,35 @@ impl Config {
             return Err(invalid(
                 "agent.poll_interval",
                 humantime::format_duration(poll).to_string(),
-                "must be between 100ms and 1h",
+                range("agent.poll_interval"),
             ));
         }
         if !(1..=1 << 24).contains(&self.kernel.flow_map_entries) {
             return Err(invalid(
                 "kernel.flow_map_entries",
                 self.kernel.flow_map_entries.to_string(),
-                "must be between 1 and 16777216",
+                range("kernel.flow_map_entries"),
             ));
         }
         if !(1..=1 << 24).contains(&self.kernel.file_map_entries) {
             return Err(invalid(
                 "kernel.file_map_entries",
                 self.kernel.file_map_entries.to_string(),
-                "must be between 1 and 16777216",
+                range("kernel.file_map_entries"),
             ));
         }
         if !(1..=10_000).contains(&self.metrics.destinations_per_service) {
             return Err(invalid(
                 "metrics.destinations_per_service",
                 self.metrics.destinations_per_service.to_string(),
-                "must be between 1 and 10000",
+                range("metrics.destinations_per_service"),
             ));
         }
         if !(1..=100_000).contains(&self.metrics.max_services) {
             return Err(invalid(
                 "metrics.max_services",
                 self.metrics.max_services.to_string(),
-                "must be between 1 and 100000",
+                range("metrics.max_services"),
             ));
         }
         let interval = self.agent.interval;
@@ -303,7 +425,7 @@ impl Config {
             return Err(invalid(
                 "agent.interval",
                 humantime::format_duration(interval).to_string(),
-                "must be between agent.poll_interval and 1h",
+                range("agent.interval"),
             ));
         }
         for (key, value) in [
@@ -311,18 +433,15 @@ impl Config {
             ("flows.max_files", self.flows.max_files),
         ] {
             if !(1..=10_000_000).contains(&value) {
-                return Err(invalid(
-                    key,
-                    value.to_string(),
-                    "must be between 1 and 10000000",
-                ));
+                return Err(invalid(key, value.to_string(), range(key)));
             }
         }
-        if self.flows.idle_ttl < interval {
+        if self.flows.idle_ttl < interval || self.flows.idle_ttl > Duration::from_secs(30 * 86_400)
+        {
             return Err(invalid(
                 "flows.idle_ttl",
                 humantime::format_duration(self.flows.idle_ttl).to_string(),
-                "must be at least agent.interval",
+                range("flows.idle_ttl"),
             ));
         }
         // Whether the web config verifies client certificates is checked where it is read
@@ -340,6 +459,7 @@ impl Config {
                 "a TCP JSON API needs http.api_token_file (a bearer token) or an http.web_config_file that requires client certificates",
             ));
         }
+        self.validate_patterns(path)?;
         self.file_classes(path)?;
         self.validate_detect(path)?;
         self.journal.validate(path)?;
@@ -350,10 +470,38 @@ impl Config {
         Ok(())
     }
 
+    /// An empty pattern (`""`, or one of spaces) is a slip that would match every file.
+    fn validate_patterns(&self, path: &str) -> Result<(), ConfigError> {
+        let f = &self.files;
+        let builtin = [
+            ("files.secrets", &f.secrets),
+            ("files.mail_store", &f.mail_store),
+            ("files.records", &f.records),
+        ]
+        .into_iter()
+        .map(|(key, paths)| (key.to_owned(), paths));
+        let own = f
+            .class
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| (format!("files.class[{i}].paths"), &rule.paths));
+        for (key, paths) in builtin.chain(own) {
+            if let Some(i) = paths.iter().position(|p| p.trim().is_empty()) {
+                return Err(ConfigError::EmptyPattern {
+                    path: path.to_owned(),
+                    at: Location::default(),
+                    key: format!("{key}[{i}]"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate_detect(&self, path: &str) -> Result<(), ConfigError> {
         let d = &self.detect;
         let invalid = |key, value: String, reason| ConfigError::Invalid {
             path: path.to_owned(),
+            at: Location::default(),
             key,
             value,
             reason,
@@ -370,7 +518,7 @@ impl Config {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(invalid(key, "0".into(), "must be more than 0 bytes"));
+                return Err(invalid(key, "0".into(), range(key)));
             }
         }
         let windows = [
@@ -385,7 +533,7 @@ impl Config {
                 return Err(invalid(
                     key,
                     humantime::format_duration(value).to_string(),
-                    "must be at least agent.interval",
+                    range(key),
                 ));
             }
         }
@@ -397,11 +545,7 @@ impl Config {
         ];
         for (key, value, low, high) in factors {
             if !(value > low && value <= high) {
-                return Err(invalid(
-                    key,
-                    value.to_string(),
-                    "must be above 0 and at most its sane maximum (fraction 1, sigma 100, k 100, h 1000)",
-                ));
+                return Err(invalid(key, value.to_string(), range(key)));
             }
         }
         for (key, value) in [
@@ -409,7 +553,7 @@ impl Config {
             ("detect.slow_leak.min_days", d.slow_leak.min_days),
         ] {
             if !(1..=28).contains(&value) {
-                return Err(invalid(key, value.to_string(), "must be between 1 and 28"));
+                return Err(invalid(key, value.to_string(), range(key)));
             }
         }
         for (key, value) in [
@@ -421,11 +565,7 @@ impl Config {
             ),
         ] {
             if !(1..=10_000_000).contains(&value) {
-                return Err(invalid(
-                    key,
-                    value.to_string(),
-                    "must be between 1 and 10000000",
-                ));
+                return Err(invalid(key, value.to_string(), range(key)));
             }
         }
         crate::detect::Detector::new(d, path).map(|_| ())
@@ -458,13 +598,36 @@ impl Config {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
+/// toml's message with the line and column, and for a value of the wrong type the key it is
+/// under: `line 2, column 10: http.listen: invalid socket address syntax`. A negative or huge
+/// integer for a bounded key reads like validation's refusal: `line 2, column 20:
+/// kernel.flow_map_entries = -5: must be between 1 and 16777216` (serde's words for it,
+/// "expected u32" or bytesize's "expected integer overflow", do not say what is allowed).
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    let Some(span) = e.span() else {
+        return message.to_owned();
+    };
+    let (line, column) = locate::line_column(text, span.start);
+    let at = format!("line {line}, column {column}");
+    match locate::key_at(text, span.start) {
+        // An unknown key's message names it already.
+        Some(place) if !place.on_key => {
+            let range = RANGES.iter().find(|(k, _)| *k == place.key).map(|r| r.1);
+            let value = text.get(span).unwrap_or_default().trim();
+            match range {
+                Some(range) if message.contains("integer `") => {
+                    format!("{at}: {} = {value}: {range}", place.key)
+                }
+                Some(range) => format!("{at}: {}: {message} ({range})", place.key),
+                None => format!("{at}: {}: {message}", place.key),
+            }
+        }
+        _ => format!("{at}: {message}"),
+    }
 }
+
+mod locate;
 
 #[cfg(test)]
 mod tests;
