@@ -623,6 +623,11 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
                 None => format!("{at}: {}: {message}", place.key),
             }
         }
+        // toml does not say which key; the span is it.
+        _ if message == "duplicate key" => {
+            let key = text.get(span).unwrap_or_default().trim();
+            format!("{at}: duplicate key `{key}`")
+        }
         _ => format!("{at}: {message}"),
     }
 }

@@ -246,3 +246,19 @@ fn disabled_probes_are_checked_by_name() {
          disabled: the sensor counts no sent bytes without it"
     );
 }
+
+#[test]
+fn a_toml_syntax_error_is_named_with_line_and_column() {
+    assert_eq!(
+        refused("[agent]\npoll_interval = \"1s\n"),
+        "config x.toml: line 2, column 20: invalid basic string, expected `\"`"
+    );
+    assert_eq!(
+        refused("[agent\n"),
+        "config x.toml: line 1, column 7: unclosed table, expected `]`"
+    );
+    assert_eq!(
+        refused("[kernel]\nflow_map_entries = 1\nflow_map_entries = 2\n"),
+        "config x.toml: line 3, column 1: duplicate key `flow_map_entries`"
+    );
+}
