@@ -80,10 +80,10 @@ pub enum Command {
         config: Option<PathBuf>,
         /// Only alerts raised from this time on (RFC 3339, e.g. 2026-11-23T19:00:00Z); the
         /// records before it still pass through detection (learning, baselines).
-        #[arg(long)]
+        #[arg(long, value_parser = rfc3339)]
         from: Option<humantime::Timestamp>,
         /// Only alerts raised before this time (RFC 3339).
-        #[arg(long)]
+        #[arg(long, value_parser = rfc3339)]
         to: Option<humantime::Timestamp>,
         #[arg(long, value_enum, default_value_t = ReplayFormat::Table)]
         format: ReplayFormat,
@@ -100,10 +100,10 @@ pub enum Command {
         #[arg(long)]
         service: Option<String>,
         /// Only intervals from this time on (RFC 3339).
-        #[arg(long)]
+        #[arg(long, value_parser = rfc3339)]
         from: Option<humantime::Timestamp>,
         /// Only intervals before this time (RFC 3339).
-        #[arg(long)]
+        #[arg(long, value_parser = rfc3339)]
         to: Option<humantime::Timestamp>,
         /// Timeline buckets; without it, hours for spans up to three days, else days.
         #[arg(long, value_enum)]
@@ -203,6 +203,13 @@ impl ListArgs {
             limit: self.limit,
         }
     }
+}
+
+/// A time given on the command line; the error says which form is wanted (humantime's own,
+/// "timestamp format is invalid", does not).
+fn rfc3339(text: &str) -> Result<humantime::Timestamp, String> {
+    text.parse()
+        .map_err(|e| format!("{e}: an RFC 3339 time is wanted, e.g. 2026-11-23T19:00:00Z"))
 }
 
 #[cfg(test)]

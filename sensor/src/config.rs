@@ -4,7 +4,6 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use thiserror::Error;
 
 use crate::flow::{
     class::{FileClassRule, FileClasses, Networks},
@@ -16,37 +15,8 @@ pub mod reload;
 /// The default configuration, embedded in the binary (`exfil-sensor config default`).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {cause}")]
-    Read { path: String, cause: std::io::Error },
-    /// toml's message names the line and column and shows the offending text.
-    #[error("config {path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("config {path}: {key} = {value}: {reason}")]
-    Invalid {
-        path: String,
-        key: &'static str,
-        value: String,
-        reason: &'static str,
-    },
-    #[error("config {path}: detect.profile {profile:?}: {message}")]
-    Profile {
-        path: String,
-        profile: String,
-        message: String,
-    },
-    #[error("config {path}: {cause}")]
-    Sinks {
-        path: String,
-        cause: Box<crate::sinks::SinkError>,
-    },
-    #[error("config {path}: files.{cause}")]
-    Pattern {
-        path: String,
-        cause: Box<crate::flow::class::PatternError>,
-    },
-}
+pub use self::error::{ConfigError, Location};
+use self::error::{parse_message, range};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -135,6 +105,30 @@ pub struct KernelConfig {
     pub flow_map_entries: u32,
     pub file_map_entries: u32,
     pub pin_dir: PathBuf,
+    /// Probes not to attach, by their names in `exfil_sensor_probe_attached{probe}`.
+    pub disable_probes: Vec<ProbeName>,
+}
+
+/// A probe of the sensor's table, by name; an unknown name (a typo) or a probe the sensor
+/// cannot count without is refused where it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeName(pub &'static str);
+
+impl<'de> Deserialize<'de> for ProbeName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let name = String::deserialize(d)?;
+        match crate::kernel::probe_required(&name) {
+            Some((probe, false)) => Ok(Self(probe)),
+            Some((probe, true)) => Err(D::Error::custom(format!(
+                "{probe} cannot be disabled: the sensor counts no sent bytes without it"
+            ))),
+            None => Err(D::Error::custom(format!(
+                "no probe {name:?}; the probes are {}",
+                crate::kernel::probe_names().join(", ")
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -235,6 +229,7 @@ impl Default for KernelConfig {
             flow_map_entries: 65_536,
             file_map_entries: 65_536,
             pin_dir: PathBuf::from("/sys/fs/bpf/exfil-sensor"),
+            disable_probes: Vec::new(),
         }
     }
 }
@@ -254,15 +249,9 @@ impl Config {
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: match e.span() {
-                Some(span) => {
-                    let (line, column) = line_column(text, span.start);
-                    format!("line {line}, column {column}: {}", e.message())
-                }
-                None => e.message().to_owned(),
-            },
+            message: parse_message(text, &e),
         })?;
-        config.validate(path)?;
+        config.validate(path).map_err(|e| e.located(text))?;
         Ok(config)
     }
 
@@ -277,6 +266,7 @@ impl Config {
     pub(crate) fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let invalid = |key, value: String, reason| ConfigError::Invalid {
             path: path.to_owned(),
+            at: Location::default(),
             key,
             value,
             reason,
@@ -286,35 +276,35 @@ impl Config {
             return Err(invalid(
                 "agent.poll_interval",
                 humantime::format_duration(poll).to_string(),
-                "must be between 100ms and 1h",
+                range("agent.poll_interval"),
             ));
         }
         if !(1..=1 << 24).contains(&self.kernel.flow_map_entries) {
             return Err(invalid(
                 "kernel.flow_map_entries",
                 self.kernel.flow_map_entries.to_string(),
-                "must be between 1 and 16777216",
+                range("kernel.flow_map_entries"),
             ));
         }
         if !(1..=1 << 24).contains(&self.kernel.file_map_entries) {
             return Err(invalid(
                 "kernel.file_map_entries",
                 self.kernel.file_map_entries.to_string(),
-                "must be between 1 and 16777216",
+                range("kernel.file_map_entries"),
             ));
         }
         if !(1..=10_000).contains(&self.metrics.destinations_per_service) {
             return Err(invalid(
                 "metrics.destinations_per_service",
                 self.metrics.destinations_per_service.to_string(),
-                "must be between 1 and 10000",
+                range("metrics.destinations_per_service"),
             ));
         }
         if !(1..=100_000).contains(&self.metrics.max_services) {
             return Err(invalid(
                 "metrics.max_services",
                 self.metrics.max_services.to_string(),
-                "must be between 1 and 100000",
+                range("metrics.max_services"),
             ));
         }
         let interval = self.agent.interval;
@@ -322,7 +312,7 @@ impl Config {
             return Err(invalid(
                 "agent.interval",
                 humantime::format_duration(interval).to_string(),
-                "must be between agent.poll_interval and 1h",
+                range("agent.interval"),
             ));
         }
         for (key, value) in [
@@ -330,18 +320,15 @@ impl Config {
             ("flows.max_files", self.flows.max_files),
         ] {
             if !(1..=10_000_000).contains(&value) {
-                return Err(invalid(
-                    key,
-                    value.to_string(),
-                    "must be between 1 and 10000000",
-                ));
+                return Err(invalid(key, value.to_string(), range(key)));
             }
         }
-        if self.flows.idle_ttl < interval {
+        if self.flows.idle_ttl < interval || self.flows.idle_ttl > Duration::from_secs(30 * 86_400)
+        {
             return Err(invalid(
                 "flows.idle_ttl",
                 humantime::format_duration(self.flows.idle_ttl).to_string(),
-                "must be at least agent.interval",
+                range("flows.idle_ttl"),
             ));
         }
         let timeout = self.http.header_read_timeout;
@@ -374,6 +361,7 @@ impl Config {
                 "a TCP JSON API needs http.api_token_file (a bearer token) or an http.web_config_file that requires client certificates",
             ));
         }
+        self.validate_patterns(path)?;
         self.file_classes(path)?;
         self.validate_detect(path)?;
         self.journal.validate(path)?;
@@ -384,10 +372,38 @@ impl Config {
         Ok(())
     }
 
+    /// An empty pattern (`""`, or one of spaces) is a slip that would match every file.
+    fn validate_patterns(&self, path: &str) -> Result<(), ConfigError> {
+        let f = &self.files;
+        let builtin = [
+            ("files.secrets", &f.secrets),
+            ("files.mail_store", &f.mail_store),
+            ("files.records", &f.records),
+        ]
+        .into_iter()
+        .map(|(key, paths)| (key.to_owned(), paths));
+        let own = f
+            .class
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| (format!("files.class[{i}].paths"), &rule.paths));
+        for (key, paths) in builtin.chain(own) {
+            if let Some(i) = paths.iter().position(|p| p.trim().is_empty()) {
+                return Err(ConfigError::EmptyPattern {
+                    path: path.to_owned(),
+                    at: Location::default(),
+                    key: format!("{key}[{i}]"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate_detect(&self, path: &str) -> Result<(), ConfigError> {
         let d = &self.detect;
         let invalid = |key, value: String, reason| ConfigError::Invalid {
             path: path.to_owned(),
+            at: Location::default(),
             key,
             value,
             reason,
@@ -404,7 +420,7 @@ impl Config {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(invalid(key, "0".into(), "must be more than 0 bytes"));
+                return Err(invalid(key, "0".into(), range(key)));
             }
         }
         let windows = [
@@ -419,7 +435,7 @@ impl Config {
                 return Err(invalid(
                     key,
                     humantime::format_duration(value).to_string(),
-                    "must be at least agent.interval",
+                    range(key),
                 ));
             }
         }
@@ -431,11 +447,7 @@ impl Config {
         ];
         for (key, value, low, high) in factors {
             if !(value > low && value <= high) {
-                return Err(invalid(
-                    key,
-                    value.to_string(),
-                    "must be above 0 and at most its sane maximum (fraction 1, sigma 100, k 100, h 1000)",
-                ));
+                return Err(invalid(key, value.to_string(), range(key)));
             }
         }
         for (key, value) in [
@@ -443,7 +455,7 @@ impl Config {
             ("detect.slow_leak.min_days", d.slow_leak.min_days),
         ] {
             if !(1..=28).contains(&value) {
-                return Err(invalid(key, value.to_string(), "must be between 1 and 28"));
+                return Err(invalid(key, value.to_string(), range(key)));
             }
         }
         for (key, value) in [
@@ -455,11 +467,7 @@ impl Config {
             ),
         ] {
             if !(1..=10_000_000).contains(&value) {
-                return Err(invalid(
-                    key,
-                    value.to_string(),
-                    "must be between 1 and 10000000",
-                ));
+                return Err(invalid(key, value.to_string(), range(key)));
             }
         }
         crate::detect::Detector::new(d, path).map(|_| ())
@@ -492,13 +500,8 @@ impl Config {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
+mod error;
+mod locate;
 
 #[cfg(test)]
 mod tests;

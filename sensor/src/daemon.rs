@@ -83,6 +83,7 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         flow_map_entries: config.kernel.flow_map_entries,
         file_map_entries: config.kernel.file_map_entries,
         pin_dir: config.kernel.pin_dir.clone(),
+        disabled_probes: config.kernel.disable_probes.iter().map(|p| p.0).collect(),
     })?;
     release_freed_memory();
     for status in sensor.probes() {

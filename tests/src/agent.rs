@@ -416,6 +416,16 @@ impl Agent {
         serde_json::from_str(&body).context("parsing /api/v1/files")
     }
 
+    /// The lines the agent has logged at ERROR or WARN so far.
+    pub fn log_errors(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The whole `/metrics` text.
     pub fn metrics_text(&self) -> anyhow::Result<String> {
         http_get_tcp(self.metrics, "/metrics")

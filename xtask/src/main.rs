@@ -52,8 +52,8 @@ enum Task {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
-    /// Fuzz one target of fuzz/ (`journal_decoder`, `zeek_importer`) for a while, installing
-    /// cargo-fuzz first when it is missing.
+    /// Fuzz one target of fuzz/ (`journal_decoder`, `zeek_importer`, `config`, `web_config`)
+    /// for a while, installing cargo-fuzz first when it is missing.
     Fuzz {
         target: String,
         /// How long, in seconds.

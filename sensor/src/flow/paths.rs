@@ -96,7 +96,7 @@ impl WalkedPath {
             .iter()
             .map(|raw| {
                 let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-                String::from_utf8_lossy(&raw[..end])
+                escape_name(&raw[..end])
             })
             .collect();
         let reached_root = names.last().is_some_and(|n| n == "/");
@@ -111,6 +111,39 @@ impl WalkedPath {
             ino: event.ino,
             reached_root,
             inner: inner.join("/").into_boxed_str(),
+        }
+    }
+}
+
+/// A file name as text that keeps its exact bytes and stays on one line: a backslash is
+/// written `\\`, a newline `\n`, a tab `\t`, any other control character and every byte that
+/// is not UTF-8 `\xHH` (as `ls -b` does). Names without any of these are unchanged.
+pub fn escape_name(raw: &[u8]) -> std::borrow::Cow<'_, str> {
+    let plain = |c: char| c != '\\' && !c.is_control();
+    match std::str::from_utf8(raw) {
+        Ok(name) if name.chars().all(plain) => std::borrow::Cow::Borrowed(name),
+        _ => {
+            let mut out = String::with_capacity(raw.len() + 8);
+            for chunk in raw.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\t' => out.push_str("\\t"),
+                        c if c.is_control() => {
+                            let mut buf = [0; 4];
+                            for b in c.encode_utf8(&mut buf).bytes() {
+                                out.push_str(&format!("\\x{b:02x}"));
+                            }
+                        }
+                        c => out.push(c),
+                    }
+                }
+                for b in chunk.invalid() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            std::borrow::Cow::Owned(out)
         }
     }
 }
@@ -134,6 +167,20 @@ mod tests {
     use sensor_common::PATH_NAME_LEN;
 
     use super::*;
+
+    #[test]
+    fn odd_names_are_escaped_to_one_line_that_keeps_every_byte() {
+        assert!(matches!(
+            escape_name("q3 exports é.csv".as_bytes()),
+            std::borrow::Cow::Borrowed("q3 exports é.csv")
+        ));
+        assert_eq!(
+            escape_name(b"a\nb\xffc\\d\te\x1b.bin"),
+            "a\\nb\\xffc\\\\d\\te\\x1b.bin"
+        );
+        // A cut multi-byte sequence is its bytes, the character after it whole.
+        assert_eq!(escape_name(b"\xc3\xa9\xc3"), "\u{e9}\\xc3");
+    }
 
     fn event(dev: u32, names: &[&str]) -> WalkedPath {
         let mut e = FilePathEvent {

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Location};
 
 const DAY: u64 = 86_400;
 
@@ -60,6 +60,7 @@ impl JournalConfig {
     pub(crate) fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let invalid = |key, value: String, reason| ConfigError::Invalid {
             path: path.to_owned(),
+            at: Location::default(),
             key,
             value,
             reason,
@@ -133,27 +134,26 @@ mod tests {
         );
         assert_eq!(
             error("[journal]\nsegment_size = \"10 KiB\"\n"),
-            "config x.toml: journal.segment_size = 10.0 KiB: must be between 1 MiB and 1 GiB"
+            "config x.toml: line 2, column 16: journal.segment_size = 10.0 KiB: must be between 1 MiB and 1 GiB"
         );
         assert_eq!(
             error("[journal]\nretain_size = \"100 MiB\"\n"),
-            "config x.toml: journal.retain_size = 100.0 MiB: must be at least twice journal.segment_size"
+            "config x.toml: line 2, column 15: journal.retain_size = 100.0 MiB: must be at least twice journal.segment_size"
         );
         assert_eq!(
             error("[journal]\nsegment_age = \"10s\"\n"),
-            "config x.toml: journal.segment_age = 10s: must be between 1m and 30d"
+            "config x.toml: line 2, column 15: journal.segment_age = 10s: must be between 1m and 30d"
         );
         assert_eq!(
             error("[journal]\nretain_age = \"1h\"\n"),
-            "config x.toml: journal.retain_age = 1h: must be at least journal.segment_age"
+            "config x.toml: line 2, column 14: journal.retain_age = 1h: must be at least journal.segment_age"
         );
         assert_eq!(
             error("[journal]\ndir = \"\"\n"),
-            "config x.toml: journal.dir = : must name a directory"
+            "config x.toml: line 2, column 7: journal.dir = : must name a directory"
         );
-        assert!(
-            error("[journal]\nfsync = \"always\"\n")
-                .starts_with("config x.toml: line 2, column 9: unknown variant `always`"),
-        );
+        assert!(error("[journal]\nfsync = \"always\"\n").starts_with(
+            "config x.toml: line 2, column 9: journal.fsync: unknown variant `always`"
+        ),);
     }
 }

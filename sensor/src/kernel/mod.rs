@@ -45,11 +45,7 @@ pub(crate) fn pinned_maps() -> &'static [&'static str] {
     PINNED_MAPS
 }
 
-/// For the docs' tests: the probes as users see them in logs and metrics.
-#[cfg(test)]
-pub(crate) fn probe_names() -> Vec<&'static str> {
-    PROBES.iter().map(|p| p.probe).collect()
-}
+pub use self::probes::{probe_names, probe_required};
 
 /// The eBPF object, built by `build.rs` for the BPF target.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
@@ -91,6 +87,8 @@ pub struct KernelOptions {
     pub file_map_entries: u32,
     /// Where maps and links are pinned in bpffs, to outlive the agent.
     pub pin_dir: PathBuf,
+    /// Probes not to attach (`kernel.disable_probes`), by their names in [`probe_names`].
+    pub disabled_probes: Vec<&'static str>,
 }
 
 /// What one poll reads out of the kernel: running totals since the maps were created.
@@ -265,6 +263,9 @@ impl Sensor {
                 required: probe.required,
                 state: match &layout_problem {
                     Some(reason) => ProbeState::Skipped(reason.clone()),
+                    None if options.disabled_probes.contains(&probe.probe) => {
+                        ProbeState::Skipped(probes::disable(&cx, probe))
+                    }
                     None => match probes::attach(&mut ebpf, &cx, probe) {
                         Ok(held) => {
                             links.push(held);

@@ -220,6 +220,20 @@ pub const PROBES: &[Probe] = &[
     },
 ];
 
+/// The probes as users see them in logs, metrics and `kernel.disable_probes`.
+pub fn probe_names() -> Vec<&'static str> {
+    PROBES.iter().map(|p| p.probe).collect()
+}
+
+/// A probe by name, as the table spells it, and whether the sensor misses bytes (not just
+/// detail) without it; `None` for no such probe.
+pub fn probe_required(probe: &str) -> Option<(&'static str, bool)> {
+    PROBES
+        .iter()
+        .find(|p| p.probe == probe)
+        .map(|p| (p.probe, p.required))
+}
+
 /// What attaching needs to know about the host and the pins.
 pub struct AttachContext<'a> {
     pub btf: &'a Btf,
@@ -284,22 +298,7 @@ fn attach_raw_tracepoint(
         .btf
         .raw_tracepoint_params(name)
         .or_else(|| cx.module_prototypes.get(name).cloned());
-    match found {
-        None => {
-            return Err(format!(
-                "the kernel has no tracepoint {name} (not in the BTF of vmlinux or of any \
-                 loaded module)"
-            ));
-        }
-        Some(found) if found != params => {
-            return Err(format!(
-                "tracepoint {name} takes ({}), the program expects ({})",
-                found.join(", "),
-                params.join(", ")
-            ));
-        }
-        Some(_) => {}
-    }
+    check_prototype(name, found.as_deref(), params)?;
     let pin_path = cx.pins.link_path(probe.program);
     if cx.keep_pinned_links
         && let Some(held) = hold_pinned(probe, &pin_path)
@@ -340,6 +339,36 @@ fn attach_raw_link(
             pin_path.display()
         )
     })
+}
+
+/// Whether this kernel has tracepoint `name` with the prototype the program was written for:
+/// `found` is its parameters from BTF, `None` when no BTF (vmlinux's or a module's) has it.
+fn check_prototype(name: &str, found: Option<&[String]>, params: &[&str]) -> Result<(), String> {
+    match found {
+        None => Err(format!(
+            "the kernel has no tracepoint {name} (not in the BTF of vmlinux or of any loaded \
+             module)"
+        )),
+        Some(found) if found != params => Err(format!(
+            "tracepoint {name} takes ({}), the program expects ({})",
+            found.join(", "),
+            params.join(", ")
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A probe the config disables: not attached, and an earlier agent's pinned link for it is
+/// removed, so that it stops counting too. Returns the reason the probe is skipped.
+pub fn disable(cx: &AttachContext<'_>, probe: &Probe) -> String {
+    let pin = cx.pins.link_path(probe.program);
+    match std::fs::remove_file(&pin) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => format!(
+            "disabled by kernel.disable_probes, but its earlier link {} stays: {e}",
+            pin.display()
+        ),
+        _ => "disabled by kernel.disable_probes".to_owned(),
+    }
 }
 
 /// Pins a new link where an older build's may be: the new one is pinned beside it first and
@@ -472,4 +501,36 @@ fn refused(probe: &Probe, e: &ProgramError) -> String {
         probe.program,
         crate::error_chain(e)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tracepoint_this_kernel_lacks_or_changed_is_named() {
+        let params = ["void *", "struct address_space *", "long unsigned int"];
+        assert_eq!(
+            check_prototype("mm_filemap_fault", None, &params),
+            Err(
+                "the kernel has no tracepoint mm_filemap_fault (not in the BTF of vmlinux or \
+                 of any loaded module)"
+                    .to_owned()
+            )
+        );
+        let older: Vec<String> = ["void *", "struct page *"].map(String::from).to_vec();
+        assert_eq!(
+            check_prototype("mm_filemap_fault", Some(&older), &params),
+            Err(
+                "tracepoint mm_filemap_fault takes (void *, struct page *), the program \
+                 expects (void *, struct address_space *, long unsigned int)"
+                    .to_owned()
+            )
+        );
+        let same: Vec<String> = params.map(String::from).to_vec();
+        assert_eq!(
+            check_prototype("mm_filemap_fault", Some(&same), &params),
+            Ok(())
+        );
+    }
 }
