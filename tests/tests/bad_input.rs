@@ -259,21 +259,47 @@ fn a_corrupt_journal_is_named_by_segment_offset_and_record() {
     flipped[bytes.len() / 2] ^= 0x40;
     std::fs::write(segment(&dir), &flipped).expect("write");
     let seg = segment(&dir).display().to_string();
+    // Where each frame starts (the format's 72-byte header, then frames of a 56-byte head
+    // holding the payload's length at 4..8, the payload and a 4-byte CRC), so that the
+    // expected offsets follow what the import wrote.
+    let mut frames = vec![72usize];
+    loop {
+        let at = *frames.last().expect("one");
+        let length = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let next = at + 60 + length as usize;
+        if next >= bytes.len() {
+            assert_eq!(next, bytes.len(), "frames end with the file");
+            break;
+        }
+        frames.push(next);
+    }
+    assert!(
+        (frames[0]..frames[1]).contains(&(bytes.len() / 2)),
+        "the flipped byte lies in record 1: {frames:?}"
+    );
     assert_eq!(
         verify(&dir),
         (
             1,
-            format!("{seg}: offset 72, record 1: checksum mismatch (11028 bytes skipped)\n"),
+            format!(
+                "{seg}: offset 72, record 1: checksum mismatch ({} bytes skipped)\n",
+                frames[1] - frames[0]
+            ),
             String::new()
         )
     );
     // The segment cut short, as a crash mid-write leaves it.
     std::fs::write(segment(&dir), &bytes[..bytes.len() - 7]).expect("write");
+    let last = *frames.last().expect("one");
     assert_eq!(
         verify(&dir),
         (
             1,
-            format!("{seg}: offset 11328, record 3: truncated (60 bytes skipped)\n"),
+            format!(
+                "{seg}: offset {last}, record {}: truncated ({} bytes skipped)\n",
+                frames.len(),
+                bytes.len() - 7 - last
+            ),
             String::new()
         )
     );
@@ -289,7 +315,10 @@ fn a_corrupt_journal_is_named_by_segment_offset_and_record() {
         verify(&dir),
         (
             1,
-            format!("{garbage}: offset 0, record 4: truncated (23 bytes skipped)\n"),
+            format!(
+                "{garbage}: offset 0, record {}: truncated (23 bytes skipped)\n",
+                frames.len() + 1
+            ),
             String::new()
         )
     );
@@ -298,7 +327,10 @@ fn a_corrupt_journal_is_named_by_segment_offset_and_record() {
         verify(&dir),
         (
             1,
-            format!("{garbage}: offset 0, record 4: bad segment header (72 bytes skipped)\n"),
+            format!(
+                "{garbage}: offset 0, record {}: bad segment header (72 bytes skipped)\n",
+                frames.len() + 1
+            ),
             String::new()
         )
     );
