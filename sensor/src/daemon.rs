@@ -89,6 +89,16 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     for status in sensor.probes() {
         match &status.state {
             ProbeState::Attached => tracing::info!(probe = status.probe, "attached"),
+            // Skipped as the admin asked: said, not an error.
+            ProbeState::Skipped(reason)
+                if config
+                    .kernel
+                    .disable_probes
+                    .iter()
+                    .any(|p| p.0 == status.probe) =>
+            {
+                tracing::info!(probe = status.probe, %reason, "skipped");
+            }
             ProbeState::Skipped(reason) => {
                 tracing::error!(probe = status.probe, %reason, "skipped");
             }
