@@ -179,7 +179,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 /// `cargo xtask bench --soak`: the soak alone, `seconds` long; rewrites its section.
 pub fn run_soak(seconds: u64) -> anyhow::Result<()> {
     let out_dir = release_build()?;
-    let before = machine_load();
+    let start = Start::now();
     let soak = soak::run(seconds, &out_dir)?;
     std::fs::write(
         out_dir.join("soak.json"),
@@ -190,15 +190,15 @@ pub fn run_soak(seconds: u64) -> anyhow::Result<()> {
     } else {
         format!("nice -n 10 cargo xtask bench --soak --seconds {seconds}")
     };
-    let section = sections::render_soak(&soak, &command, &run_context(&before))?;
+    let section = sections::render_soak(&soak, &command, &run_context(&start))?;
     write_section(sections::SOAK, &section)
 }
 
 /// `cargo xtask bench --load`: the load run alone, `seconds` long; rewrites its section.
 pub fn run_load(seconds: u64) -> anyhow::Result<()> {
     let out_dir = release_build()?;
-    let before = machine_load();
-    let section = load::run_long(seconds, &out_dir, &before)?;
+    let start = Start::now();
+    let section = load::run_long(seconds, &out_dir, &start)?;
     write_section(sections::LOAD, &section)
 }
 
@@ -239,22 +239,41 @@ pub(crate) fn machine_load() -> String {
     )
 }
 
-/// The date, kernel, commit, CPUs, and the machine's load at the start (`before`) and now.
-pub(crate) fn run_context(before: &str) -> String {
-    let out = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
+/// What a load or soak run reports about itself: the commit and the machine's load, taken at
+/// its start (the tree may move on while it runs).
+pub(crate) struct Start {
+    commit: String,
+    load: String,
+}
+
+impl Start {
+    pub(crate) fn now() -> Self {
+        Self {
+            commit: command_output("git", &["rev-parse", "--short", "HEAD"]),
+            load: machine_load(),
+        }
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The date, kernel, commit, CPUs, and the machine's load at the start and now.
+pub(crate) fn run_context(start: &Start) -> String {
+    let out = command_output;
     format!(
-        "{}, kernel {}, commit {}, {} CPUs; the machine is shared: at the start {before}, at \
+        "{}, kernel {}, commit {}, {} CPUs; the machine is shared: at the start {}, at \
          the end {}",
         out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         out("uname", &["-r"]),
-        out("git", &["rev-parse", "--short", "HEAD"]),
+        start.commit,
         std::thread::available_parallelism().map_or(0, usize::from),
+        start.load,
         machine_load()
     )
 }

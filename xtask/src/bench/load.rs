@@ -394,7 +394,11 @@ pub(super) fn get_unix(path: &str) -> anyhow::Result<String> {
 }
 
 /// The load run of `cargo xtask bench --load`; returns its BENCHMARKS.md section.
-pub fn run_long(seconds: u64, out_dir: &std::path::Path, before: &str) -> anyhow::Result<String> {
-    let _ = (seconds, out_dir, before);
+pub fn run_long(
+    seconds: u64,
+    out_dir: &std::path::Path,
+    start: &super::Start,
+) -> anyhow::Result<String> {
+    let _ = (seconds, out_dir, start);
     bail!("not yet")
 }
