@@ -22,6 +22,7 @@ use workloads::{data_file, dd, dd_write, iperf, mmap_read};
 pub mod flood;
 mod latency;
 mod load;
+mod long_load;
 mod report;
 mod sections;
 mod soak;
@@ -198,7 +199,7 @@ pub fn run_soak(seconds: u64) -> anyhow::Result<()> {
 pub fn run_load(seconds: u64) -> anyhow::Result<()> {
     let out_dir = release_build()?;
     let start = Start::now();
-    let section = load::run_long(seconds, &out_dir, &start)?;
+    let section = long_load::run(seconds, &out_dir, &start)?;
     write_section(sections::LOAD, &section)
 }
 

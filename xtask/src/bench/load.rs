@@ -209,23 +209,7 @@ impl Agent {
 
     /// User plus system CPU time the agent has used.
     pub(super) fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = self.proc_file("stat")?;
-        // Fields after the parenthesised command name: state is the 3rd field, utime the 14th.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .context("/proc/PID/stat without a command name")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .context("/proc/PID/stat too short")?
-                .parse()
-                .context("/proc/PID/stat field")
-        };
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok((ticks(11)? + ticks(12)?) as f64 / hz)
+        cpu_seconds_of(self.0.id())
     }
 
     pub(super) fn peak_rss_mib(&self) -> anyhow::Result<f64> {
@@ -300,6 +284,28 @@ impl Drop for Agent {
     }
 }
 
+/// User plus system CPU time process `pid` (all its threads) has used.
+pub(super) fn cpu_seconds_of(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| path)?;
+    // Fields after the parenthesised command name: state is the 3rd field, utime the 14th.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("/proc/PID/stat without a command name")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .context("/proc/PID/stat too short")?
+            .parse()
+            .context("/proc/PID/stat field")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) as f64 / hz)
+}
+
 /// The flood inside the namespace; holds after its report until dropped.
 pub(super) struct Sender {
     child: Child,
@@ -308,15 +314,25 @@ pub(super) struct Sender {
 
 impl Sender {
     pub(super) fn start(flood: Flood) -> anyhow::Result<Self> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", NS])
+        Self::start_in(flood, None)
+    }
+
+    /// In the cgroup `cgroup`, when given.
+    pub(super) fn start_in(
+        flood: Flood,
+        cgroup: Option<&super::long_load::ServiceCgroup>,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", NS])
             .arg(std::env::current_exe()?)
             .arg("flood")
             .args(flood.args())
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting the flood")?;
+            .stdout(Stdio::piped());
+        if let Some(cgroup) = cgroup {
+            super::long_load::place(&mut cmd, &cgroup.procs_files())?;
+        }
+        let mut child = cmd.spawn().context("starting the flood")?;
         let stdin = child.stdin.take();
         Ok(Self { child, stdin })
     }
@@ -327,14 +343,21 @@ impl Sender {
 
     /// (bytes, datagrams) the flood sent.
     pub(super) fn result(&mut self) -> anyhow::Result<(u64, u64)> {
+        self.result_per_thread().map(|(b, d, _)| (b, d))
+    }
+
+    /// (bytes, datagrams, each thread's datagrams) the flood sent.
+    pub(super) fn result_per_thread(&mut self) -> anyhow::Result<(u64, u64, Vec<u64>)> {
         let stdout = self.child.stdout.take().context("flood stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
-            (Some("sent"), Some(bytes), Some(datagrams)) => {
-                Ok((bytes.parse()?, datagrams.parse()?))
-            }
+            (Some("sent"), Some(bytes), Some(datagrams)) => Ok((
+                bytes.parse()?,
+                datagrams.parse()?,
+                words.map(str::parse).collect::<Result<_, _>>()?,
+            )),
             _ => bail!("the flood did not report: {line:?}"),
         }
     }
@@ -391,14 +414,4 @@ pub(super) fn get_tcp(path: &str) -> anyhow::Result<String> {
 pub(super) fn get_unix(path: &str) -> anyhow::Result<String> {
     let mut conn = UnixStream::connect(API).with_context(|| API)?;
     http_get(&mut conn, path)
-}
-
-/// The load run of `cargo xtask bench --load`; returns its BENCHMARKS.md section.
-pub fn run_long(
-    seconds: u64,
-    out_dir: &std::path::Path,
-    start: &super::Start,
-) -> anyhow::Result<String> {
-    let _ = (seconds, out_dir, start);
-    bail!("not yet")
 }

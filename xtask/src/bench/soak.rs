@@ -120,7 +120,9 @@ pub fn run(seconds: u64, out_dir: &Path) -> anyhow::Result<Soak> {
         processes,
         file_bytes_read: processes * FILE_BYTES,
         samples,
-        warm_up_seconds: (seconds / 12).min(300),
+        // Rows of exited processes stay for `flows.idle_ttl` (10 min): the tables reach
+        // their steady size only after it, plus 5 minutes.
+        warm_up_seconds: (seconds / 4).min(900),
     })
 }
 
