@@ -19,9 +19,11 @@ use crate::{cargo, status, workspace_root};
 use report::{render, render_micro, results_json};
 use workloads::{data_file, dd, dd_write, iperf, mmap_read};
 
+mod cgroup;
 pub mod flood;
 mod latency;
 mod load;
+mod load_report;
 mod long_load;
 mod report;
 mod sections;

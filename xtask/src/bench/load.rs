@@ -320,7 +320,7 @@ impl Sender {
     /// In the cgroup `cgroup`, when given.
     pub(super) fn start_in(
         flood: Flood,
-        cgroup: Option<&super::long_load::ServiceCgroup>,
+        cgroup: Option<&super::cgroup::ServiceCgroup>,
     ) -> anyhow::Result<Self> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", NS])
@@ -330,7 +330,7 @@ impl Sender {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         if let Some(cgroup) = cgroup {
-            super::long_load::place(&mut cmd, &cgroup.procs_files())?;
+            super::cgroup::place(&mut cmd, &cgroup.procs_files())?;
         }
         let mut child = cmd.spawn().context("starting the flood")?;
         let stdin = child.stdin.take();

@@ -9,7 +9,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -23,23 +22,23 @@ use anyhow::{Context as _, bail};
 
 use super::{
     Start,
+    cgroup::{ServiceCgroup, place},
     flood::{self, Flood},
     load::{Agent, DummyNamespace, Sender, cpu_seconds_of, get_tcp, get_unix},
-    run_context,
-    sections::{LOAD, yes_no},
+    load_report::{Measured, render},
 };
 
-const UNIT: &str = "exfil-load.service";
-const DESTINATIONS: u32 = 100_000;
-const SIZE: usize = 64;
+pub(super) const UNIT: &str = "exfil-load.service";
+pub(super) const DESTINATIONS: u32 = 100_000;
+pub(super) const SIZE: usize = 64;
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const CHURN_EVERY: Duration = Duration::from_millis(100);
-const CHURN_FILE_BYTES: u64 = 1 << 20;
+pub(super) const CHURN_FILE_BYTES: u64 = 1 << 20;
 /// The name of the file the churn reads, in target/bench.
 const CHURN_FILE: &str = "exfil-load-churn-file";
 /// The window, from the flood's start, over which the programs' run times are counted.
 const STATS_FROM: Duration = Duration::from_secs(60);
-const STATS_FOR: Duration = Duration::from_secs(30);
+pub(super) const STATS_FOR: Duration = Duration::from_secs(30);
 
 pub fn run(seconds: u64, out_dir: &Path, start: &Start) -> anyhow::Result<String> {
     let file = out_dir.join(CHURN_FILE);
@@ -92,12 +91,17 @@ pub fn run(seconds: u64, out_dir: &Path, start: &Start) -> anyhow::Result<String
     };
     let mut samples: Vec<(f64, u64, u64)> = Vec::new();
     let mut programs = BTreeMap::new();
+    let mut other_send_programs = 0;
     let deadline = started + Duration::from_secs(seconds);
     let sampled = (|| -> anyhow::Result<()> {
         while Instant::now() < deadline {
             let at = started.elapsed();
             if at >= STATS_FROM && programs.is_empty() && seconds > 120 {
                 programs = program_costs(&ours, STATS_FOR)?;
+                other_send_programs = bpftool_progs()?
+                    .iter()
+                    .filter(|p| p.1 == "sock_send_length" && !ours.contains(&p.0))
+                    .count();
                 continue;
             }
             let rss = rss_kib(&agent)?;
@@ -161,6 +165,7 @@ pub fn run(seconds: u64, out_dir: &Path, start: &Start) -> anyhow::Result<String
         hwm_after_dump,
         programs,
         churn_rows,
+        other_send_programs,
     };
     std::fs::write(
         out_dir.join("load-samples.json"),
@@ -169,41 +174,13 @@ pub fn run(seconds: u64, out_dir: &Path, start: &Start) -> anyhow::Result<String
     render(&m, seconds, start)
 }
 
-/// What the load run found.
-struct Measured {
-    seconds: u64,
-    off_seconds: u64,
-    off_rate: f64,
-    /// The flood's CPU (both threads, user and system), % of one core.
-    off_flood_cpu: f64,
-    flood_cpu: f64,
-    rate: f64,
-    datagrams: u64,
-    bytes_sent: u64,
-    check: FlowCheck,
-    metrics: MetricSums,
-    drops_flows: u64,
-    drops_overflow: u64,
-    drops_process_events: u64,
-    drops_file_overflow: u64,
-    processes: u64,
-    cpu_percent: f64,
-    peak_rss_kib: u64,
-    first_rss_kib: u64,
-    last_rss_kib: u64,
-    max_rows: u64,
-    hwm_after_dump: f64,
-    programs: BTreeMap<String, (u64, f64)>,
-    churn_rows: ChurnRows,
-}
-
 /// The churn's rows in `/api/v1/files` (rows of exited processes stay for `flows.idle_ttl`).
 #[derive(Default)]
-struct ChurnRows {
-    rows: u64,
-    bytes: u64,
+pub(super) struct ChurnRows {
+    pub(super) rows: u64,
+    pub(super) bytes: u64,
     /// Rows per service.
-    services: BTreeMap<String, u64>,
+    pub(super) services: BTreeMap<String, u64>,
 }
 
 fn churn_rows() -> anyhow::Result<ChurnRows> {
@@ -232,21 +209,21 @@ fn drop_sender(sender: Sender) {
 
 /// The flood's rows in `/api/v1/flows`, against what each destination was sent.
 #[derive(Default)]
-struct FlowCheck {
+pub(super) struct FlowCheck {
     /// Bytes and sends over the flood's rows, all of them (the `other` row included).
-    bytes: u64,
+    pub(super) bytes: u64,
     /// Bytes and sends of its `other` row.
-    other_bytes: u64,
-    other_sends: u64,
+    pub(super) other_bytes: u64,
+    pub(super) other_sends: u64,
     /// Destinations with a row of their own: as many bytes as sent to them, or fewer (a
     /// row made after the map had filled, when an entry came free; the rest is in `other`).
-    rows: u64,
-    rows_exact: u64,
-    rows_short: u64,
+    pub(super) rows: u64,
+    pub(super) rows_exact: u64,
+    pub(super) rows_short: u64,
     /// Rows with more than their destination was sent, or with no such destination: 0.
-    rows_wrong: u64,
+    pub(super) rows_wrong: u64,
     /// The service the flood's rows are under.
-    services: BTreeMap<String, u64>,
+    pub(super) services: BTreeMap<String, u64>,
 }
 
 fn check_flows(flows: &serde_json::Value, pid: u32, per_thread: &[u64]) -> FlowCheck {
@@ -321,16 +298,16 @@ fn settled_flows(pid: u32, sent: u64) -> anyhow::Result<serde_json::Value> {
 
 /// The unit's series in `/metrics`, summed.
 #[derive(Default)]
-struct MetricSums {
-    egress: u64,
-    class: BTreeMap<String, u64>,
-    file_read: u64,
+pub(super) struct MetricSums {
+    pub(super) egress: u64,
+    pub(super) class: BTreeMap<String, u64>,
+    pub(super) file_read: u64,
     /// `exfil_sensor_file_read_bytes_total{service="unknown"}`, summed.
-    file_read_unknown: u64,
+    pub(super) file_read_unknown: u64,
 }
 
 impl MetricSums {
-    fn class_total(&self) -> u64 {
+    pub(super) fn class_total(&self) -> u64 {
         self.class.values().sum()
     }
 }
@@ -499,265 +476,4 @@ fn program_costs(ours: &[u64], window: Duration) -> anyhow::Result<BTreeMap<Stri
         }
     }
     Ok(costs)
-}
-
-/// A systemd-style service cgroup, `system.slice/NAME`, in the `name=systemd` v1 hierarchy
-/// and in the cgroup2 one, whichever are mounted; removed on drop.
-pub(super) struct ServiceCgroup {
-    dirs: Vec<PathBuf>,
-}
-
-impl ServiceCgroup {
-    fn create(unit: &str) -> anyhow::Result<Self> {
-        let mounts = std::fs::read_to_string("/proc/mounts")?;
-        let mut made = Self { dirs: Vec::new() };
-        for line in mounts.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(dir), Some(kind), Some(options)) = (f.get(1), f.get(2), f.get(3)) else {
-                continue;
-            };
-            let systemd_v1 = *kind == "cgroup" && options.split(',').any(|o| o == "name=systemd");
-            if *kind == "cgroup2" || systemd_v1 {
-                let dir = Path::new(dir).join("system.slice").join(unit);
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                made.dirs.push(dir);
-            }
-        }
-        if made.dirs.is_empty() {
-            bail!("neither a cgroup2 nor a name=systemd hierarchy in /proc/mounts");
-        }
-        Ok(made)
-    }
-
-    pub(super) fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
-    }
-}
-
-impl Drop for ServiceCgroup {
-    fn drop(&mut self) {
-        for dir in &self.dirs {
-            // Empty by now: the flood and the churn have been waited for.
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-/// Makes `cmd`'s process move itself into the cgroups of `procs` before it execs.
-pub(super) fn place(cmd: &mut Command, procs: &[PathBuf]) -> anyhow::Result<()> {
-    use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
-    let procs: Vec<std::ffi::CString> = procs
-        .iter()
-        .map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()))
-        .collect::<Result<_, _>>()?;
-    // SAFETY: between fork and exec only open/write/close on prepared strings, all
-    // async-signal-safe; "0" moves the writing process itself.
-    unsafe {
-        cmd.pre_exec(move || {
-            for path in &procs {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if written != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    Ok(())
-}
-
-fn render(m: &Measured, seconds: u64, start: &Start) -> anyhow::Result<String> {
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    let c = &m.check;
-    let mut s = String::new();
-    let command = if seconds == 600 {
-        "cargo xtask bench --load".to_owned()
-    } else {
-        format!("cargo xtask bench --load --seconds {seconds}")
-    };
-    writeln!(s, "{LOAD}\n")?;
-    writeln!(
-        s,
-        "`{command}`, {}. The release agent on its default config (`kernel.flow_map_entries` \
-         65,536, `flows.max_flows` 100,000), fresh maps. The flood sends {SIZE}-byte UDP \
-         datagrams as fast as it can for {} s from two unconnected sockets (`sendmmsg`, 256 \
-         per call, each message with its own address; one thread each) round-robin to \
-         {DESTINATIONS} destinations (198.51.100.1–200 × 500 ports), inside a namespace whose \
-         veth drops every frame; it runs in a cgroup of its own (`system.slice/{UNIT}`), \
-         with a `cat` of a 1 MiB page-cached file started there every 100 ms. The flood \
-         counts what each thread sent, and so what each destination got. RSS (VmRSS) \
-         sampled every 5 s; the programs' run times counted over {} s from the flood's \
-         60th second (`kernel.bpf_stats_enabled=1` for that long).\n",
-        run_context(start),
-        m.seconds,
-        STATS_FOR.as_secs(),
-    )?;
-    writeln!(s, "| | measured |")?;
-    writeln!(s, "|---|---|")?;
-    writeln!(
-        s,
-        "| sends/s, the flood alone ({} s); its CPU, % of one core | {:.0}; {:.0} |",
-        m.off_seconds, m.off_rate, m.off_flood_cpu
-    )?;
-    writeln!(
-        s,
-        "| sends/s, under the agent; the flood's CPU | {:.0}; {:.0} |",
-        m.rate, m.flood_cpu
-    )?;
-    writeln!(
-        s,
-        "| datagrams sent | {} ({} bytes) |",
-        m.datagrams, m.bytes_sent
-    )?;
-    writeln!(
-        s,
-        "| `/api/v1/flows`, the flood's rows summed (`other` included) | {} |",
-        c.bytes
-    )?;
-    writeln!(
-        s,
-        "| `exfil_sensor_egress_bytes_total{{service=\"{UNIT}\"}}` summed | {} |",
-        m.metrics.egress
-    )?;
-    writeln!(
-        s,
-        "| `exfil_sensor_egress_class_bytes_total{{service=\"{UNIT}\"}}` summed | {} ({}) |",
-        m.metrics.class_total(),
-        m.metrics
-            .class
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )?;
-    writeln!(
-        s,
-        "| destinations with a row of their own | {} ({} exact, {} short: made after the map \
-         filled, the rest in `other`; {} wrong) |",
-        c.rows, c.rows_exact, c.rows_short, c.rows_wrong
-    )?;
-    writeln!(
-        s,
-        "| the `other` row | {} bytes, {} sends |",
-        c.other_bytes, c.other_sends
-    )?;
-    writeln!(
-        s,
-        "| `exfil_sensor_kernel_drops_total` during the run | flows {}, flow_overflow {}, \
-         process_events {}, file_overflow {} |",
-        m.drops_flows, m.drops_overflow, m.drops_process_events, m.drops_file_overflow
-    )?;
-    writeln!(
-        s,
-        "| services of the flood's rows | {} |",
-        c.services
-            .iter()
-            .map(|(k, v)| format!("`{k}` {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )?;
-    writeln!(
-        s,
-        "| churn: `cat`s started and exited; their rows of the file in `/api/v1/files` | \
-         {} started; {} rows, {} of {} bytes; services {} |",
-        m.processes,
-        m.churn_rows.rows,
-        m.churn_rows.bytes,
-        m.processes * CHURN_FILE_BYTES,
-        m.churn_rows
-            .services
-            .iter()
-            .map(|(k, v)| format!("`{k}` {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )?;
-    writeln!(
-        s,
-        "| `exfil_sensor_file_read_bytes_total`: under `{UNIT}` (the `cat`s' binaries and \
-         libraries included); under `unknown` (any process of the machine) | {}; {} |",
-        m.metrics.file_read, m.metrics.file_read_unknown
-    )?;
-    writeln!(s, "| agent CPU, % of one core | {:.1} |", m.cpu_percent)?;
-    writeln!(
-        s,
-        "| agent RSS: first, last, max of the samples | {:.1}, {:.1}, {:.1} MiB |",
-        mib(m.first_rss_kib),
-        mib(m.last_rss_kib),
-        mib(m.peak_rss_kib)
-    )?;
-    writeln!(s, "| agent flow rows, max | {} |", m.max_rows)?;
-    writeln!(
-        s,
-        "| agent peak RSS (VmHWM) after one full `/api/v1/flows` | {:.1} MiB |\n",
-        m.hwm_after_dump
-    )?;
-    if !m.programs.is_empty() {
-        writeln!(s, "| program | runs | ns/run |")?;
-        writeln!(s, "|---|---|---|")?;
-        for (name, (runs, ns)) in &m.programs {
-            writeln!(s, "| {name} | {runs} | {ns:.0} |")?;
-        }
-        writeln!(s)?;
-    }
-    let exact = c.bytes == m.bytes_sent
-        && m.metrics.egress == m.bytes_sent
-        && m.metrics.class_total() == m.bytes_sent;
-    writeln!(s, "| target | measured | met |")?;
-    writeln!(s, "|---|---|---|")?;
-    writeln!(
-        s,
-        "| ≥ 1,000,000 sends/s to 100k destinations for {} s | {:.0} | {} |",
-        m.seconds,
-        m.rate,
-        yes_no(m.rate >= 1e6)
-    )?;
-    writeln!(
-        s,
-        "| flows, egress and class totals = sent, exactly | {} / {} / {} of {} | {} |",
-        c.bytes,
-        m.metrics.egress,
-        m.metrics.class_total(),
-        m.bytes_sent,
-        yes_no(exact)
-    )?;
-    writeln!(
-        s,
-        "| `other` row's sends = drops{{map=\"flows\"}} (≥: other processes overflow too) | \
-         {} vs {} | {} |",
-        c.other_sends,
-        m.drops_flows,
-        yes_no(c.other_sends <= m.drops_flows && m.drops_overflow == 0)
-    )?;
-    writeln!(
-        s,
-        "| no destination row over what it was sent | {} wrong | {} |",
-        c.rows_wrong,
-        yes_no(c.rows_wrong == 0)
-    )?;
-    let churn_named = m.churn_rows.services.keys().all(|k| k == UNIT);
-    writeln!(
-        s,
-        "| each `cat`'s read of the file counted, under its service | {} rows, {} of {} \
-         bytes, {} | {} |",
-        m.churn_rows.rows,
-        m.churn_rows.bytes,
-        m.processes * CHURN_FILE_BYTES,
-        if churn_named {
-            "all named"
-        } else {
-            "**not all named**"
-        },
-        yes_no(
-            m.churn_rows.rows == m.processes
-                && m.churn_rows.bytes == m.processes * CHURN_FILE_BYTES
-                && churn_named
-        )
-    )?;
-    Ok(s)
 }

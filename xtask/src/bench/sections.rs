@@ -77,8 +77,11 @@ pub fn render_soak(soak: &Soak, command: &str, context: &str) -> anyhow::Result<
          meanwhile the flood sends 64-byte UDP datagrams at {} sends/s round-robin to {} \
          destinations (one unconnected socket, `sendmmsg`, in the namespace whose veth drops \
          every frame), and every 250 ms a `cat` starts, reads a 4 MiB page-cached file to \
-         the end and exits. VmRSS and the entries of /proc/PID/fd sampled every 10 s; the \
-         first {} s are the warm-up.\n",
+         the end and exits. VmRSS and the entries of /proc/PID/fd sampled every 10 s, with \
+         the rows of the agent's tables (`exfil_sensor_table_entries`: the agent counts \
+         every process of the machine, so other users' builds and tests add rows); the \
+         first {} s are the warm-up (rows of exited processes stay for `flows.idle_ttl`, \
+         10 min).\n",
         soak.seconds, soak.rate, soak.destinations, soak.warm_up_seconds
     )?;
     let (Some(first), Some(last)) = (soak.samples.first(), soak.samples.last()) else {
@@ -100,6 +103,18 @@ pub fn render_soak(soak: &Soak, command: &str, context: &str) -> anyhow::Result<
         mib(rss_warm),
         mib(rss_after),
         soak.rss_slope_mib_per_hour()
+    )?;
+    let (flows_warm, flows_after) = soak.max_warm_and_after(|s| s.flow_rows);
+    let (files_warm, files_after) = soak.max_warm_and_after(|s| s.file_rows);
+    writeln!(
+        s,
+        "| agent flow rows | {} | {} | {flows_warm} | {flows_after} | |",
+        first.flow_rows, last.flow_rows
+    )?;
+    writeln!(
+        s,
+        "| agent file rows | {} | {} | {files_warm} | {files_after} | |",
+        first.file_rows, last.file_rows
     )?;
     writeln!(
         s,

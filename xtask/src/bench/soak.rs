@@ -21,7 +21,7 @@ use anyhow::Context as _;
 
 use super::{
     flood::Flood,
-    load::{Agent, DummyNamespace, Sender},
+    load::{Agent, DummyNamespace, Sender, get_tcp},
 };
 
 /// Where the sampled agent stands.
@@ -31,6 +31,9 @@ pub struct Sample {
     pub rss_kib: u64,
     pub fds: u64,
     pub cpu_seconds: f64,
+    /// `exfil_sensor_table_entries`: flow and file rows.
+    pub flow_rows: u64,
+    pub file_rows: u64,
 }
 
 /// What the soak measured.
@@ -88,10 +91,18 @@ pub fn run(seconds: u64, out_dir: &Path) -> anyhow::Result<Soak> {
                 rss_kib: rss_kib(&agent)?,
                 fds: fds(agent.pid())?,
                 cpu_seconds: agent.cpu_seconds()?,
+                flow_rows: table_entries("flows").unwrap_or(0),
+                file_rows: table_entries("files").unwrap_or(0),
             };
             println!(
-                "soak: {:>6.0} s  RSS {:>7} KiB  fds {:>3}  CPU {:>7.1} s",
-                sample.seconds, sample.rss_kib, sample.fds, sample.cpu_seconds
+                "soak: {:>6.0} s  RSS {:>7} KiB  fds {:>3}  CPU {:>7.1} s  rows: flows {:>6} \
+                 files {:>6}",
+                sample.seconds,
+                sample.rss_kib,
+                sample.fds,
+                sample.cpu_seconds,
+                sample.flow_rows,
+                sample.file_rows
             );
             samples.push(sample);
             std::thread::sleep(
@@ -152,6 +163,16 @@ fn rss_kib(agent: &Agent) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS in /proc/PID/status")
+}
+
+/// `exfil_sensor_table_entries{table="TABLE"}`.
+pub(super) fn table_entries(table: &str) -> anyhow::Result<u64> {
+    let text = get_tcp("/metrics")?;
+    let prefix = format!("exfil_sensor_table_entries{{table=\"{table}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {table} table entries in /metrics"))
 }
 
 fn fds(pid: u32) -> anyhow::Result<u64> {
