@@ -79,6 +79,7 @@ pub fn run(seconds: u64, out_dir: &Path, start: &Start) -> anyhow::Result<String
         .map(|id| id.0)
         .collect();
     let drops_before = drops_by_map()?;
+    let file_evictions_before = file_evictions()?;
     let cpu_before = agent.cpu_seconds()?;
     let started = Instant::now();
     let mut sender = Sender::start_in(flood, Some(&cgroup))?;
@@ -139,6 +140,7 @@ pub fn run(seconds: u64, out_dir: &Path, start: &Start) -> anyhow::Result<String
     let hwm_after_dump = agent.peak_rss_mib()?;
     let check = check_flows(&flows, sender.pid(), &per_thread);
     let churn_rows = churn_rows()?;
+    let file_evictions = file_evictions()? - file_evictions_before;
     drop_sender(sender);
 
     let m = Measured {
@@ -165,6 +167,7 @@ pub fn run(seconds: u64, out_dir: &Path, start: &Start) -> anyhow::Result<String
         hwm_after_dump,
         programs,
         churn_rows,
+        file_evictions,
         other_send_programs,
     };
     std::fs::write(
@@ -380,6 +383,17 @@ fn drops_by_map() -> anyhow::Result<BTreeMap<String, u64>> {
             Some((map.to_owned(), parse_value(rest.rsplit(' ').next()?)?))
         })
         .collect())
+}
+
+/// `exfil_sensor_table_evictions_total{table="files"}`, both reasons.
+fn file_evictions() -> anyhow::Result<u64> {
+    let text = get_tcp("/metrics")?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("exfil_sensor_table_evictions_total{"))
+        .filter(|l| l.contains("table=\"files\""))
+        .filter_map(|l| parse_value(l.rsplit(' ').next()?))
+        .sum())
 }
 
 fn table_flows() -> anyhow::Result<u64> {
