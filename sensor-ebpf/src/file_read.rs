@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use sensor_common::{
-    FileId, FileKey, FilePathEvent, FileRead, INODE_SPAN_LEN, KernelLayout, MAP_FILE_PATHS,
-    MAP_FILE_READS, PATH_DEPTH, PROG_FILE_READ,
+    FileId, FileKey, FilePathEvent, FileRead, INODE_SPAN_LEN, KernelLayout, MAP_FILE_OVERFLOW,
+    MAP_FILE_PATHS, MAP_FILE_READS, PATH_DEPTH, PROG_FILE_READ,
 };
 
 use crate::{
@@ -255,14 +255,20 @@ fn record(
     Ok(())
 }
 
-/// Adds `bytes` to the process's per-CPU overflow bucket, creating it on first use.
+/// Adds `bytes` to the process's per-CPU overflow bucket, creating it on first use. When the
+/// overflow map is full too, the bytes are lost: the refusal counts in
+/// `KERNEL_DROPS[MAP_FILE_OVERFLOW]`, so that the loss shows.
 #[inline(always)]
 pub(crate) fn add_overflow(map: &PerCpuHashMap<u32, u64>, tgid: u32, bytes: u64) {
     match map.get_ptr_mut(tgid) {
         // SAFETY: this CPU's value of a live entry; programs do not nest on one CPU.
         Some(sum) => unsafe { *sum += bytes },
         None => {
-            let _ = map.insert(tgid, bytes, 0);
+            // BPF_ANY: should another CPU have made the entry since the lookup, this sets
+            // only this CPU's value, which was zero.
+            if map.insert(tgid, bytes, 0).is_err() {
+                bump(&KERNEL_DROPS, MAP_FILE_OVERFLOW);
+            }
         }
     }
 }

@@ -84,3 +84,46 @@ fn a_full_map_keeps_every_byte_and_counts_the_drops() {
     );
     sender.finish().expect("sender exits cleanly");
 }
+
+/// With the file map at one entry, its per-process overflow map holds 1,024 processes: more
+/// processes than that reading files at once find both full, and each refusal counts in
+/// `{map="file_overflow"}` (their bytes are lost; before, nothing said so).
+#[test]
+fn a_full_file_overflow_map_counts_its_refusals() {
+    require_root();
+    const OVERFLOW_ENTRIES: u64 = 1024;
+    const PROCESSES: u64 = 1300;
+    let agent = Agent::start_with("file_map_entries = 1\n").expect("agent");
+    let metric = "exfil_sensor_kernel_drops_total{map=\"file_overflow\"}";
+    let before = agent.metric(metric).expect("file_overflow drops");
+    // Each `sleep` reads pages of its binary and libraries as it starts, and stays: a key of
+    // its own in the overflow map while it lives.
+    let mut sleepers: Vec<std::process::Child> = Vec::new();
+    for _ in 0..PROCESSES {
+        match std::process::Command::new("sleep").arg("60").spawn() {
+            Ok(child) => sleepers.push(child),
+            Err(e) => {
+                stop(&mut sleepers);
+                panic!("spawning sleep: {e}");
+            }
+        }
+    }
+    // The programs count at the read; the agent shows it at its next poll.
+    std::thread::sleep(POLL * 3);
+    let drops = agent.metric(metric).expect("file_overflow drops") - before;
+    stop(&mut sleepers);
+    // One entry in the file map, 1,024 in the overflow map, whoever took them: at least every
+    // sleeper beyond those was refused once; other processes can only add.
+    assert!(
+        drops >= PROCESSES - OVERFLOW_ENTRIES - 1,
+        "{drops} refusals for {PROCESSES} processes and {OVERFLOW_ENTRIES} overflow entries"
+    );
+}
+
+fn stop(children: &mut Vec<std::process::Child>) {
+    for child in children.iter_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    children.clear();
+}

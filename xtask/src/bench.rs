@@ -19,10 +19,15 @@ use crate::{cargo, status, workspace_root};
 use report::{render, render_micro, results_json};
 use workloads::{data_file, dd, dd_write, iperf, mmap_read};
 
+mod cgroup;
 pub mod flood;
 mod latency;
 mod load;
+mod load_report;
+mod long_load;
 mod report;
+mod sections;
+mod soak;
 mod workloads;
 
 const NS: &str = "exfil-bench";
@@ -162,13 +167,118 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let micro = micro_benches(quick)?;
     let mut report = render(&plan, &samples, &kernel, floor, &load, &latency)?;
     render_micro(&mut report, &micro)?;
-    std::fs::write(workspace_root().join("BENCHMARKS.md"), &report)?;
+    let path = workspace_root().join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let report = sections::carry_over(&old, &report);
+    std::fs::write(&path, &report)?;
     std::fs::write(
         out_dir.join("results.json"),
         results_json(&samples, &kernel, floor, &load, &latency, &micro),
     )?;
     println!("{report}");
     Ok(())
+}
+
+/// `cargo xtask bench --soak`: the soak alone, `seconds` long; rewrites its section.
+pub fn run_soak(seconds: u64) -> anyhow::Result<()> {
+    let out_dir = release_build()?;
+    let start = Start::now();
+    let soak = soak::run(seconds, &out_dir)?;
+    std::fs::write(
+        out_dir.join("soak.json"),
+        serde_json::to_string_pretty(&soak)?,
+    )?;
+    let command = if seconds == 3600 {
+        "nice -n 10 cargo xtask bench --soak".to_owned()
+    } else {
+        format!("nice -n 10 cargo xtask bench --soak --seconds {seconds}")
+    };
+    let section = sections::render_soak(&soak, &command, &run_context(&start))?;
+    write_section(sections::SOAK, &section)
+}
+
+/// `cargo xtask bench --load`: the load run alone, `seconds` long; rewrites its section.
+pub fn run_load(seconds: u64) -> anyhow::Result<()> {
+    let out_dir = release_build()?;
+    let start = Start::now();
+    let section = long_load::run(seconds, &out_dir, &start)?;
+    write_section(sections::LOAD, &section)
+}
+
+/// The release agent built; returns target/bench.
+fn release_build() -> anyhow::Result<std::path::PathBuf> {
+    let mut build = cargo();
+    build.args(["build", "--release", "--package", "sensor"]);
+    status(build, "cargo build --release --package sensor")?;
+    let out_dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    Ok(out_dir)
+}
+
+fn write_section(heading: &str, section: &str) -> anyhow::Result<()> {
+    let path = workspace_root().join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, sections::splice(&old, heading, section))?;
+    println!("{section}");
+    Ok(())
+}
+
+/// The 1-, 5- and 15-minute load averages and the number of running cargo and rustc
+/// processes: what else the (shared) machine was doing.
+pub(crate) fn machine_load() -> String {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let averages: Vec<&str> = loadavg.split_whitespace().take(3).collect();
+    let builds = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .filter(|c| matches!(c.trim(), "rustc" | "cargo" | "bpf-linker" | "cc" | "ld"))
+        .count();
+    format!(
+        "load average {} ({} rustc/cargo/linker processes running)",
+        averages.join(" "),
+        builds
+    )
+}
+
+/// What a load or soak run reports about itself: the commit and the machine's load, taken at
+/// its start (the tree may move on while it runs).
+pub(crate) struct Start {
+    commit: String,
+    load: String,
+}
+
+impl Start {
+    pub(crate) fn now() -> Self {
+        Self {
+            commit: command_output("git", &["rev-parse", "--short", "HEAD"]),
+            load: machine_load(),
+        }
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The date, kernel, commit, CPUs, and the machine's load at the start and now.
+pub(crate) fn run_context(start: &Start) -> String {
+    let out = command_output;
+    format!(
+        "{}, kernel {}, commit {}, {} CPUs; the machine is shared: at the start {}, at \
+         the end {}",
+        out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        out("uname", &["-r"]),
+        start.commit,
+        std::thread::available_parallelism().map_or(0, usize::from),
+        start.load,
+        machine_load()
+    )
 }
 
 /// One configuration, running for as long as this lives.

@@ -37,6 +37,19 @@ enum Task {
         /// 2 rounds, short runs: a few minutes.
         #[arg(long)]
         quick: bool,
+        /// Only the load run (10 minutes at the highest send rate to 100k destinations, the
+        /// agent on its default map sizes): rewrites only its section of BENCHMARKS.md.
+        #[arg(long, conflicts_with_all = ["quick", "soak"])]
+        load: bool,
+        /// Only the soak (1 hour at a moderate load, RSS and fds sampled every 10 s):
+        /// rewrites only its section of BENCHMARKS.md. Run it under `nice -n 10` on a
+        /// shared machine.
+        #[arg(long, conflicts_with = "quick")]
+        soak: bool,
+        /// How long the load or soak run lasts, in seconds, instead of its default
+        /// (a shorter run for trying it out).
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// The bench's UDP load generator (run by `bench` inside its namespace).
     #[command(hide = true)]
@@ -92,9 +105,18 @@ fn main() {
             size,
         }),
         Task::Fuzz { target, seconds } => setup::run().and_then(|()| fuzz(&target, seconds)),
-        Task::Bench { quick } => require_root("bench")
+        Task::Bench {
+            quick,
+            load,
+            soak,
+            seconds,
+        } => require_root("bench")
             .and_then(|()| setup::run())
-            .and_then(|()| bench::run(quick)),
+            .and_then(|()| match (load, soak) {
+                (true, _) => bench::run_load(seconds.unwrap_or(600)),
+                (_, true) => bench::run_soak(seconds.unwrap_or(3600)),
+                _ => bench::run(quick),
+            }),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -5,7 +5,8 @@
 //! destinations (`198.51.100.1..` × ports from 10000) round-robin, so that every destination
 //! gets traffic all through the run. The bench runs it in a namespace whose route to
 //! 198.51.100.0/24 is a dummy interface: every send succeeds and the packet goes nowhere.
-//! Prints `sent BYTES DATAGRAMS` and then holds until stdin closes, so that the process is
+//! Prints `sent BYTES DATAGRAMS` and each thread's datagrams (thread t walks destinations t,
+//! t + threads, ... in order, so what each destination got follows: see [`expected`]), then holds until stdin closes, so that the process is
 //! still alive (and named) when the agent is asked about it.
 
 use std::{
@@ -50,7 +51,7 @@ impl Flood {
 }
 
 /// The `index`th destination.
-fn destination(index: u32) -> libc::sockaddr_in {
+pub fn destination(index: u32) -> libc::sockaddr_in {
     let host = 1 + index / PORTS_PER_ADDRESS;
     let ip = Ipv4Addr::new(198, 51, 100, u8::try_from(host).unwrap_or(u8::MAX));
     let port = u16::try_from(FIRST_PORT + index % PORTS_PER_ADDRESS).unwrap_or(u16::MAX);
@@ -76,15 +77,16 @@ pub fn run(flood: Flood) -> anyhow::Result<()> {
     let handles: Vec<_> = (0..threads)
         .map(|t| std::thread::spawn(move || send_share(flood, t, threads, deadline)))
         .collect();
-    let (mut bytes, mut datagrams) = (0u64, 0u64);
+    let (mut bytes, mut datagrams, mut per_thread) = (0u64, 0u64, Vec::new());
     for handle in handles {
         let (b, d) = handle
             .join()
             .map_err(|_| anyhow::anyhow!("a sender thread panicked"))??;
         bytes += b;
         datagrams += d;
+        per_thread.push(d.to_string());
     }
-    println!("sent {bytes} {datagrams}");
+    println!("sent {bytes} {datagrams} {}", per_thread.join(" "));
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
@@ -134,12 +136,12 @@ fn send_share(flood: Flood, t: u32, threads: u32, deadline: Instant) -> anyhow::
         }
         // SAFETY: BATCH initialised headers pointing at live addresses and the payload.
         let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
-        let Ok(n) = usize::try_from(n) else {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENOBUFS) {
-                continue;
-            }
-            return Err(err).context("sendmmsg");
+        let n = match usize::try_from(n) {
+            Ok(n) => n,
+            // None sent: the whole batch again (so that every destination keeps its turn,
+            // and the counts per destination follow from the thread's total).
+            Err(_) if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) => 0,
+            Err(_) => return Err(std::io::Error::last_os_error()).context("sendmmsg"),
         };
         // Messages past `n` were not sent: send them again next time round.
         next = (next + mine.len() - (BATCH - n) % mine.len()) % mine.len();
@@ -149,4 +151,32 @@ fn send_share(flood: Flood, t: u32, threads: u32, deadline: Instant) -> anyhow::
         datagrams += n as u64;
     }
     Ok((bytes, datagrams))
+}
+
+/// Datagrams destination `index` got, from each thread's total (`per_thread`, in thread
+/// order): thread `index % threads` sent its share in order, round after round.
+pub fn expected(index: u32, destinations: u32, per_thread: &[u64]) -> u64 {
+    let threads = per_thread.len() as u32;
+    if threads == 0 || index >= destinations {
+        return 0;
+    }
+    let t = index % threads;
+    let mine = u64::from((destinations - t).div_ceil(threads));
+    let position = u64::from(index / threads);
+    let sent = per_thread[t as usize];
+    sent / mine + u64::from(position < sent % mine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_follows_each_threads_round_robin() {
+        // 5 destinations, 2 threads: thread 0 has 0, 2, 4; thread 1 has 1, 3.
+        // Thread 0 sent 7 (rounds 0 2 4 0 2 4 0), thread 1 sent 3 (1 3 1).
+        let got: Vec<u64> = (0..5).map(|i| expected(i, 5, &[7, 3])).collect();
+        assert_eq!(got, [3, 2, 2, 1, 2]);
+        assert_eq!(got.iter().sum::<u64>(), 10);
+    }
 }

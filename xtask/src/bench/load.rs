@@ -177,49 +177,42 @@ fn measure(name: &str, flood: Flood, scrape: bool) -> anyhow::Result<Phase> {
     Ok(phase)
 }
 
-/// The agent on fresh maps, sized for the load; stopped and its pins removed on drop.
-struct Agent(Child);
+/// The agent on fresh maps; stopped and its pins removed on drop.
+pub(super) struct Agent(Child);
 
 impl Agent {
+    /// Sized for the load: room for every destination.
     fn start() -> anyhow::Result<Self> {
-        let _ = std::fs::remove_dir_all(PIN_DIR);
-        let child = start_sensor(
+        Self::start_with(
             "load",
             &format!(
-                "http.api_socket = \"{API}\"\nkernel.flow_map_entries = {FLOW_MAP_ENTRIES}\n\
-                 flows.max_flows = {FLOW_MAP_ENTRIES}\n"
+                "kernel.flow_map_entries = {FLOW_MAP_ENTRIES}\nflows.max_flows = {FLOW_MAP_ENTRIES}\n"
             ),
-        )?;
+        )
+    }
+
+    /// On `keys` (dotted TOML keys, one per line), the API on [`API`].
+    pub(super) fn start_with(name: &str, keys: &str) -> anyhow::Result<Self> {
+        let _ = std::fs::remove_dir_all(PIN_DIR);
+        let child = start_sensor(name, &format!("http.api_socket = \"{API}\"\n{keys}"))?;
         Ok(Self(child))
     }
 
-    fn proc_file(&self, name: &str) -> anyhow::Result<String> {
+    pub(super) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub(super) fn proc_file(&self, name: &str) -> anyhow::Result<String> {
         let path = format!("/proc/{}/{name}", self.0.id());
         std::fs::read_to_string(&path).with_context(|| path)
     }
 
     /// User plus system CPU time the agent has used.
-    fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = self.proc_file("stat")?;
-        // Fields after the parenthesised command name: state is the 3rd field, utime the 14th.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .context("/proc/PID/stat without a command name")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .context("/proc/PID/stat too short")?
-                .parse()
-                .context("/proc/PID/stat field")
-        };
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok((ticks(11)? + ticks(12)?) as f64 / hz)
+    pub(super) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds_of(self.0.id())
     }
 
-    fn peak_rss_mib(&self) -> anyhow::Result<f64> {
+    pub(super) fn peak_rss_mib(&self) -> anyhow::Result<f64> {
         let status = self.proc_file("status")?;
         let kib: f64 = status
             .lines()
@@ -231,7 +224,7 @@ impl Agent {
 
     /// Sum of `exfil_sensor_kernel_drops_total` over maps.
     /// The value of an unlabelled metric.
-    fn metric(&self, name: &str) -> anyhow::Result<u64> {
+    pub(super) fn metric(&self, name: &str) -> anyhow::Result<u64> {
         let text = get_tcp("/metrics")?;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -240,7 +233,7 @@ impl Agent {
             .with_context(|| format!("no {name} in /metrics"))
     }
 
-    fn drops(&self) -> anyhow::Result<u64> {
+    pub(super) fn drops(&self) -> anyhow::Result<u64> {
         let text = get_tcp("/metrics")?;
         Ok(text
             .lines()
@@ -250,7 +243,7 @@ impl Agent {
     }
 
     /// The bytes the agent reports for `pid`, once they stop changing (or reach `expected`).
-    fn settled_bytes(&self, pid: u32, expected: u64) -> anyhow::Result<u64> {
+    pub(super) fn settled_bytes(&self, pid: u32, expected: u64) -> anyhow::Result<u64> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut last = None;
         loop {
@@ -291,41 +284,80 @@ impl Drop for Agent {
     }
 }
 
+/// User plus system CPU time process `pid` (all its threads) has used.
+pub(super) fn cpu_seconds_of(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| path)?;
+    // Fields after the parenthesised command name: state is the 3rd field, utime the 14th.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("/proc/PID/stat without a command name")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .context("/proc/PID/stat too short")?
+            .parse()
+            .context("/proc/PID/stat field")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) as f64 / hz)
+}
+
 /// The flood inside the namespace; holds after its report until dropped.
-struct Sender {
+pub(super) struct Sender {
     child: Child,
     stdin: Option<ChildStdin>,
 }
 
 impl Sender {
-    fn start(flood: Flood) -> anyhow::Result<Self> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", NS])
+    pub(super) fn start(flood: Flood) -> anyhow::Result<Self> {
+        Self::start_in(flood, None)
+    }
+
+    /// In the cgroup `cgroup`, when given.
+    pub(super) fn start_in(
+        flood: Flood,
+        cgroup: Option<&super::cgroup::ServiceCgroup>,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", NS])
             .arg(std::env::current_exe()?)
             .arg("flood")
             .args(flood.args())
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting the flood")?;
+            .stdout(Stdio::piped());
+        if let Some(cgroup) = cgroup {
+            super::cgroup::place(&mut cmd, &cgroup.procs_files())?;
+        }
+        let mut child = cmd.spawn().context("starting the flood")?;
         let stdin = child.stdin.take();
         Ok(Self { child, stdin })
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// (bytes, datagrams) the flood sent.
-    fn result(&mut self) -> anyhow::Result<(u64, u64)> {
+    pub(super) fn result(&mut self) -> anyhow::Result<(u64, u64)> {
+        self.result_per_thread().map(|(b, d, _)| (b, d))
+    }
+
+    /// (bytes, datagrams, each thread's datagrams) the flood sent.
+    pub(super) fn result_per_thread(&mut self) -> anyhow::Result<(u64, u64, Vec<u64>)> {
         let stdout = self.child.stdout.take().context("flood stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
-            (Some("sent"), Some(bytes), Some(datagrams)) => {
-                Ok((bytes.parse()?, datagrams.parse()?))
-            }
+            (Some("sent"), Some(bytes), Some(datagrams)) => Ok((
+                bytes.parse()?,
+                datagrams.parse()?,
+                words.map(str::parse).collect::<Result<_, _>>()?,
+            )),
             _ => bail!("the flood did not report: {line:?}"),
         }
     }
@@ -340,10 +372,10 @@ impl Drop for Sender {
 
 /// A namespace where 198.51.100.0/24 lies behind a veth that drops every frame, removed on
 /// drop.
-struct DummyNamespace;
+pub(super) struct DummyNamespace;
 
 impl DummyNamespace {
-    fn create() -> anyhow::Result<Self> {
+    pub(super) fn create() -> anyhow::Result<Self> {
         let _ = Command::new("ip")
             .args(["netns", "del", NS])
             .stderr(Stdio::null())
@@ -374,12 +406,12 @@ impl Drop for DummyNamespace {
     }
 }
 
-fn get_tcp(path: &str) -> anyhow::Result<String> {
+pub(super) fn get_tcp(path: &str) -> anyhow::Result<String> {
     let mut conn = std::net::TcpStream::connect(LISTEN)?;
     http_get(&mut conn, path)
 }
 
-fn get_unix(path: &str) -> anyhow::Result<String> {
+pub(super) fn get_unix(path: &str) -> anyhow::Result<String> {
     let mut conn = UnixStream::connect(API).with_context(|| API)?;
     http_get(&mut conn, path)
 }
