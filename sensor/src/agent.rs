@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use sensor_common::{EVENT_EXIT, ProcessEvent};
+use sensor_common::{EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ProcessEvent};
 use tokio::sync::{mpsc, oneshot};
 
 mod resume;
@@ -217,9 +217,13 @@ impl Aggregator {
         let start = *self.interval_start.get_or_insert(now);
         // Events first: a process that sent and exited since the last poll is named by them.
         let seen = self.processes.apply(now, &input.events);
-        for p in &seen {
-            self.flows.renew(p.pid);
-            self.files.renew(p.pid);
+        // A new program, or a new process on a reused pid: its new rows read it afresh. Not
+        // an exit: the name read while it ran is the best there is.
+        for event in &input.events {
+            if matches!(event.kind, EVENT_EXEC | EVENT_FORK) {
+                self.flows.renew(event.tgid);
+                self.files.renew(event.tgid);
+            }
         }
         if let Some(journal) = &mut self.journal {
             // The events carry no time of their own: the poll's (at most one poll late).

@@ -457,7 +457,8 @@ impl FileTable {
         self.seen.retain(|key, _| !exited.contains(&key.tgid));
     }
 
-    /// The process exec'd or exited: its new rows read it afresh (`Names::renew`).
+    /// The process exec'd or its pid was forked anew: its new rows read it afresh
+    /// (`Names::renew`).
     pub fn renew(&mut self, pid: u32) {
         self.names.renew(pid);
     }

@@ -349,7 +349,8 @@ impl FlowTable {
         });
     }
 
-    /// The process exec'd or exited: its new rows read it afresh (`Names::renew`).
+    /// The process exec'd or its pid was forked anew: its new rows read it afresh
+    /// (`Names::renew`).
     pub fn renew(&mut self, pid: u32) {
         self.names.renew(pid);
     }

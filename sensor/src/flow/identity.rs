@@ -70,12 +70,12 @@ impl Process {
     }
 }
 
-/// Each process as first seen since its last exec or exit, so that a table row keeps its name after
+/// Each process as first seen since its last exec (or its pid's reuse), so that a table row keeps its name after
 /// the process is gone.
 #[derive(Default)]
 pub struct Names {
     by_pid: HashMap<u32, Arc<Process>>,
-    /// Pids that exec'd or exited since they were named: their next new row reads them afresh.
+    /// Pids that exec'd or were forked anew since they were named: their next new row reads them afresh.
     renamed: HashSet<u32>,
 }
 
@@ -90,12 +90,13 @@ impl Names {
         Arc::clone(self.by_pid.entry(pid).or_insert_with(fresh))
     }
 
-    /// The process exec'd or exited: rows made from now on read it afresh (after an exec,
-    /// the new program and the unit it moved into before the exec, as a service manager's
-    /// child does; after an exit, the events' name or a new process that reused the pid),
-    /// rows made before keep the name they had. Without this, a child that touched a file
-    /// between fork and exec (page faults on its parent's binary) in a poll of that window
-    /// would have every later row named as its parent.
+    /// The process exec'd, or a new process took the pid (its fork): rows made from now on
+    /// read it afresh (after an exec, the new program and the unit it moved into before the
+    /// exec, as a service manager's child does), rows made before keep the name they had.
+    /// Without this, a child that touched a file between fork and exec (page faults on its
+    /// parent's binary) in a poll of that window would have every later row named as its
+    /// parent. Not at an exit: what was read while the process ran is the best name it has
+    /// (a zombie's /proc has no exe, and a reaped pid may already be another process's).
     pub fn renew(&mut self, pid: u32) {
         if self.by_pid.contains_key(&pid) {
             self.renamed.insert(pid);
