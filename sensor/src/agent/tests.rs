@@ -289,3 +289,60 @@ fn a_child_seen_between_fork_and_exec_is_named_by_its_exec_for_what_it_does_afte
     // The page it faulted in stays its parent's program's; what it read after the exec is tar's.
     assert_eq!(named, [(9, "runner", 4_096), (10, "tar", 1_000_003)]);
 }
+
+#[test]
+fn a_reused_pid_is_named_by_its_new_process_and_an_exit_keeps_the_name() {
+    let event = |kind, pid, ppid, comm| crate::flow::process::test_event(kind, pid, ppid, comm, "");
+    let read = |ino, bytes| {
+        (
+            FileKey {
+                tgid: 31,
+                dev: 1,
+                ino,
+            },
+            FileRead {
+                bytes,
+                reads: 1,
+                ..FileRead::default()
+            },
+        )
+    };
+    let mut agg = aggregator();
+    // pid 31 runs `old`, reads, and exits; a late row of it after the exit keeps `old`.
+    let mut first = poll(0, 10, vec![event(EVENT_EXEC, 31, 1, "old")]);
+    first.sums.file_reads.push(read(9, 4_096));
+    agg.poll(&first);
+    let mut exit = event(EVENT_EXEC, 31, 1, "old");
+    exit.kind = EVENT_EXIT;
+    let mut second = poll(1, 10, vec![exit]);
+    second.sums.file_reads.push(read(9, 4_096));
+    second.sums.file_reads.push(read(10, 2_048));
+    agg.poll(&second);
+    // The pid is taken by a new process, a fork of `sh` that does not exec: its rows name it.
+    let mut third = poll(
+        2,
+        10,
+        vec![
+            event(EVENT_EXEC, 40, 1, "sh"),
+            event(EVENT_FORK, 31, 40, "sh"),
+        ],
+    );
+    third.sums.file_reads.push(read(11, 1_000_003));
+    agg.poll(&third);
+    let interval = agg.end_interval(at(3));
+    let mut named: Vec<(u64, &str, u64)> = interval
+        .files
+        .iter()
+        .filter(|f| f.pid == 31)
+        .map(|f| (f.inode, f.comm.as_str(), f.bytes_read))
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [
+            (9, "old", 4_096),
+            (10, "old", 2_048),
+            (11, "sh", 1_000_003)
+        ]
+    );
+}
