@@ -330,24 +330,30 @@ impl Aggregator {
             }
         }
         for event in events {
-            if event.change == AlertChange::Raised {
-                self.metrics.alert_raised(&event.alert.kind);
-                tracing::warn!(
-                    kind = event.alert.kind,
-                    service = event.alert.service,
-                    destination = event.alert.destination,
-                    bytes = event.alert.bytes,
-                    "{}",
-                    event.alert.summary
-                );
-            }
-            (self.notify)(&event);
-            if let Some(journal) = &mut self.journal {
-                journal(Record::Alert(event));
-            }
+            self.publish(event);
         }
         self.save_detection(false);
         interval
+    }
+
+    /// An alert change, out through every path: `exfil_sensor_alerts_total` and the log when
+    /// raised, the sinks, the journal.
+    fn publish(&mut self, event: AlertEvent) {
+        if event.change == AlertChange::Raised {
+            self.metrics.alert_raised(&event.alert.kind);
+            tracing::warn!(
+                kind = event.alert.kind,
+                service = event.alert.service,
+                destination = event.alert.destination,
+                bytes = event.alert.bytes,
+                "{}",
+                event.alert.summary
+            );
+        }
+        (self.notify)(&event);
+        if let Some(journal) = &mut self.journal {
+            journal(Record::Alert(event));
+        }
     }
 
     /// Who each process of an interval's rows is, by pid.

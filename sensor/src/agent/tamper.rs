@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use super::Aggregator;
-use crate::{api::AlertChange, detect::tamper::Tamper, flow::interval::unix_ms, journal::Record};
+use crate::{detect::tamper::Tamper, flow::interval::unix_ms};
 
 /// One thing the tamper checks found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,23 +26,11 @@ impl Aggregator {
         if let Some(probe) = report.detached_probe {
             self.metrics.set_probe_attached(probe, false);
         }
+        // The poll thread logged the finding; the alert goes out as every other does.
         let event = self
             .detector
             .tamper(&report.tamper, unix_ms(report.now), std::process::id());
-        if event.change == AlertChange::Raised {
-            self.metrics.alert_raised(&event.alert.kind);
-        }
-        tracing::warn!(
-            kind = event.alert.kind,
-            service = event.alert.service,
-            id = event.alert.id,
-            "{}",
-            event.alert.summary
-        );
-        (self.notify)(&event);
-        if let Some(journal) = &mut self.journal {
-            journal(Record::Alert(event));
-        }
+        self.publish(event);
         if let Some(what) = report.repaired {
             self.metrics.tamper_repaired(what);
             if let Some(probe) = report.detached_probe {

@@ -244,25 +244,24 @@ fn an_exit_names_the_process_and_ends_its_kernel_keys() {
     assert!(agg.end_interval(at(3)).flows.is_empty());
 }
 
+/// One file's read totals for `tgid`, as the kernel's map gives them.
+fn file_read(tgid: u32, ino: u64, bytes: u64) -> (FileKey, FileRead) {
+    (
+        FileKey { tgid, dev: 1, ino },
+        FileRead {
+            bytes,
+            reads: 1,
+            ..FileRead::default()
+        },
+    )
+}
+
 #[test]
 fn a_child_seen_between_fork_and_exec_is_named_by_its_exec_for_what_it_does_after() {
     // A service manager's child (or a test runner's): forked from `runner`, it faults in a
     // page of its parent's binary before it execs `tar`, and a poll falls in between.
     let event = |kind, pid, ppid, comm| crate::flow::process::test_event(kind, pid, ppid, comm, "");
-    let read = |ino, bytes| {
-        (
-            FileKey {
-                tgid: 31,
-                dev: 1,
-                ino,
-            },
-            FileRead {
-                bytes,
-                reads: 1,
-                ..FileRead::default()
-            },
-        )
-    };
+    let read = |ino, bytes| file_read(31, ino, bytes);
     let mut agg = aggregator();
     let mut first = poll(
         0,
@@ -293,20 +292,7 @@ fn a_child_seen_between_fork_and_exec_is_named_by_its_exec_for_what_it_does_afte
 #[test]
 fn a_reused_pid_is_named_by_its_new_process_and_an_exit_keeps_the_name() {
     let event = |kind, pid, ppid, comm| crate::flow::process::test_event(kind, pid, ppid, comm, "");
-    let read = |ino, bytes| {
-        (
-            FileKey {
-                tgid: 31,
-                dev: 1,
-                ino,
-            },
-            FileRead {
-                bytes,
-                reads: 1,
-                ..FileRead::default()
-            },
-        )
-    };
+    let read = |ino, bytes| file_read(31, ino, bytes);
     let mut agg = aggregator();
     // pid 31 runs `old`, reads, and exits; a late row of it after the exit keeps `old`.
     let mut first = poll(0, 10, vec![event(EVENT_EXEC, 31, 1, "old")]);
@@ -339,10 +325,6 @@ fn a_reused_pid_is_named_by_its_new_process_and_an_exit_keeps_the_name() {
     named.sort();
     assert_eq!(
         named,
-        [
-            (9, "old", 4_096),
-            (10, "old", 2_048),
-            (11, "sh", 1_000_003)
-        ]
+        [(9, "old", 4_096), (10, "old", 2_048), (11, "sh", 1_000_003)]
     );
 }
