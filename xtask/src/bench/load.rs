@@ -244,24 +244,13 @@ impl Agent {
 
     /// The bytes the agent reports for `pid`, once they stop changing (or reach `expected`).
     pub(super) fn settled_bytes(&self, pid: u32, expected: u64) -> anyhow::Result<u64> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = None;
-        loop {
-            let flows: serde_json::Value =
-                serde_json::from_str(&get_unix("/api/v1/flows")?).context("flows JSON")?;
-            let counted: u64 = flows
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|f| f["pid"].as_u64() == Some(u64::from(pid)))
-                .filter_map(|f| f["bytes_sent"].as_u64())
-                .sum();
-            if counted == expected || last == Some(counted) || Instant::now() > deadline {
-                return Ok(counted);
-            }
-            last = Some(counted);
-            std::thread::sleep(Duration::from_millis(1500));
-        }
+        let (_, counted) = settled_flows(
+            pid,
+            expected,
+            Duration::from_secs(20),
+            Duration::from_millis(1500),
+        )?;
+        Ok(counted)
     }
 
     /// Median and slowest of `n` `/metrics` scrapes, ms.
@@ -409,6 +398,34 @@ impl Drop for DummyNamespace {
 pub(super) fn get_tcp(path: &str) -> anyhow::Result<String> {
     let mut conn = std::net::TcpStream::connect(LISTEN)?;
     http_get(&mut conn, path)
+}
+
+/// `/api/v1/flows` and the bytes its rows give `pid`, once they reach `expected` or stop
+/// changing between two looks `every` apart (`within` at most).
+pub(super) fn settled_flows(
+    pid: u32,
+    expected: u64,
+    within: Duration,
+    every: Duration,
+) -> anyhow::Result<(serde_json::Value, u64)> {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        let flows: serde_json::Value =
+            serde_json::from_str(&get_unix("/api/v1/flows")?).context("flows JSON")?;
+        let counted: u64 = flows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["pid"].as_u64() == Some(u64::from(pid)))
+            .filter_map(|f| f["bytes_sent"].as_u64())
+            .sum();
+        if counted == expected || last == Some(counted) || Instant::now() > deadline {
+            return Ok((flows, counted));
+        }
+        last = Some(counted);
+        std::thread::sleep(every);
+    }
 }
 
 pub(super) fn get_unix(path: &str) -> anyhow::Result<String> {

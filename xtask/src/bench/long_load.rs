@@ -24,7 +24,7 @@ use super::{
     Start,
     cgroup::{ServiceCgroup, place},
     flood::{self, Flood},
-    load::{Agent, DummyNamespace, Sender, cpu_seconds_of, get_tcp, get_unix},
+    load::{Agent, DummyNamespace, Sender, cpu_seconds_of, get_tcp, get_unix, settled_flows},
     load_report::{Measured, render},
 };
 
@@ -131,7 +131,13 @@ pub fn run(seconds: u64, out_dir: &Path, start: &Start) -> anyhow::Result<String
     let peak_rss_kib = samples.iter().map(|s| s.1).max().unwrap_or(0);
     let processes = processes.load(Ordering::Relaxed);
 
-    let flows = settled_flows(sender.pid(), bytes_sent)?;
+    // The flood's rows add up to what it sent, or stop changing (60 s at most).
+    let (flows, _) = settled_flows(
+        sender.pid(),
+        bytes_sent,
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    )?;
     let metrics = settled_metrics(bytes_sent, processes * CHURN_FILE_BYTES)?;
     let drops_after = drops_by_map()?;
     let drop = |map: &str| {
@@ -275,28 +281,6 @@ fn destination_index(address: &str, port: u64) -> Option<u32> {
                     .map(|p| first + p)
             })?
         })
-}
-
-/// `/api/v1/flows` once the flood's rows add up to `sent`, or stop changing (60 s at most).
-fn settled_flows(pid: u32, sent: u64) -> anyhow::Result<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = None;
-    loop {
-        let flows: serde_json::Value =
-            serde_json::from_str(&get_unix("/api/v1/flows")?).context("flows JSON")?;
-        let counted: u64 = flows
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|f| f["pid"].as_u64() == Some(u64::from(pid)))
-            .filter_map(|f| f["bytes_sent"].as_u64())
-            .sum();
-        if counted == sent || last == Some(counted) || Instant::now() > deadline {
-            return Ok(flows);
-        }
-        last = Some(counted);
-        std::thread::sleep(Duration::from_secs(3));
-    }
 }
 
 /// The unit's series in `/metrics`, summed.
