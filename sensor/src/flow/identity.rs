@@ -11,6 +11,8 @@ use std::{
     sync::Arc,
 };
 
+use super::proc_dir::ProcDir;
+
 /// A process as the agent names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Process {
@@ -123,6 +125,9 @@ pub trait ProcessSource {
 }
 
 /// Reads `<root>/<pid>/{comm,exe,cgroup,status,stat}`; `root` is `/proc` outside tests.
+/// Each process's files are read through its directory held open, and a process whose
+/// `comm`, `stat` or `cgroup` cannot be read is gone: all it reads is of one process, or
+/// nothing (then the kernel's events name it).
 pub struct ProcFs {
     root: PathBuf,
 }
@@ -133,6 +138,7 @@ struct Node {
     comm: String,
     ppid: u32,
     session: u32,
+    /// The cgroup path that names services; `None` when the file names none.
     cgroup: Option<String>,
 }
 
@@ -141,17 +147,13 @@ impl ProcFs {
         Self { root: root.into() }
     }
 
-    fn read(&self, pid: u32, file: &str) -> Option<String> {
-        std::fs::read_to_string(self.root.join(pid.to_string()).join(file)).ok()
-    }
-
-    fn node(&self, pid: u32) -> Option<Node> {
+    fn node(dir: &ProcDir, pid: u32) -> Option<Node> {
         let Stat {
             comm,
             ppid,
             session,
-        } = parse_stat(&self.read(pid, "stat")?)?;
-        let cgroup = self.read(pid, "cgroup").and_then(|t| cgroup_path(&t));
+        } = parse_stat(&dir.read("stat")?)?;
+        let cgroup = cgroup_path(&dir.read("cgroup")?);
         Some(Node {
             pid,
             comm,
@@ -164,17 +166,20 @@ impl ProcFs {
 
 impl ProcessSource for ProcFs {
     fn process(&self, pid: u32) -> Option<Process> {
-        let comm = self.read(pid, "comm")?.trim_end_matches('\n').to_owned();
-        let exe = std::fs::read_link(self.root.join(pid.to_string()).join("exe"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let uid = self.read(pid, "status").and_then(|s| real_uid(&s));
-        let me = self.node(pid)?;
+        let dir = ProcDir::open(&self.root, pid)?;
+        let comm = dir.read("comm")?.trim_end_matches('\n').to_owned();
+        let exe = dir.link("exe").unwrap_or_default();
+        let uid = dir.read("status").and_then(|s| real_uid(&s));
+        let me = Self::node(&dir, pid)?;
         // Ancestors up to the first that is init, gone, or in another cgroup: the service root.
         let mut chain: Vec<Node> = Vec::new();
         let mut ppid = me.ppid;
         while ppid > 1 && chain.len() <= MAX_PARENTS {
-            let Some(parent) = self.node(ppid) else { break };
+            let Some(parent) =
+                ProcDir::open(&self.root, ppid).and_then(|dir| Self::node(&dir, ppid))
+            else {
+                break;
+            };
             ppid = parent.ppid;
             chain.push(parent);
         }
@@ -454,9 +459,13 @@ mod tests {
         // A login shell: its own session, shared with what it starts.
         fake_in(&root, 301, 301, "bash", 300, "/", 1000);
         fake_in(&root, 301, 302, "curl", 301, "/", 1000);
+        // Reaped between its reads: its comm was read, its cgroup no longer.
+        fake_in(&root, 301, 303, "swaks", 301, "/", 1000);
+        std::fs::remove_file(root.join("303/cgroup")).expect("rm cgroup");
         let proc_fs = ProcFs::new(&root);
         let imap = proc_fs.process(4242);
         let curl = proc_fs.process(302);
+        let half_read = proc_fs.process(303);
         let gone = ProcFs::new("/nonexistent-proc").process(1);
         std::fs::remove_dir_all(&root).expect("cleanup");
         assert_eq!(
@@ -491,5 +500,9 @@ mod tests {
             "its shell, not the sshd outside its session"
         );
         assert_eq!(gone, None);
+        assert_eq!(
+            half_read, None,
+            "gone, not named after its shell's service without its cgroup"
+        );
     }
 }

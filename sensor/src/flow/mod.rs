@@ -8,6 +8,7 @@ pub mod identity;
 pub mod interval;
 pub mod path_hash;
 pub mod paths;
+mod proc_dir;
 pub mod process;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
