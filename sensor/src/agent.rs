@@ -46,6 +46,8 @@ pub struct PollInput {
     /// The first poll of maps an earlier agent left pinned: their totals were counted
     /// before this agent started, so they are not this interval's bytes.
     pub adopt: bool,
+    /// DNS answers the kernel parsed since the last poll, oldest first.
+    pub dns: Vec<crate::dns::DnsAnswer>,
 }
 
 /// Questions the API asks.

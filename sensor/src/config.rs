@@ -32,6 +32,7 @@ pub struct Config {
     /// Where alerts go besides `/api/v1/alerts` and the log.
     pub alerts: crate::sinks::SinksConfig,
     pub journal: crate::journal::JournalConfig,
+    pub dns: crate::dns::DnsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -365,6 +366,7 @@ impl Config {
         self.file_classes(path)?;
         self.validate_detect(path)?;
         self.journal.validate(path)?;
+        self.dns.validate(path)?;
         self.alerts.validate().map_err(|cause| ConfigError::Sinks {
             path: path.to_owned(),
             cause: Box::new(cause),

@@ -486,6 +486,7 @@ fn poll_loop(
             sums,
             took: started.elapsed(),
             adopt,
+            dns: Vec::new(),
         };
         adopt = false;
         if agent.blocking_send(Message::Poll(Box::new(input))).is_err() {

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod detect;
+pub mod dns;
 #[cfg(test)]
 mod docs;
 pub mod flow;

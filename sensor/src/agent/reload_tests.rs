@@ -97,6 +97,7 @@ fn poll(secs: u64, sent: u64, read: u64, path: bool) -> PollInput {
         },
         took: Duration::from_millis(1),
         adopt: false,
+        dns: Vec::new(),
     }
 }
 

@@ -74,6 +74,7 @@ fn poll(secs: u64, sent: u64, events: Vec<ProcessEvent>) -> PollInput {
         sums,
         took: Duration::from_millis(1),
         adopt: false,
+        dns: Vec::new(),
     }
 }
 

@@ -68,6 +68,7 @@ fn poll(secs: u64, sent: u64, adopt: bool) -> PollInput {
         },
         took: std::time::Duration::ZERO,
         adopt,
+        dns: Vec::new(),
     }
 }
 

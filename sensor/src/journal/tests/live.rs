@@ -60,6 +60,7 @@ fn poll(secs: u64, sent: u64, events: Vec<ProcessEvent>) -> PollInput {
         },
         took: Duration::ZERO,
         adopt: false,
+        dns: Vec::new(),
     }
 }
 
