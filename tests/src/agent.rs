@@ -49,6 +49,9 @@ pub struct Flow {
     pub bytes_sent: u64,
     pub sends: u64,
     pub bytes_received: u64,
+    /// The DNS name this host was given for the destination, when it was (issue 13).
+    #[serde(default)]
+    pub destination_name: Option<String>,
 }
 
 /// One row of `/api/v1/files`.

@@ -19,7 +19,8 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 /// The real servers of the scenario tests (postfix, dovecot-imapd, postgresql; swaks, rsync
 /// and python3's imaplib as their clients): each test starts its own instance in the
 /// foreground, with its own config and state; the packages' system services are never
-/// started (see `debian_packages`).
+/// started (see `debian_packages`). dnsmasq-base: the outside world's DNS server of the
+/// destination-name test (no service of its own: the test runs it in the foreground).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
@@ -35,6 +36,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "swaks",
     "rsync",
     "python3",
+    "dnsmasq-base",
 ];
 
 /// What `cargo xtask package` needs besides cargo-deb: dpkg-shlibdeps, from which cargo-deb

@@ -2,6 +2,7 @@
 //! the test with its own config and state under a temporary directory, inside a
 //! `system.slice/<name>.service` cgroup so that the agent names it as under systemd.
 
+pub mod dnsmasq;
 pub mod dovecot;
 pub mod postfix;
 pub mod postgres;

@@ -6,7 +6,10 @@
 //!                                        print `received N`
 //!   exfil-traffic send tcp ADDR BYTES [write|writev|sendmsg|sendfile|splice|uring|slow|mptcp]
 //!                                        connect, send by that path, wait for the sink to
-//!                                        close, print `sent N`, stay alive until stdin closes
+//!                                        close, print `sent N`, stay alive until stdin closes.
+//!                                        ADDR may be NAME:PORT: resolved by the C library
+//!                                        (getaddrinfo, /etc/resolv.conf), the first IPv4
+//!                                        address printed as `resolved IP` first
 //!   exfil-traffic send udp ADDR COUNT SIZE [send|sendmmsg]
 //!                                        connected UDP socket, COUNT datagrams of SIZE bytes
 //!   exfil-traffic serve ADDR REQ RESP    listen, print `port N`, accept one connection, read
@@ -47,6 +50,22 @@ use anyhow::{Context as _, bail};
 
 /// Bytes per write (and per read in the sinks).
 const CHUNK: usize = 64 * 1024;
+
+/// `IP:PORT` as it is; `NAME:PORT` through the C library's resolver (what a real client
+/// does: a DNS query from this process), its first IPv4 address printed.
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = addr.parse() {
+        return Ok(addr);
+    }
+    let found = addr
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {addr}"))?
+        .find(SocketAddr::is_ipv4)
+        .with_context(|| format!("{addr}: no IPv4 address"))?;
+    say(&format!("resolved {}", found.ip()))?;
+    Ok(found)
+}
 
 fn main() -> anyhow::Result<()> {
     // SAFETY: alarm has no preconditions; the default SIGALRM action ends the process.
@@ -123,7 +142,7 @@ fn main() -> anyhow::Result<()> {
             tcp::fetch(addr, request, response)
         };
     }
-    let addr: SocketAddr = arg(2)?.parse().context("ADDR")?;
+    let addr = resolve(arg(2)?)?;
     match (arg(0)?, arg(1)?) {
         ("sink", "tcp") => tcp::sink_tcp(addr),
         ("sink", "udp") => udp::sink_udp(addr),
