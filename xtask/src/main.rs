@@ -46,6 +46,11 @@ enum Task {
         /// shared machine.
         #[arg(long, conflicts_with = "quick")]
         soak: bool,
+        /// Only the DNS-answer costs (the ingress program's ns per run with and without
+        /// DNS traffic, veth throughput with `dns.enabled` on and off): a few minutes;
+        /// rewrites only its section of BENCHMARKS.md.
+        #[arg(long, conflicts_with_all = ["quick", "load", "soak"])]
+        dns: bool,
         /// How long the load or soak run lasts, in seconds, instead of its default
         /// (a shorter run for trying it out).
         #[arg(long)]
@@ -109,12 +114,14 @@ fn main() {
             quick,
             load,
             soak,
+            dns,
             seconds,
         } => require_root("bench")
             .and_then(|()| setup::run())
-            .and_then(|()| match (load, soak) {
-                (true, _) => bench::run_load(seconds.unwrap_or(600)),
-                (_, true) => bench::run_soak(seconds.unwrap_or(3600)),
+            .and_then(|()| match (load, soak, dns) {
+                (true, _, _) => bench::run_load(seconds.unwrap_or(600)),
+                (_, true, _) => bench::run_soak(seconds.unwrap_or(3600)),
+                (_, _, true) => bench::run_dns(),
                 _ => bench::run(quick),
             }),
     };

@@ -8,7 +8,7 @@ use super::soak::Soak;
 pub const LOAD: &str = "## Load, 10 minutes";
 pub const SOAK: &str = "## Soak, 1 hour";
 /// The sections the full bench does not write, in the order they go at the end.
-pub const OWN_RUNS: [&str; 2] = [LOAD, SOAK];
+pub const OWN_RUNS: [&str; 3] = [LOAD, SOAK, super::dns::DNS];
 
 /// `doc` with the section under `heading` (up to the next `## ` heading) replaced by
 /// `section` (which starts with the heading), or `section` added at the end.
