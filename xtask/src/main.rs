@@ -221,12 +221,20 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
     // tests/tests/package.rs installs this one with dpkg.
     let deb = package::deb(package::Build::Test)?;
     let mut e2e = cargo();
-    e2e.args(["test", "--package", "exfil-tests", "--", "--test-threads=1"])
-        .env(
-            "EXFIL_SENSOR_BIN",
-            workspace_root().join("target/debug/exfil-sensor"),
-        )
-        .env("EXFIL_SENSOR_DEB", deb);
+    // Every test file runs even after one fails: one CI run names every failure.
+    e2e.args([
+        "test",
+        "--package",
+        "exfil-tests",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ])
+    .env(
+        "EXFIL_SENSOR_BIN",
+        workspace_root().join("target/debug/exfil-sensor"),
+    )
+    .env("EXFIL_SENSOR_DEB", deb);
     println!("xtask: end-to-end tests against the running kernel, one at a time");
     status(e2e, "end-to-end tests")
 }
