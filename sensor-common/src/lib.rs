@@ -9,7 +9,7 @@ pub mod dns;
 
 /// Layout version of the shared map types. Bumped on any change to a key or value type, so
 /// that a future agent can tell pinned maps of an older layout from its own.
-pub const MAP_LAYOUT_VERSION: u32 = 8;
+pub const MAP_LAYOUT_VERSION: u32 = 9;
 
 /// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
 pub const FAMILY_IPV4: u8 = 4;
@@ -295,8 +295,10 @@ pub const MAP_FILE_PATHS: u32 = 5;
 pub const MAP_FILE_WRITES: u32 = 6;
 /// A per-process file overflow map (reads' or writes') was full too: those bytes are lost.
 pub const MAP_FILE_OVERFLOW: u32 = 7;
+/// A DNS answer found no room in the `DNS_EVENTS` ring: the answer is lost, never a byte.
+pub const MAP_DNS_EVENTS: u32 = 8;
 /// Number of maps with a drop slot; the array's size.
-pub const MAP_COUNT: u32 = 8;
+pub const MAP_COUNT: u32 = 9;
 /// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
 pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
     "flows",
@@ -307,6 +309,7 @@ pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
     "file_paths",
     "file_writes",
     "file_overflow",
+    "dns",
 ];
 
 /// Bytes of a [`DnsEvent`]'s name: the longest name (255 bytes in wire form, RFC 1035 §3.1)
