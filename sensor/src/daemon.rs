@@ -468,6 +468,14 @@ fn poll_loop(
         // counted, and its class fixed in the metrics, before its path arrived).
         let paths = paths.take();
         let dns = sensor.drain_dns_answers();
+        for answer in &dns {
+            tracing::debug!(
+                name = %answer.name,
+                pid = ?answer.pid,
+                addresses = answer.addrs.len(),
+                "DNS answer"
+            );
+        }
         // A path's device may be newly mounted: read the mounts afresh when paths come.
         let mounts = (!paths.is_empty()).then(Mounts::read);
         let (sums, dead) = match read {
