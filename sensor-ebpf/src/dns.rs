@@ -50,30 +50,60 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     ALLOW
 }
 
+/// Bytes of a packet the fast path looks at: an IPv4 header without options and the source
+/// port after it, or the start of an IPv6 header.
+const HEAD: usize = 24;
+
+/// The first [`HEAD`] bytes of the packet: read in place when the kernel has them in the
+/// linear part (direct packet access, no helper call: the program runs for every packet every
+/// local socket receives), else copied; `None` for a packet too short to be a DNS response.
+#[inline(always)]
+fn head(ctx: &SkBuffContext) -> Option<[u8; HEAD]> {
+    // SAFETY: the kernel passes a valid __sk_buff; `data` and `data_end` are readable by a
+    // cgroup_skb program (kernel/bpf cg_skb_is_valid_access, CAP_BPF).
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    if data + HEAD <= end {
+        // SAFETY: inside the packet's linear data, checked just above.
+        return Some(unsafe { core::ptr::read_unaligned(data as *const [u8; HEAD]) });
+    }
+    ctx.load(0).ok()
+}
+
 /// Where the DNS message of a response from port 53 starts, its length and whether it is
 /// longer than the window; `None` for anything else.
 #[inline(always)]
 fn dns_payload(ctx: &SkBuffContext) -> Option<(usize, usize, bool)> {
-    let first: u8 = ctx.load(0).ok()?;
-    let (l4, protocol) = match first >> 4 {
+    let head = head(ctx)?;
+    let (l4, protocol, source) = match head[0] >> 4 {
         4 => {
             // Fragments: a later fragment has no ports, and a first one only part of the
             // message (flags and fragment offset, RFC 791).
-            let frag: u16 = u16::from_be(ctx.load(6).ok()?);
-            if frag & 0x3fff != 0 {
+            if u16::from_be_bytes([head[6], head[7]]) & 0x3fff != 0 {
                 return None;
             }
-            (usize::from(first & 0x0f) * 4, ctx.load::<u8>(9).ok()?)
+            let l4 = usize::from(head[0] & 0x0f) * 4;
+            let source = if l4 == 20 {
+                u16::from_be_bytes([head[20], head[21]])
+            } else {
+                u16::from_be(ctx.load(l4).ok()?)
+            };
+            (l4, head[9], source)
         }
         // The fixed header only: a response behind extension headers is not read.
-        6 => (40, ctx.load::<u8>(6).ok()?),
+        6 => {
+            if head[6] != IPPROTO_UDP && head[6] != IPPROTO_TCP {
+                return None;
+            }
+            (40, head[6], u16::from_be(ctx.load(40).ok()?))
+        }
         _ => return None,
     };
-    if protocol != IPPROTO_UDP && protocol != IPPROTO_TCP {
-        return None;
-    }
-    let source: u16 = u16::from_be(ctx.load(l4).ok()?);
-    if source != DNS_PORT {
+    if source != DNS_PORT || (protocol != IPPROTO_UDP && protocol != IPPROTO_TCP) {
         return None;
     }
     let total = ctx.len() as usize;

@@ -98,10 +98,11 @@ pub(crate) static FILE_PATHS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024,
 pub(crate) static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// DNS answers ([`sensor_common::DnsEvent`]): question name and addresses, one per good
-/// response. Written by `dns_ingress`; drained by the agent at every poll. 256 KiB: about 560
-/// answers between two polls; a full buffer drops the answer and counts it (`dns`).
+/// response. Written by `dns_ingress`; drained by the agent at every poll. 1 MiB: about 2,260
+/// answers (464 bytes each) between two polls (a burst of 5,000 answers in under a second
+/// overflowed 256 KiB); a full buffer drops the answer and counts it (`dns`).
 #[map]
-pub(crate) static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub(crate) static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// Responses parsed and sent, and responses refused as malformed per reason, indexed by
 /// `sensor_common::dns::DNS_STAT_*` and `Malformed`. Value: count per CPU. Written by
