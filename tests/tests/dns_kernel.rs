@@ -17,31 +17,35 @@ use exfil_tests::{Agent, NetNs, POLL, Proc, require_root};
 
 const RESOLVER: &str = "198.51.100.53";
 
-/// Answers each UDP query with the next message given in hex (argv), then each TCP
-/// connection's query with the next one after `tcp` (length-prefixed, in one write). Ends
-/// within 30 s whatever happens.
+/// Answers each UDP query with the next message given in hex (argv), then each query to its
+/// IPv6 address with the next one after `udp6`, then each TCP connection's query with the
+/// next one after `tcp` (length-prefixed, in one write). Ends within 30 s whatever happens.
 const RESPONDER: &str = r#"
 import socket, sys
-udp, tcp = [], []
-dest = udp
+queues = {"udp": [], "udp6": [], "tcp": []}
+dest = queues["udp"]
 for arg in sys.argv[1:]:
-    if arg == "tcp":
-        dest = tcp
+    if arg in queues:
+        dest = queues[arg]
     else:
         dest.append(bytes.fromhex(arg))
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.bind(("198.51.100.53", 53))
 u.settimeout(30)
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u6.bind(("2001:db8::2", 53))
+u6.settimeout(30)
 t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 t.bind(("198.51.100.53", 53))
 t.listen(4)
 t.settimeout(30)
 print("ready", flush=True)
-for msg in udp:
-    _, peer = u.recvfrom(512)
-    u.sendto(msg, peer)
-for msg in tcp:
+for sock, msgs in ((u, queues["udp"]), (u6, queues["udp6"])):
+    for msg in msgs:
+        _, peer = sock.recvfrom(512)
+        sock.sendto(msg, peer)
+for msg in queues["tcp"]:
     c, _ = t.accept()
     c.settimeout(30)
     n = int.from_bytes(c.recv(2), "big")
@@ -150,6 +154,12 @@ fn udp_responses() -> (Vec<Vec<u8>>, u64, u64) {
     (vec![plain, chain, v6, several, truncated, looping], 4, 2)
 }
 
+fn udp6_response() -> Vec<u8> {
+    Response::to("over.v6.example.test", A)
+        .record(&ptr(12), A, &[198, 51, 100, 8])
+        .done()
+}
+
 fn tcp_response() -> Vec<u8> {
     Response::to("tcp.example.test", A)
         .record(&ptr(12), A, &[198, 51, 100, 9])
@@ -160,21 +170,33 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Starts the responder in the namespace, asks it once per response (UDP, then TCP) from
-/// this host, and checks that every response arrived whole: the program lets all through.
-fn exchange(ns: &NetNs, udp: &[Vec<u8>], tcp: &[Vec<u8>]) {
+/// Starts the responder in the namespace, asks it once per response (UDP, UDP over IPv6,
+/// then TCP) from this host, and checks that every response arrived whole: the program lets
+/// all through.
+fn exchange(ns: &NetNs, udp: &[Vec<u8>], udp6: &[Vec<u8>], tcp: &[Vec<u8>]) {
     ns.add_host(RESOLVER).expect("resolver address");
     let mut cmd = ns.command(Path::new("python3"));
     cmd.arg("-c").arg(RESPONDER);
     cmd.args(udp.iter().map(|m| hex(m)));
+    cmd.arg("udp6");
+    cmd.args(udp6.iter().map(|m| hex(m)));
     cmd.arg("tcp");
     cmd.args(tcp.iter().map(|m| hex(m)));
     let mut responder = Proc::spawn(cmd, "DNS responder").expect("responder");
     responder.expect_line::<String>("ready").ok();
-    for msg in udp {
+    let queries = udp
+        .iter()
+        .map(|m| (RESOLVER, m))
+        .chain(udp6.iter().map(|m| (ns.peer_ip6, m)));
+    for (resolver, msg) in queries {
         // As glibc's resolver: connect, then send.
-        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        socket.connect((RESOLVER, 53)).expect("connect");
+        let any = if resolver.contains(':') {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let socket = UdpSocket::bind(any).expect("bind");
+        socket.connect((resolver, 53)).expect("connect");
         socket
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -248,18 +270,22 @@ fn good_responses_are_handed_over_and_malformed_ones_counted_exactly() {
     );
     let (udp, good, malformed) = udp_responses();
     let before = counters(&agent);
-    exchange(&ns, &udp, &[tcp_response()]);
+    exchange(&ns, &udp, &[udp6_response()], &[tcp_response()]);
     let after = settled(
         &agent,
         [
-            before[0] + good + 1,
+            before[0] + good + 2,
             before[1] + 1,
             before[2] + 1,
             before[3],
             before[4],
         ],
     );
-    assert_eq!(after[0] - before[0], good + 1, "4 over UDP, 1 over TCP");
+    assert_eq!(
+        after[0] - before[0],
+        good + 2,
+        "4 over UDP, 1 over UDP and IPv6, 1 over TCP"
+    );
     assert_eq!(
         after[1..].iter().sum::<u64>() - before[1..].iter().sum::<u64>(),
         malformed
@@ -291,7 +317,7 @@ fn dns_enabled_false_leaves_the_probe_unattached() {
         );
     }
     let (udp, _, _) = udp_responses();
-    exchange(&ns, &udp, &[tcp_response()]);
+    exchange(&ns, &udp, &[udp6_response()], &[tcp_response()]);
     std::thread::sleep(POLL * 5);
     assert_eq!(settled(&agent, [0; 5]), [0; 5]);
 }
