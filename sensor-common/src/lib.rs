@@ -3,11 +3,13 @@
 //! Every type here crosses the kernel/user boundary as raw bytes, so each is `#[repr(C)]`,
 //! `Copy`, holds no `bool` or Rust enum (named `u8` constants instead), spells out its padding,
 //! and has its size asserted: a layout change fails the build on both sides at once.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+pub mod dns;
 
 /// Layout version of the shared map types. Bumped on any change to a key or value type, so
 /// that a future agent can tell pinned maps of an older layout from its own.
-pub const MAP_LAYOUT_VERSION: u32 = 8;
+pub const MAP_LAYOUT_VERSION: u32 = 9;
 
 /// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
 pub const FAMILY_IPV4: u8 = 4;
@@ -293,8 +295,10 @@ pub const MAP_FILE_PATHS: u32 = 5;
 pub const MAP_FILE_WRITES: u32 = 6;
 /// A per-process file overflow map (reads' or writes') was full too: those bytes are lost.
 pub const MAP_FILE_OVERFLOW: u32 = 7;
+/// A DNS answer found no room in the `DNS_EVENTS` ring: the answer is lost, never a byte.
+pub const MAP_DNS_EVENTS: u32 = 8;
 /// Number of maps with a drop slot; the array's size.
-pub const MAP_COUNT: u32 = 8;
+pub const MAP_COUNT: u32 = 9;
 /// Map names, in index order, as exported in `exfil_sensor_kernel_drops_total{map}`.
 pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
     "flows",
@@ -305,16 +309,71 @@ pub const MAP_NAMES: [&str; MAP_COUNT as usize] = [
     "file_paths",
     "file_writes",
     "file_overflow",
+    "dns",
 ];
+
+/// Bytes of a [`DnsEvent`]'s name: the longest name (255 bytes in wire form, RFC 1035 §3.1)
+/// spelt with dots is 253.
+pub const DNS_NAME_LEN: usize = 256;
+
+/// One A or AAAA answer of a [`DnsEvent`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsAddr {
+    /// An IPv4 address in the first four bytes (the rest zero), or an IPv6 address.
+    pub addr: [u8; 16],
+    /// Seconds, as the answer gave it (zero when its top bit was set, RFC 2181 §8).
+    pub ttl: u32,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<DnsAddr>() == 24);
+
+/// One DNS response as the ingress program parsed it (`dns::parse`): the question name and
+/// the addresses that answer it, nothing else of the message. Sent over the `DNS_EVENTS` ring
+/// buffer, one per well-formed response with at least one address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    /// The process that sent the query on the socket the response arrived on; 0 unknown.
+    pub tgid: u32,
+    /// Bytes of `name` used.
+    pub name_len: u16,
+    /// Entries of `addrs` used, 1 to `dns::DNS_ADDRS`.
+    pub count: u8,
+    pub _pad: u8,
+    /// The question name: lower case, dotted, no trailing dot, not NUL-terminated.
+    pub name: [u8; DNS_NAME_LEN],
+    pub addrs: [DnsAddr; dns::DNS_ADDRS],
+}
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 8 + DNS_NAME_LEN + 24 * dns::DNS_ADDRS);
+
+impl DnsEvent {
+    /// An empty event, for the parser to fill.
+    pub const EMPTY: Self = Self {
+        tgid: 0,
+        name_len: 0,
+        count: 0,
+        _pad: 0,
+        name: [0; DNS_NAME_LEN],
+        addrs: [DnsAddr {
+            addr: [0; 16],
+            ttl: 0,
+            family: 0,
+            _pad: [0; 3],
+        }; dns::DNS_ADDRS],
+    };
+}
 
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        AgentState, FileId, FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey,
-        KernelLayout, PortRange, ProcessEvent, UdpDest,
+        AgentState, DnsEvent, FileId, FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters,
+        FlowKey, KernelLayout, PortRange, ProcessEvent, UdpDest,
     };
 
-    // SAFETY: all twelve are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
+    // SAFETY: all thirteen are `#[repr(C)]`, `Copy`, made only of integers, with explicit padding
     // fields, so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
@@ -339,4 +398,6 @@ mod user {
     unsafe impl aya::Pod for FilePathEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FileId {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DnsEvent {}
 }

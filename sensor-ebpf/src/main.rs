@@ -7,6 +7,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod dns;
 mod file_read;
 mod file_write;
 mod flow;

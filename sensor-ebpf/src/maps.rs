@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     AgentState, FileId, FileKey, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout,
-    MAP_COUNT, PROG_COUNT, PortRange, UdpDest,
+    MAP_COUNT, PROG_COUNT, PortRange, UdpDest, dns::DNS_STAT_COUNT,
 };
 
 /// Bytes sent and received per (process, remote address, port, protocol, direction).
@@ -96,6 +96,33 @@ pub(crate) static FILE_PATHS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024,
 /// and counts it (`process_events`), never a byte of the sums.
 #[map]
 pub(crate) static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// DNS answers ([`sensor_common::DnsEvent`]): question name and addresses, one per good
+/// response. Written by `dns_ingress`; drained by the agent at every poll. 1 MiB: about 2,260
+/// answers (464 bytes each) between two polls (a burst of 5,000 answers in under a second
+/// overflowed 256 KiB); a full buffer drops the answer and counts it (`dns`).
+#[map]
+pub(crate) static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Responses parsed and sent, and responses refused as malformed per reason, indexed by
+/// `sensor_common::dns::DNS_STAT_*` and `Malformed`. Value: count per CPU. Written by
+/// `dns_ingress`; exported as `exfil_sensor_dns_answers_total` and
+/// `exfil_sensor_dns_malformed_total{reason}`.
+#[map]
+pub(crate) static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNS_STAT_COUNT, 0);
+
+/// Which process aimed each socket at port 53: key the socket cookie, value its tgid. Written
+/// by the connect hooks (`dns_connect4`/`6`) and the unconnected-send hooks; read by
+/// `dns_ingress`, which has only the socket (it runs in softirq). An LRU of 16,384 sockets:
+/// it holds no counts, and an answer on a socket it forgot is sent without its process.
+#[map]
+pub(crate) static DNS_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The ingress program's scratch: the copied message and the event it fills (a
+/// `dns::DnsScratch`, too big for the 512-byte stack). Key: index 0, per CPU.
+#[map]
+pub(crate) static DNS_SCRATCH: PerCpuArray<crate::dns::DnsScratch> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Errors per program (a failed kernel read, say), indexed by `sensor_common::PROG_*`.
 /// Value: count per CPU. Written by every program; exported as

@@ -4,6 +4,7 @@
 //! (net/ipv4/udp.c, net/ipv6/udp.c) before the datagram is built, with the address the caller
 //! passed; `sock_send_length` runs after, in the same thread, with the byte count. These
 //! programs leave the address in `UDP_DEST` for it. They never change or refuse a send.
+//! A send to port 53 also names its socket's process for the DNS answers (`dns.rs`).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, programs::SockAddrContext,
@@ -11,6 +12,7 @@ use aya_ebpf::{
 use sensor_common::{FAMILY_IPV4, MAP_UDP_DEST, PROG_UDP_SENDMSG, UdpDest};
 
 use crate::{
+    dns::{DNS_PORT, remember_socket},
     flow::address_family,
     maps::{KERNEL_DROPS, KERNEL_ERRORS, UDP_DEST, bump, is_agent},
 };
@@ -32,6 +34,9 @@ pub fn udp_sendmsg4(ctx: SockAddrContext) -> i32 {
         ..UdpDest::default()
     };
     dest.addr[..4].copy_from_slice(&ip4.to_ne_bytes());
+    if dest.port == DNS_PORT {
+        remember_socket(&ctx);
+    }
     remember(dest);
     ALLOW
 }
@@ -55,6 +60,9 @@ pub fn udp_sendmsg6(ctx: SockAddrContext) -> i32 {
         port: u16::from_be(port as u16),
         ..UdpDest::default()
     };
+    if dest.port == DNS_PORT {
+        remember_socket(&ctx);
+    }
     remember(dest);
     ALLOW
 }

@@ -84,6 +84,7 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         file_map_entries: config.kernel.file_map_entries,
         pin_dir: config.kernel.pin_dir.clone(),
         disabled_probes: config.kernel.disable_probes.iter().map(|p| p.0).collect(),
+        dns: config.dns.enabled,
     })?;
     release_freed_memory();
     for status in sensor.probes() {
@@ -95,7 +96,8 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
                     .kernel
                     .disable_probes
                     .iter()
-                    .any(|p| p.0 == status.probe) =>
+                    .any(|p| p.0 == status.probe)
+                    || (!config.dns.enabled && status.probe.starts_with("cgroup:dns_")) =>
             {
                 tracing::info!(probe = status.probe, %reason, "skipped");
             }
@@ -465,6 +467,15 @@ fn poll_loop(
         // last drain now (taken before the read, a file first touched in between had its bytes
         // counted, and its class fixed in the metrics, before its path arrived).
         let paths = paths.take();
+        let dns = sensor.drain_dns_answers();
+        for answer in &dns {
+            tracing::debug!(
+                name = %answer.name,
+                pid = ?answer.pid,
+                addresses = answer.addrs.len(),
+                "DNS answer"
+            );
+        }
         // A path's device may be newly mounted: read the mounts afresh when paths come.
         let mounts = (!paths.is_empty()).then(Mounts::read);
         let (sums, dead) = match read {
@@ -486,7 +497,7 @@ fn poll_loop(
             sums,
             took: started.elapsed(),
             adopt,
-            dns: Vec::new(),
+            dns,
         };
         adopt = false;
         if agent.blocking_send(Message::Poll(Box::new(input))).is_err() {

@@ -196,6 +196,8 @@ fn missed(probe: &str) -> &'static str {
         "sock:sock_send_length" => "bytes sent",
         "sock:sock_recv_length" => "bytes received",
         "sock:inet_sock_set_state" => "connections opened",
+        "cgroup:dns_ingress" => "DNS answers",
+        "cgroup:dns_connect4" | "cgroup:dns_connect6" => "the processes of DNS answers",
         _ => match probe.split(':').next().unwrap_or_default() {
             "sched" => "process starts and exits",
             "filemap" | "iomap" => "file reads",
@@ -229,7 +231,7 @@ pub(super) fn check_link(held: &HeldLink) -> Option<Tampered> {
             // bpf_link_ops have no detach: BPF_LINK_DETACH answers EOPNOTSUPP); one whose
             // program reads as none is taken as detached all the same.
             let gone = match held.probe.hook {
-                Hook::CgroupSockAddr => info.cgroup_id == 0,
+                Hook::CgroupSockAddr | Hook::CgroupSkbIngress => info.cgroup_id == 0,
                 Hook::RawTracepoint { .. } => info.prog_id == 0,
             };
             if gone {

@@ -4,6 +4,7 @@
 mod announce;
 mod batch;
 pub mod btf;
+mod dns;
 pub mod host;
 mod integrity;
 mod layout;
@@ -22,8 +23,8 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout, MAP_COUNT,
-    PROG_COUNT, ProcessEvent,
+    DnsEvent, FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout,
+    MAP_COUNT, PROG_COUNT, ProcessEvent, dns::DNS_STAT_COUNT,
 };
 use thiserror::Error;
 
@@ -89,6 +90,8 @@ pub struct KernelOptions {
     pub pin_dir: PathBuf,
     /// Probes not to attach (`kernel.disable_probes`), by their names in [`probe_names`].
     pub disabled_probes: Vec<&'static str>,
+    /// Watch DNS answers (`dns.enabled`): without it the DNS probes are not attached.
+    pub dns: bool,
 }
 
 /// What one poll reads out of the kernel: running totals since the maps were created.
@@ -111,6 +114,9 @@ pub struct KernelSums {
     pub errors: [u64; PROG_COUNT as usize],
     /// Per map, in `sensor_common::MAP_NAMES` order.
     pub drops: [u64; MAP_COUNT as usize],
+    /// DNS responses sent, then refused per reason, in `sensor_common::dns::DNS_STAT_NAMES`
+    /// order.
+    pub dns: [u64; DNS_STAT_COUNT as usize],
 }
 
 /// Keys of processes that exited, to delete once their last totals are read.
@@ -185,6 +191,7 @@ pub struct Sensor {
     ebpf: Ebpf,
     probes: Vec<ProbeStatus>,
     process_events: RingBuf<MapData>,
+    dns_events: RingBuf<MapData>,
     /// Until [`Sensor::path_ring`] hands it to its draining thread.
     file_paths: Option<RingBuf<MapData>>,
     /// Possible CPUs: the number of values per key of a per-CPU map.
@@ -266,6 +273,9 @@ impl Sensor {
                     None if options.disabled_probes.contains(&probe.probe) => {
                         ProbeState::Skipped(probes::disable(&cx, probe))
                     }
+                    None if probe.is_dns() && !options.dns => {
+                        ProbeState::Skipped("disabled by dns.enabled = false".to_owned())
+                    }
                     None => match probes::attach(&mut ebpf, &cx, probe) {
                         Ok(held) => {
                             links.push(held);
@@ -288,12 +298,18 @@ impl Sensor {
                 .ok_or(KernelError::MissingMap("PROCESS_EVENTS"))?,
         )
         .map_err(map_err("PROCESS_EVENTS"))?;
+        let dns_events = RingBuf::try_from(
+            ebpf.take_map("DNS_EVENTS")
+                .ok_or(KernelError::MissingMap("DNS_EVENTS"))?,
+        )
+        .map_err(map_err("DNS_EVENTS"))?;
         let cpus =
             aya::util::nr_cpus().map_err(|(what, cause)| KernelError::Cpus { what, cause })?;
         Ok(Self {
             ebpf,
             probes,
             process_events,
+            dns_events,
             file_paths: Some(file_paths),
             cpus,
             reused_maps: reuse != Reuse::Fresh,
@@ -402,6 +418,7 @@ impl Sensor {
             &mut sums.errors,
         )?;
         read_counter_array(self.map("KERNEL_DROPS")?, "KERNEL_DROPS", &mut sums.drops)?;
+        read_counter_array(self.map("DNS_STATS")?, "DNS_STATS", &mut sums.dns)?;
         if let Some(reads) = self.batched("FILE_READS", 1, |one: &[FileRead]| one[0])? {
             sums.file_reads = reads;
         } else {
@@ -442,6 +459,25 @@ impl Sensor {
     /// Every process event the kernel queued since the last call, oldest first.
     pub fn drain_process_events(&mut self) -> Vec<ProcessEvent> {
         drain(&mut self.process_events)
+    }
+
+    /// Every DNS answer the kernel sent since the last call, oldest first. An event the
+    /// program cannot have made is logged and left out.
+    pub fn drain_dns_answers(&mut self) -> Vec<crate::dns::DnsAnswer> {
+        drain::<DnsEvent>(&mut self.dns_events)
+            .iter()
+            .filter_map(|event| {
+                let answer = dns::answer_of(event);
+                if answer.is_none() {
+                    tracing::warn!(
+                        name_len = event.name_len,
+                        count = event.count,
+                        "a DNS event the kernel program cannot have sent"
+                    );
+                }
+                answer
+            })
+            .collect()
     }
 
     /// The file path ring, handed to a thread that drains it as it fills and keeps each path

@@ -31,6 +31,10 @@ pub const PINNED_MAPS: &[&str] = &[
     "FILE_WRITE_OVERFLOW",
     "PATH_SENT",
     "FILE_PATHS",
+    "DNS_EVENTS",
+    "DNS_STATS",
+    "DNS_SOCKETS",
+    "DNS_SCRATCH",
 ];
 
 #[derive(Debug, Error)]

@@ -5,7 +5,10 @@ use std::{collections::HashMap, os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        RawTracePoint, links::FdLink,
+    },
 };
 
 use super::{btf::Btf, integrity::HeldLink, pin::Pins, sys};
@@ -44,6 +47,16 @@ pub enum Hook {
     /// A cgroup sock_addr program (its attach type is in the object), on the cgroup2 root so
     /// that it sees every process, alongside other programs there.
     CgroupSockAddr,
+    /// A cgroup skb ingress program, on the cgroup2 root likewise: it sees every packet a
+    /// local socket receives.
+    CgroupSkbIngress,
+}
+
+impl Probe {
+    /// One of the DNS answer probes, which `dns.enabled = false` leaves unattached.
+    pub fn is_dns(&self) -> bool {
+        self.probe.starts_with("cgroup:dns_")
+    }
 }
 
 /// TP_PROTO(struct sock *sk, int ret, int flags), after the context pointer; also
@@ -218,6 +231,24 @@ pub const PROBES: &[Probe] = &[
         required: false,
         hook: Hook::CgroupSockAddr,
     },
+    Probe {
+        probe: "cgroup:dns_ingress",
+        program: "dns_ingress",
+        required: false,
+        hook: Hook::CgroupSkbIngress,
+    },
+    Probe {
+        probe: "cgroup:dns_connect4",
+        program: "dns_connect4",
+        required: false,
+        hook: Hook::CgroupSockAddr,
+    },
+    Probe {
+        probe: "cgroup:dns_connect6",
+        program: "dns_connect6",
+        required: false,
+        hook: Hook::CgroupSockAddr,
+    },
 ];
 
 /// The probes as users see them in logs, metrics and `kernel.disable_probes`.
@@ -255,7 +286,9 @@ pub fn attach(
         Hook::RawTracepoint { name, params } => {
             attach_raw_tracepoint(ebpf, cx, probe, name, params)
         }
-        Hook::CgroupSockAddr => attach_cgroup(ebpf, cx.cgroup2, cx.pins, probe),
+        Hook::CgroupSockAddr | Hook::CgroupSkbIngress => {
+            attach_cgroup(ebpf, cx.cgroup2, cx.pins, probe)
+        }
     }
 }
 
@@ -271,7 +304,7 @@ pub fn reattach(
         Hook::RawTracepoint { name, .. } => {
             attach_raw_link(ebpf, probe, name, &pins.link_path(probe.program))
         }
-        Hook::CgroupSockAddr => attach_cgroup(ebpf, cgroup2, pins, probe),
+        Hook::CgroupSockAddr | Hook::CgroupSkbIngress => attach_cgroup(ebpf, cgroup2, pins, probe),
     }
 }
 
@@ -399,7 +432,7 @@ pub fn module_prototypes(btf: &mut Btf, vmlinux: &Path) -> HashMap<&'static str,
         .iter()
         .filter_map(|probe| match probe.hook {
             Hook::RawTracepoint { name, .. } => Some(name),
-            Hook::CgroupSockAddr => None,
+            Hook::CgroupSockAddr | Hook::CgroupSkbIngress => None,
         })
         .filter(|name| btf.raw_tracepoint_params(name).is_none())
         .collect();
@@ -442,30 +475,50 @@ fn attach_cgroup(
     let root = cgroup2.ok_or("no cgroup2 hierarchy is mounted (see /proc/mounts)")?;
     let dir = std::fs::File::open(root)
         .map_err(|e| format!("opening the cgroup2 root {}: {e}", root.display()))?;
+    let attach_error = |e: ProgramError| {
+        format!(
+            "attaching to the cgroup2 root {}: {}",
+            root.display(),
+            crate::error_chain(&e)
+        )
+    };
+    let no_link = |e: aya::programs::links::LinkError| {
+        format!("attached without a BPF link: {}", crate::error_chain(&e))
+    };
     let program = program(ebpf, probe)?;
-    let sock_addr: &mut CgroupSockAddr = program
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
-    if sock_addr.fd().is_err() {
-        sock_addr.load().map_err(|e| refused(probe, &e))?;
-    }
     // A BPF link (kernel ≥ 5.7) always runs alongside other programs on the cgroup; the kernel
     // refuses attach flags on link creation, so the mode must be `Single`. It is not left
     // pinned: it lives as long as the agent.
-    let link_id = sock_addr
-        .attach(&dir, CgroupAttachMode::Single)
-        .map_err(|e| {
-            format!(
-                "attaching to the cgroup2 root {}: {}",
-                root.display(),
-                crate::error_chain(&e)
-            )
-        })?;
-    let link: FdLink = sock_addr
-        .take_link(link_id)
-        .map_err(|e| crate::error_chain(&e))?
-        .try_into()
-        .map_err(|e| format!("attached without a BPF link: {}", crate::error_chain(&e)))?;
+    let link: FdLink = if matches!(probe.hook, Hook::CgroupSkbIngress) {
+        let skb: &mut CgroupSkb = program
+            .try_into()
+            .map_err(|e: ProgramError| e.to_string())?;
+        if skb.fd().is_err() {
+            skb.load().map_err(|e| refused(probe, &e))?;
+        }
+        let link_id = skb
+            .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+            .map_err(attach_error)?;
+        skb.take_link(link_id)
+            .map_err(|e| crate::error_chain(&e))?
+            .try_into()
+            .map_err(no_link)?
+    } else {
+        let sock_addr: &mut CgroupSockAddr = program
+            .try_into()
+            .map_err(|e: ProgramError| e.to_string())?;
+        if sock_addr.fd().is_err() {
+            sock_addr.load().map_err(|e| refused(probe, &e))?;
+        }
+        let link_id = sock_addr
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(attach_error)?;
+        sock_addr
+            .take_link(link_id)
+            .map_err(|e| crate::error_chain(&e))?
+            .try_into()
+            .map_err(no_link)?
+    };
     // aya gives no descriptor of a link: pinned for a moment, opened by its pin (which needs
     // no CAP_SYS_ADMIN, as looking links up by id would), unpinned.
     let moment = pins.link_path(&format!("{}_held", probe.program));

@@ -12,7 +12,10 @@ use std::{
 use prometheus::{
     Encoder as _, Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use sensor_common::{MAP_NAMES, PROG_NAMES};
+use sensor_common::{
+    MAP_NAMES, PROG_NAMES,
+    dns::{DNS_STAT_COUNT, DNS_STAT_NAMES},
+};
 
 pub use self::top_k::{Dest, TopK};
 use crate::{
@@ -65,6 +68,10 @@ pub struct Metrics {
     probe_attached: IntGaugeVec,
     kernel_errors: IntCounterVec,
     kernel_drops: IntCounterVec,
+    dns_answers: IntCounter,
+    dns_malformed: IntCounterVec,
+    /// The kernel's DNS counters at the last poll, in `DNS_STAT_NAMES` order.
+    last_dns: [u64; DNS_STAT_COUNT as usize],
     poll_duration: Gauge,
     last_poll: Gauge,
     table_entries: IntGaugeVec,
@@ -175,6 +182,23 @@ impl Metrics {
             "Inserts refused because a kernel map was full; their bytes went to an overflow bucket.",
             &["map"],
         );
+        let dns_answers = registered(
+            &registry,
+            IntCounter::new(
+                "exfil_sensor_dns_answers_total",
+                "DNS responses with A/AAAA answers the kernel parsed and handed to the agent (question name and addresses only).",
+            )
+            .expect("static metric definition"),
+        );
+        let dns_malformed = counter_vec(
+            &registry,
+            "exfil_sensor_dns_malformed_total",
+            "DNS responses refused as malformed, never trusted: truncated, bad_pointer (forward, looping or too many compression pointers), bad_name, bad_record.",
+            &["reason"],
+        );
+        for reason in &DNS_STAT_NAMES[1..] {
+            dns_malformed.with_label_values(&[reason]);
+        }
         let alerts = counter_vec(
             &registry,
             "exfil_sensor_alerts_total",
@@ -284,6 +308,9 @@ impl Metrics {
             probe_attached,
             kernel_errors,
             kernel_drops,
+            dns_answers,
+            dns_malformed,
+            last_dns: [0; DNS_STAT_COUNT as usize],
             poll_duration,
             last_poll,
             table_entries,
@@ -383,6 +410,16 @@ impl Metrics {
             &MAP_NAMES,
             &sums.drops,
             &mut self.last_drops,
+        );
+        let answers = sums.dns[0];
+        self.dns_answers
+            .inc_by(answers.saturating_sub(self.last_dns[0]));
+        self.last_dns[0] = self.last_dns[0].max(answers);
+        add_deltas(
+            &self.dns_malformed,
+            &DNS_STAT_NAMES[1..],
+            &sums.dns[1..],
+            &mut self.last_dns[1..],
         );
         let overflow = sums.unattributed.sent;
         self.unattributed

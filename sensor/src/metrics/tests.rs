@@ -228,3 +228,37 @@ fn kernel_counters_are_exported_as_deltas() {
         Some(0)
     );
 }
+
+#[test]
+fn the_kernels_dns_counters_are_exported_as_deltas() {
+    let mut metrics = Metrics::new(&MetricsConfig::default(), Networks::new(&[]));
+    let mut sums = KernelSums {
+        dns: [3, 1, 0, 0, 0],
+        ..KernelSums::default()
+    };
+    metrics.observe_poll(NOW, &[], &[], &sums, Duration::ZERO);
+    sums.dns = [5, 1, 2, 0, 1];
+    sums.drops[sensor_common::MAP_DNS_EVENTS as usize] = 4;
+    metrics.observe_poll(NOW, &[], &[], &sums, Duration::ZERO);
+    let text = Metrics::render(&metrics.registry());
+    assert_eq!(value(&text, "exfil_sensor_dns_answers_total"), Some(5));
+    for (reason, count) in [
+        ("truncated", 1),
+        ("bad_pointer", 2),
+        ("bad_name", 0),
+        ("bad_record", 1),
+    ] {
+        assert_eq!(
+            value(
+                &text,
+                &format!("exfil_sensor_dns_malformed_total{{reason=\"{reason}\"}}")
+            ),
+            Some(count),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        value(&text, "exfil_sensor_kernel_drops_total{map=\"dns\"}"),
+        Some(4)
+    );
+}
