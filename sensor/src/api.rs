@@ -16,6 +16,11 @@ pub struct FlowRecord {
     /// The remote address as IP text, or `other`: bytes of this service whose destination
     /// the kernel or the agent had no room to keep apart.
     pub destination: String,
+    /// The name the host's own DNS answers gave the address when the row was made (the one
+    /// this process looked up, else the most recent; `[dns]`); `null` when none did. Absent
+    /// from an older agent's answer.
+    #[serde(default)]
+    pub destination_name: Option<String>,
     /// `loopback`, `internal` or `external` (config `[networks]`); `other` for the other row.
     pub class: String,
     /// The remote port of an outbound flow, the local port of an inbound one.
@@ -98,6 +103,11 @@ pub struct AlertRecord {
     pub summary: String,
     /// What was seen, in a few sentences: the numbers and the rule's threshold.
     pub description: String,
+    /// The destination's DNS name as the flow rows it is about had it (`[dns]`); `null` when
+    /// none did, and for `*`. Absent from an older agent's (or state file's) alert. Last: the
+    /// journal writes an alert without a name in the 0.6 layout, this field left off its end.
+    #[serde(default)]
+    pub destination_name: Option<String>,
 }
 
 /// What happened to an alert, for the sinks.
@@ -135,6 +145,9 @@ pub struct ServiceRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationRecord {
     pub destination: String,
+    /// A DNS name of the address, from its flow rows; `null` when none.
+    #[serde(default)]
+    pub destination_name: Option<String>,
     pub class: String,
     pub bytes_sent: u64,
     pub bytes_received: u64,

@@ -158,6 +158,26 @@ pub(crate) struct Traffic<'a> {
     /// Each service's flows: a range of `flows`.
     services: Vec<(&'a str, std::ops::Range<usize>)>,
     pub processes: HashMap<u32, &'a ProcessInfo>,
+    /// The DNS names the interval's flow rows give their destinations: by (pid, address),
+    /// and by address (the first row's).
+    names: HashMap<(u32, IpAddr), &'a str>,
+    names_by_address: HashMap<IpAddr, &'a str>,
+}
+
+/// A destination as alerts word it: `upload.example.test (198.51.100.2)`, or the address
+/// alone when no DNS answer named it.
+pub(crate) struct Destination<'a> {
+    pub ip: IpAddr,
+    pub name: Option<&'a str>,
+}
+
+impl fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name {
+            Some(name) => write!(f, "{name} ({})", self.ip),
+            None => write!(f, "{}", self.ip),
+        }
+    }
 }
 
 impl<'a> Traffic<'a> {
@@ -166,6 +186,23 @@ impl<'a> Traffic<'a> {
         self.services
             .iter()
             .map(|(service, range)| (*service, &self.flows[range.clone()]))
+    }
+
+    /// The DNS name of `ip` for what `pid` sent: its own row's, else any row's of this
+    /// interval.
+    pub fn name_of(&self, ip: IpAddr, pid: u32) -> Option<&'a str> {
+        self.names
+            .get(&(pid, ip))
+            .or_else(|| self.names_by_address.get(&ip))
+            .copied()
+    }
+
+    /// `ip` as an alert words it, named as `pid`'s rows name it.
+    pub fn destination(&self, ip: IpAddr, pid: u32) -> Destination<'a> {
+        Destination {
+            ip,
+            name: self.name_of(ip, pid),
+        }
     }
 }
 
@@ -384,6 +421,14 @@ impl Detector {
             });
             groups[group].push(flow);
         }
+        let mut names: HashMap<(u32, IpAddr), &str> = HashMap::default();
+        let mut names_by_address: HashMap<IpAddr, &str> = HashMap::default();
+        for flow in &interval.flows {
+            if let (Some(ip), Some(name)) = (flow.destination, &flow.destination_name) {
+                names.entry((flow.pid, ip)).or_insert(name);
+                names_by_address.entry(ip).or_insert(name);
+            }
+        }
         let mut flows = Vec::with_capacity(groups.iter().map(Vec::len).sum());
         let mut services = Vec::with_capacity(groups.len());
         for group in groups {
@@ -419,6 +464,8 @@ impl Detector {
             flows,
             services,
             processes,
+            names,
+            names_by_address,
         }
     }
 }

@@ -42,6 +42,7 @@ fn alert(id: u64, change: AlertChange, bytes: u64, raised_ms: u64) -> AlertEvent
             class: None,
             summary: format!("dovecot.service sent {bytes} bytes to 198.51.100.7"),
             description: String::new(),
+            destination_name: None,
         },
     }
 }

@@ -243,6 +243,7 @@ mod tests {
                 .iter()
                 .map(|&(d, bytes_sent)| DestinationRecord {
                     destination: d.into(),
+                    destination_name: None,
                     class: "external".into(),
                     bytes_sent,
                     bytes_received: 0,

@@ -223,6 +223,7 @@ mod tests {
             flows: 1,
             destinations: vec![DestinationRecord {
                 destination: "198.51.100.2".into(),
+                destination_name: None,
                 class: "external".into(),
                 bytes_sent: sent,
                 bytes_received: received,

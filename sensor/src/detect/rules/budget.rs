@@ -76,15 +76,17 @@ impl Budget {
                     started_ms: day * DAY_MS,
                     class: None,
                     summary: format!(
-                        "{} ({service}) sent {} to {ip}, outside its allowlist",
+                        "{} ({service}) sent {} to {}, outside its allowlist",
                         flow.comm,
-                        size(*outside)
+                        size(*outside),
+                        traffic.destination(ip, flow.pid),
                     ),
                     description: format!(
-                        "{} (pid {}) of {service} sent {} bytes today to {ip} ({}), which the allowlist of its profile {} does not name; up to {} a day is tolerated.",
+                        "{} (pid {}) of {service} sent {} bytes today to {} ({}), which the allowlist of its profile {} does not name; up to {} a day is tolerated.",
                         flow.comm,
                         flow.pid,
                         *outside,
+                        traffic.destination(ip, flow.pid),
                         flow.class.as_str(),
                         names.join(", "),
                         size(config.outside_allowlist.as_u64())

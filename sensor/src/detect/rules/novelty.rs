@@ -102,12 +102,14 @@ impl Novelty {
                     started_ms: pending.first_ms,
                     class: None,
                     summary: format!(
-                        "{name} sent {} to {ip}, a destination it never used",
-                        size(pending.bytes)
+                        "{name} sent {} to {}, a destination it never used",
+                        size(pending.bytes),
+                        traffic.destination(ip, pending.sender.pid),
                     ),
                     description: format!(
-                        "{name} sent {} bytes to the external address {ip}, which it had not used since {} (the learning period ended {}); the threshold is {} to a new destination.",
+                        "{name} sent {} bytes to the external address {}, which it had not used since {} (the learning period ended {}); the threshold is {} to a new destination.",
                         pending.bytes,
+                        traffic.destination(ip, pending.sender.pid),
                         super::super::episodes::rfc3339(started),
                         super::super::episodes::rfc3339(started.saturating_add(learning)),
                         size(threshold)

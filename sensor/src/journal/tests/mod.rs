@@ -138,6 +138,7 @@ pub(super) fn busy_interval(n: usize) -> Interval {
                 exe: "/usr/lib/postfix/sbin/smtp".into(),
                 uid: Some(107),
                 destination: Some(IpAddr::V4(Ipv4Addr::new(198, 51, (i >> 8) as u8, i as u8))),
+                destination_name: None,
                 class: DestinationClass::External,
                 port: 25,
                 protocol: Protocol::Tcp,
