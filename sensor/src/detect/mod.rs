@@ -215,6 +215,9 @@ pub(crate) struct Flow<'a> {
     pub allowed: bool,
     /// A profile of the sender talks to many hosts (a mail relay).
     pub many_destinations: bool,
+    /// A profile of the sender denies the destination's DNS name (`deny_names`): a `budget`
+    /// alert at any byte.
+    pub denied: bool,
 }
 
 impl Flow<'_> {
@@ -257,11 +260,12 @@ impl Detector {
         config: &DetectConfig,
         config_path: &str,
     ) -> Result<Self, crate::config::ConfigError> {
+        let config = config.normalized();
         Ok(Self {
             profiles: rules::Profiles::new(&config.profile, config_path)?,
-            config: config.clone(),
-            state: State::default(),
             state_file: config.state_file.clone(),
+            config,
+            state: State::default(),
             dirty: false,
             restored: None,
         })
@@ -309,8 +313,9 @@ impl Detector {
         config: &DetectConfig,
         config_path: &str,
     ) -> Result<(), crate::config::ConfigError> {
+        let config = config.normalized();
         self.profiles = rules::Profiles::new(&config.profile, config_path)?;
-        self.config = config.clone();
+        self.config = config;
         Ok(())
     }
 
@@ -444,14 +449,17 @@ impl Detector {
                         (profiles.into(), many)
                     })
                     .clone();
+                let name = flow.destination_name.as_deref();
                 let allowed = flow
                     .destination
-                    .is_some_and(|ip| self.profiles.allows(&profiles, ip, flow.class));
+                    .is_some_and(|ip| self.profiles.allows(&profiles, ip, flow.class, name));
+                let denied = name.is_some_and(|n| self.profiles.denies(&profiles, n).is_some());
                 flows.push(Flow {
                     flow,
                     many_destinations,
                     profiles,
                     allowed,
+                    denied,
                 });
             }
             if let Some(first) = flows.get(begin) {

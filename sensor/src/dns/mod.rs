@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod config;
 pub mod metrics;
+pub mod suffix;
 
 use std::net::IpAddr;
 
