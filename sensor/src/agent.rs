@@ -316,6 +316,8 @@ impl Aggregator {
             processes,
         };
         self.metrics.observe_tables(&self.flows, &self.files);
+        // The tick pruned the name cache.
+        self.dns_metrics.observe(self.flows.name_cache());
         self.metrics.review(now);
         let events = self.detector.observe(&interval);
         // The interval, the totals its rows do not tell, then the alerts it caused: a replay
@@ -496,6 +498,8 @@ pub fn exited(events: &[ProcessEvent]) -> HashSet<u32> {
 mod tamper;
 pub use tamper::TamperReport;
 
+#[cfg(test)]
+mod names_tests;
 #[cfg(test)]
 mod reload_tests;
 #[cfg(test)]

@@ -225,4 +225,35 @@ mod tests {
         assert!(!f.keeps("postfix@-.service", "internal"));
         assert!(!f.keeps("dovecot.service", "external"));
     }
+
+    /// An older agent's answer, or an older state file's alert, has no `destination_name`:
+    /// it reads as none.
+    #[test]
+    fn records_without_a_destination_name_read_as_unnamed() {
+        let flow: FlowRecord = serde_json::from_str(
+            r#"{"pid":7,"comm":"curl","exe":"/usr/bin/curl","uid":0,"service":"s","destination":"198.51.100.2","class":"external","port":443,"protocol":"tcp","direction":"outbound","bytes_sent":1,"sends":1,"bytes_received":0,"recvs":0,"first_seen":"t","last_seen":"t"}"#,
+        )
+        .expect("a 0.6 flow");
+        assert_eq!(flow.destination_name, None);
+        let alert: AlertRecord = serde_json::from_str(
+            r#"{"id":1,"kind":"burst","severity":"critical","service":"s","pid":7,"comm":"curl","destination":"198.51.100.2","port":443,"bytes":1,"window_s":300,"started_at":"t","raised_at":"t","updated_at":"t","resolved_at":null,"status":"firing","class":null,"summary":"x","description":"y"}"#,
+        )
+        .expect("a 0.6 alert");
+        assert_eq!(alert.destination_name, None);
+        let named = AlertRecord {
+            destination_name: Some("upload.example.test".into()),
+            ..alert
+        };
+        let text = serde_json::to_string(&named).expect("json");
+        assert!(
+            text.ends_with(r#","destination_name":"upload.example.test"}"#),
+            "{text}"
+        );
+        let unnamed = AlertRecord {
+            destination_name: None,
+            ..named
+        };
+        let text = serde_json::to_string(&unnamed).expect("json");
+        assert!(text.ends_with(r#","destination_name":null}"#), "{text}");
+    }
 }

@@ -441,7 +441,9 @@ impl FlowTable {
 
     /// Per service: exact totals, row count and its largest destinations (`per_service`).
     pub fn services(&self, per_service: usize) -> Vec<ServiceRecord> {
-        type Destinations<'a> = HashMap<Option<IpAddr>, (FlowCounters, Option<&'a Arc<str>>)>;
+        /// Per address: its bytes, and the name of its row that sent the most.
+        type Destinations<'a> =
+            HashMap<Option<IpAddr>, (FlowCounters, Option<(u64, &'a Arc<str>)>)>;
         let mut by_service: HashMap<&str, (u64, Destinations<'_>)> = HashMap::new();
         for (key, row) in self.all_rows() {
             let dest = key.and_then(destination);
@@ -449,9 +451,14 @@ impl FlowTable {
             *count += 1;
             let (totals, name) = dests.entry(dest).or_default();
             counters::add(totals, &row.totals);
-            // A named row's name (rows to one address are mostly of one name).
-            if row.name.is_some() && name.is_none() {
-                *name = row.name.as_ref();
+            if let Some(row_name) = &row.name {
+                let this = (row.totals.sent, row_name);
+                // Ties by name, so that the answer does not follow the table's hash order.
+                if name.is_none_or(|(sent, n)| {
+                    (sent, std::cmp::Reverse(n)) < (this.0, std::cmp::Reverse(this.1))
+                }) {
+                    *name = Some(this);
+                }
             }
         }
         let mut records: Vec<ServiceRecord> = self
@@ -463,7 +470,7 @@ impl FlowTable {
                     .into_iter()
                     .map(|(dest, (c, name))| DestinationRecord {
                         destination: dest.map_or_else(|| "other".to_owned(), |ip| ip.to_string()),
-                        destination_name: name.map(|n| n.to_string()),
+                        destination_name: name.map(|(_, n)| n.to_string()),
                         class: self.networks.classify(dest).as_str().to_owned(),
                         bytes_sent: c.sent,
                         bytes_received: c.received,

@@ -111,10 +111,6 @@ pub(super) fn encode(interval: &Interval, redact_paths: bool) -> (Compact<&str>,
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            if let Some(name) = &f.destination_name {
-                // As many rows as `flows`, bounded like the table's indexes.
-                names.push((u32::try_from(i).unwrap_or(u32::MAX), table.of(name)));
-            }
             let sender = Sender {
                 service: table.of(&f.service),
                 pid: f.pid,
@@ -122,6 +118,10 @@ pub(super) fn encode(interval: &Interval, redact_paths: bool) -> (Compact<&str>,
                 exe: table.of(&f.exe),
                 uid: f.uid,
             };
+            if let Some(name) = &f.destination_name {
+                // As many rows as `flows`, bounded like the table's indexes.
+                names.push((u32::try_from(i).unwrap_or(u32::MAX), table.of(name)));
+            }
             let sender = *sender_index.entry(sender).or_insert_with(|| {
                 senders.push(sender);
                 u32::try_from(senders.len() - 1).unwrap_or(u32::MAX)

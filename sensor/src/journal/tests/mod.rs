@@ -195,3 +195,4 @@ fn a_stop_record_is_one_version_byte_and_a_varint_in_a_60_byte_frame() {
     assert_eq!(frame_len(&stop(0)), 67);
     assert_eq!((HEADER_LEN, FRAME_OVERHEAD), (72, 60));
 }
+mod names;
