@@ -87,6 +87,8 @@ impl NameCache {
 
     fn bind(&mut self, addr: IpAddr, binding: Binding) {
         let names = self.addresses.entry(addr).or_default();
+        // Most addresses have one name: room for one, not the four a first push makes.
+        names.bindings.reserve_exact(1);
         self.order.remove(&(names.last, addr));
         names
             .bindings
