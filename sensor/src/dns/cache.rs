@@ -80,7 +80,7 @@ impl NameCache {
                     answered,
                     expires: now + Duration::from_secs(u64::from(*ttl)),
                 };
-                self.bind(*addr, binding);
+                self.bind(addr.to_canonical(), binding);
             }
         }
     }
@@ -110,9 +110,10 @@ impl NameCache {
 
     /// The name of `addr` for a flow of `pid` at `now`: the most recent one that process
     /// received, else the most recent any process did; none once every answer naming it is
-    /// older than its TTL plus the grace period.
+    /// older than its TTL plus the grace period. An IPv4-mapped IPv6 address (an IPv4
+    /// connection from an IPv6 socket) is its IPv4 address, as the A record gave it.
     pub fn lookup(&self, now: SystemTime, addr: IpAddr, pid: u32) -> Option<Arc<str>> {
-        let names = self.addresses.get(&addr)?;
+        let names = self.addresses.get(&addr.to_canonical())?;
         let fresh = names
             .bindings
             .iter()

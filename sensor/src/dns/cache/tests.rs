@@ -58,6 +58,11 @@ fn a_name_lasts_its_ttl_plus_the_grace_and_not_a_second_more() {
     );
     assert_eq!(name(&c, 361, "2001:db8::2", 9), None);
     assert_eq!(name(&c, 0, "198.51.100.3", 7), None);
+    // An IPv4 connection from an IPv6 socket: the A record names it.
+    assert_eq!(
+        name(&c, 90, "::ffff:198.51.100.2", 7).as_deref(),
+        Some("upload.example.test")
+    );
     // Pruning drops the address whose names all ran out, keeps the other.
     c.prune(at(91));
     assert_eq!(c.len(), 1);
