@@ -131,7 +131,8 @@ impl Aggregator {
         let mut flows = FlowTable::new(config.flow_limits(), config.networks());
         // `dns.enabled = false`: no cache, so no row, record or alert is ever named.
         if config.dns.enabled {
-            flows.name_destinations(crate::dns::NameCache::new(&config.dns));
+            let cache = crate::dns::NameCache::new(config.dns.grace, config.dns.max_addresses);
+            flows.name_destinations(cache);
         }
         Ok(Self {
             flows,

@@ -13,7 +13,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{DnsAnswer, DnsConfig};
+// Not `DnsConfig`: the flow table holds the cache, and the config's module depends on flow.
+use super::DnsAnswer;
 
 /// Names kept per address. A CDN address serves many names; one process rarely resolves more
 /// than one or two of them within a TTL, and the same-pid preference needs only that pid's.
@@ -52,10 +53,11 @@ pub struct NameCache {
 }
 
 impl NameCache {
-    pub fn new(config: &DnsConfig) -> Self {
+    /// `dns.grace` and `dns.max_addresses`.
+    pub fn new(grace: Duration, max_addresses: usize) -> Self {
         Self {
-            grace: config.grace,
-            max_addresses: config.max_addresses.max(1),
+            grace,
+            max_addresses: max_addresses.max(1),
             addresses: HashMap::default(),
             order: BTreeSet::new(),
             answers: 0,

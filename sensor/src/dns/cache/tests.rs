@@ -22,11 +22,7 @@ fn answer(pid: Option<u32>, name: &str, addrs: &[(&str, u32)]) -> DnsAnswer {
 }
 
 fn cache(grace_s: u64, max_addresses: usize) -> NameCache {
-    NameCache::new(&DnsConfig {
-        enabled: true,
-        grace: Duration::from_secs(grace_s),
-        max_addresses,
-    })
+    NameCache::new(Duration::from_secs(grace_s), max_addresses)
 }
 
 fn name(cache: &NameCache, now: u64, addr: &str, pid: u32) -> Option<String> {
