@@ -240,3 +240,93 @@ fn answers_without_a_name_or_addresses_are_ignored() {
     );
     assert!(c.is_empty());
 }
+
+/// Against a model that keeps every answer: the cache never holds more than its bound, and
+/// while nothing was evicted it names each address as the model does (the pid's own most
+/// recent fresh answer among the address's last four (name, pid) pairs, else the most recent
+/// fresh one).
+mod model {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// (seconds after the previous answer, pid, name, address, ttl).
+    type Step = (u64, Option<u32>, u8, u8, u32);
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec(
+            (
+                0..40_u64,
+                prop::option::of(1..4_u32),
+                0..6_u8,
+                0..8_u8,
+                0..60_u32,
+            ),
+            1..60,
+        )
+    }
+
+    fn addr(i: u8) -> IpAddr {
+        IpAddr::from([198, 51, 100, i])
+    }
+
+    /// What the model names `addr` for `pid` at `now`.
+    fn expected(
+        answers: &[(u64, Option<u32>, u8, u8, u32)],
+        now: u64,
+        a: u8,
+        pid: u32,
+        grace: u64,
+    ) -> Option<String> {
+        // The address's (name, pid) pairs, most recent last, each at its latest answer.
+        let mut pairs: Vec<(u64, Option<u32>, u8, u32)> = Vec::new();
+        for &(at, p, n, ad, ttl) in answers {
+            if ad != a {
+                continue;
+            }
+            pairs.retain(|&(_, q, m, _)| !(q == p && m == n));
+            if pairs.len() == NAMES_PER_ADDRESS {
+                pairs.remove(0);
+            }
+            pairs.push((at, p, n, ttl));
+        }
+        let fresh: Vec<_> = pairs
+            .iter()
+            .rev()
+            .filter(|(at, _, _, ttl)| now <= at + u64::from(*ttl) + grace)
+            .collect();
+        fresh
+            .iter()
+            .find(|(_, p, _, _)| *p == Some(pid))
+            .or_else(|| fresh.first())
+            .map(|(_, _, n, _)| format!("n{n}.example"))
+    }
+
+    proptest! {
+        #[test]
+        fn the_cache_names_as_the_model_and_stays_bounded(steps in steps(), grace in 0..30_u64, bound in 1..10_usize) {
+            let mut c = cache(grace, bound);
+            let mut now = 0;
+            let mut answers = Vec::new();
+            for (gap, pid, n, a, ttl) in steps {
+                now += gap;
+                c.learn(at(now), &[answer(pid, &format!("n{n}.example"), &[(&addr(a).to_string(), ttl)])]);
+                answers.push((now, pid, n, a, ttl));
+                prop_assert!(c.len() <= bound);
+                if c.evictions == 0 {
+                    for later in [now, now + 30, now + 90] {
+                        for a in 0..8 {
+                            for pid in 1..4 {
+                                prop_assert_eq!(
+                                    name(&c, later, &addr(a).to_string(), pid),
+                                    expected(&answers, later, a, pid, grace),
+                                    "address {} pid {} at {}", a, pid, later
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
