@@ -102,6 +102,7 @@ pub struct Aggregator {
     processes: ProcessTable,
     live: Box<dyn ProcessSource + Send>,
     metrics: Metrics,
+    dns_metrics: crate::dns::DnsMetrics,
     interval: Duration,
     interval_start: Option<SystemTime>,
     detector: Detector,
@@ -127,11 +128,18 @@ impl Aggregator {
         processes: ProcessTable,
         metrics: Metrics,
     ) -> Result<Self, ConfigError> {
+        let mut flows = FlowTable::new(config.flow_limits(), config.networks());
+        // `dns.enabled = false`: no cache, so no row, record or alert is ever named.
+        if config.dns.enabled {
+            let cache = crate::dns::NameCache::new(config.dns.grace, config.dns.max_addresses);
+            flows.name_destinations(cache);
+        }
         Ok(Self {
-            flows: FlowTable::new(config.flow_limits(), config.networks()),
+            flows,
             files: FileTable::new(config.file_limits(), config.file_classes("config")?),
             processes,
             live,
+            dns_metrics: crate::dns::DnsMetrics::register(&metrics.registry()),
             metrics,
             interval: config.agent.interval,
             interval_start: None,
@@ -249,6 +257,9 @@ impl Aggregator {
         if let Some(mounts) = &input.mounts {
             self.files.learn_paths(&input.paths, mounts);
         }
+        // Answers before bytes: a lookup and the connection it led to, in one poll, name the
+        // connection's row.
+        self.flows.learn_names(now, &input.dns);
         let identities = Identities {
             live: self.live.as_ref(),
             events: &self.processes,
@@ -285,6 +296,7 @@ impl Aggregator {
             self.files.forget_processes(&exited);
         }
         self.metrics.observe_tables(&self.flows, &self.files);
+        self.dns_metrics.observe(self.flows.name_cache());
         if now.duration_since(start).unwrap_or_default() >= self.interval {
             return Some(self.end_interval(now));
         }
@@ -305,6 +317,8 @@ impl Aggregator {
             processes,
         };
         self.metrics.observe_tables(&self.flows, &self.files);
+        // The tick pruned the name cache.
+        self.dns_metrics.observe(self.flows.name_cache());
         self.metrics.review(now);
         let events = self.detector.observe(&interval);
         // The interval, the totals its rows do not tell, then the alerts it caused: a replay
@@ -485,6 +499,8 @@ pub fn exited(events: &[ProcessEvent]) -> HashSet<u32> {
 mod tamper;
 pub use tamper::TamperReport;
 
+#[cfg(test)]
+mod names_tests;
 #[cfg(test)]
 mod reload_tests;
 #[cfg(test)]

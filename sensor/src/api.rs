@@ -16,6 +16,11 @@ pub struct FlowRecord {
     /// The remote address as IP text, or `other`: bytes of this service whose destination
     /// the kernel or the agent had no room to keep apart.
     pub destination: String,
+    /// The name the host's own DNS answers gave the address when the row was made (the one
+    /// this process looked up, else the most recent; `[dns]`); `null` when none did. Absent
+    /// from an older agent's answer.
+    #[serde(default)]
+    pub destination_name: Option<String>,
     /// `loopback`, `internal` or `external` (config `[networks]`); `other` for the other row.
     pub class: String,
     /// The remote port of an outbound flow, the local port of an inbound one.
@@ -98,6 +103,11 @@ pub struct AlertRecord {
     pub summary: String,
     /// What was seen, in a few sentences: the numbers and the rule's threshold.
     pub description: String,
+    /// The destination's DNS name as the flow rows it is about had it (`[dns]`); `null` when
+    /// none did, and for `*`. Absent from an older agent's (or state file's) alert. Last: the
+    /// journal writes an alert without a name in the 0.6 layout, this field left off its end.
+    #[serde(default)]
+    pub destination_name: Option<String>,
 }
 
 /// What happened to an alert, for the sinks.
@@ -135,6 +145,9 @@ pub struct ServiceRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationRecord {
     pub destination: String,
+    /// A DNS name of the address, from its flow rows; `null` when none.
+    #[serde(default)]
+    pub destination_name: Option<String>,
     pub class: String,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -211,5 +224,36 @@ mod tests {
         assert!(f.keeps("postfix@-.service", "external"));
         assert!(!f.keeps("postfix@-.service", "internal"));
         assert!(!f.keeps("dovecot.service", "external"));
+    }
+
+    /// An older agent's answer, or an older state file's alert, has no `destination_name`:
+    /// it reads as none.
+    #[test]
+    fn records_without_a_destination_name_read_as_unnamed() {
+        let flow: FlowRecord = serde_json::from_str(
+            r#"{"pid":7,"comm":"curl","exe":"/usr/bin/curl","uid":0,"service":"s","destination":"198.51.100.2","class":"external","port":443,"protocol":"tcp","direction":"outbound","bytes_sent":1,"sends":1,"bytes_received":0,"recvs":0,"first_seen":"t","last_seen":"t"}"#,
+        )
+        .expect("a 0.6 flow");
+        assert_eq!(flow.destination_name, None);
+        let alert: AlertRecord = serde_json::from_str(
+            r#"{"id":1,"kind":"burst","severity":"critical","service":"s","pid":7,"comm":"curl","destination":"198.51.100.2","port":443,"bytes":1,"window_s":300,"started_at":"t","raised_at":"t","updated_at":"t","resolved_at":null,"status":"firing","class":null,"summary":"x","description":"y"}"#,
+        )
+        .expect("a 0.6 alert");
+        assert_eq!(alert.destination_name, None);
+        let named = AlertRecord {
+            destination_name: Some("upload.example.test".into()),
+            ..alert
+        };
+        let text = serde_json::to_string(&named).expect("json");
+        assert!(
+            text.ends_with(r#","destination_name":"upload.example.test"}"#),
+            "{text}"
+        );
+        let unnamed = AlertRecord {
+            destination_name: None,
+            ..named
+        };
+        let text = serde_json::to_string(&unnamed).expect("json");
+        assert!(text.ends_with(r#","destination_name":null}"#), "{text}");
     }
 }

@@ -198,6 +198,7 @@ mod tests {
                 route_get(|| async {
                     Json(vec![DestinationRecord {
                         destination: "198.51.100.2".into(),
+                        destination_name: None,
                         class: "external".into(),
                         bytes_sent: 7_340_032,
                         bytes_received: 5120,

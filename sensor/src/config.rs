@@ -472,6 +472,19 @@ impl Config {
                 return Err(invalid(key, value.to_string(), range(key)));
             }
         }
+        for (key, list) in d.name_lists() {
+            for (i, suffix) in list.iter().enumerate() {
+                if let Err(reason) = crate::dns::suffix::check(suffix) {
+                    return Err(ConfigError::NameSuffix {
+                        path: path.to_owned(),
+                        at: Location::default(),
+                        key: format!("{key}[{i}]"),
+                        value: suffix.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
         crate::detect::Detector::new(d, path).map(|_| ())
     }
 

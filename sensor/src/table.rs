@@ -191,6 +191,7 @@ mod tests {
             uid: Some(0),
             service: service.into(),
             destination: destination.into(),
+            destination_name: None,
             class: "external".into(),
             port: 443,
             protocol: "tcp".into(),
@@ -271,6 +272,7 @@ dovecot.service  311  dovecot  other             4096       10000019  -
             class: None,
             summary: "7.0 MiB to 198.51.100.2 in 10 s".into(),
             description: String::new(),
+            destination_name: None,
         }]);
         assert_eq!(
             text,

@@ -64,6 +64,7 @@ fn flow(
         exe: format!("/usr/sbin/{comm}"),
         uid: Some(0),
         destination: Some(destination),
+        destination_name: None,
         class: networks().classify(Some(destination)),
         port,
         protocol: Protocol::Tcp,

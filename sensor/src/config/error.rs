@@ -32,6 +32,16 @@ pub enum ConfigError {
         path: String,
         cause: Box<crate::sinks::SinkError>,
     },
+    /// A DNS name suffix of an allow or deny list that is not one.
+    #[error("config {path}: {at}{key} = {value:?}: {reason}")]
+    NameSuffix {
+        path: String,
+        at: Location,
+        /// `detect.profile[0].allow_names[2]`.
+        key: String,
+        value: String,
+        reason: &'static str,
+    },
     #[error("config {path}: {at}{key} = \"\": an empty pattern would match every file; remove it")]
     EmptyPattern {
         path: String,
@@ -78,6 +88,7 @@ impl ConfigError {
         match &mut self {
             Self::Invalid { at, key, .. } => *at = find(key),
             Self::EmptyPattern { at, key, .. } => *at = find(key),
+            Self::NameSuffix { at, key, .. } => *at = find(key),
             _ => {}
         }
         self

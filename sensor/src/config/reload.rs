@@ -110,6 +110,10 @@ pub fn changes(old: &Config, new: &Config) -> Changes {
         "alerts.json_lines" => alerts.json_lines,
         "alerts.alertmanager" => alerts.alertmanager,
         "alerts.webhook" => alerts.webhook,
+        // The ingress program is attached and the name cache sized at start.
+        "dns.enabled" => dns.enabled,
+        "dns.grace" => dns.grace,
+        "dns.max_addresses" => dns.max_addresses,
     );
     changes
 }
@@ -176,7 +180,8 @@ mod tests {
              [http]\nlisten = \"127.0.0.1:9000\"\n\
              [kernel]\nflow_map_entries = 1024\npin_dir = \"/sys/fs/bpf/other\"\n\
              [journal]\ndir = \"/srv/journal\"\n\
-             [detect.burst]\nbytes = \"8 MiB\"\n",
+             [detect.burst]\nbytes = \"8 MiB\"\n\
+             [dns]\nenabled = false\n",
         );
         assert_eq!(
             changes(&old, &new),
@@ -187,6 +192,7 @@ mod tests {
                     "kernel.flow_map_entries",
                     "kernel.pin_dir",
                     "journal.dir",
+                    "dns.enabled",
                 ],
             }
         );
@@ -198,6 +204,7 @@ mod tests {
         assert_eq!(now.http, old.http);
         assert_eq!(now.kernel, old.kernel);
         assert_eq!(now.journal, old.journal);
+        assert_eq!(now.dns, old.dns);
     }
 
     #[test]

@@ -88,6 +88,14 @@ pub struct NewDestinationConfig {
     pub bytes: ByteSize,
     /// Destinations remembered per service; the least recently used go first.
     pub max_per_service: usize,
+    /// DNS name suffixes (`backup.example.net`: itself and every name under it) that are
+    /// never new: a destination the host's DNS answers named under one is known to every
+    /// service.
+    pub allow_names: Vec<String>,
+    /// DNS name suffixes that always alert: any byte a service sends to a destination named
+    /// under one is a `new_destination` alert, learning, known destinations, profiles and
+    /// `allow_names` notwithstanding.
+    pub deny_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -146,6 +154,14 @@ pub struct Profile {
     /// left out of the other rules. Empty and `allow_internal = false`: no allowlist.
     #[serde(default)]
     pub allow: Vec<IpNet>,
+    /// DNS name suffixes it may send to, like `allow`: a destination the host's DNS answers
+    /// named under one (`backup.example.net` stands for `eu1.backup.example.net` too).
+    #[serde(default)]
+    pub allow_names: Vec<String>,
+    /// DNS name suffixes it must never send to: any byte to a destination named under one is
+    /// a `budget` alert, whatever `allow`, `allow_internal` or `allow_names` say.
+    #[serde(default)]
+    pub deny_names: Vec<String>,
     /// Internal networks (`[networks]`) are allowed too.
     #[serde(default)]
     pub allow_internal: bool,
@@ -156,6 +172,45 @@ pub struct Profile {
     /// no spraying `burst` for it (a burst to one destination still counts).
     #[serde(default)]
     pub many_destinations: bool,
+}
+
+impl DetectConfig {
+    /// Every name suffix list, with its config key (`detect.profile[1].allow_names`).
+    pub fn name_lists(&self) -> Vec<(String, &[String])> {
+        let mut lists = vec![
+            (
+                "detect.new_destination.allow_names".to_owned(),
+                self.new_destination.allow_names.as_slice(),
+            ),
+            (
+                "detect.new_destination.deny_names".to_owned(),
+                self.new_destination.deny_names.as_slice(),
+            ),
+        ];
+        for (i, p) in self.profile.iter().enumerate() {
+            lists.push((format!("detect.profile[{i}].allow_names"), &p.allow_names));
+            lists.push((format!("detect.profile[{i}].deny_names"), &p.deny_names));
+        }
+        lists
+    }
+
+    /// The config as detection compares with it: name suffixes in lower case, as DNS names
+    /// come.
+    pub fn normalized(&self) -> Self {
+        let lower = |list: &[String]| {
+            list.iter()
+                .map(|s| crate::dns::suffix::normalize(s))
+                .collect()
+        };
+        let mut config = self.clone();
+        config.new_destination.allow_names = lower(&self.new_destination.allow_names);
+        config.new_destination.deny_names = lower(&self.new_destination.deny_names);
+        for p in &mut config.profile {
+            p.allow_names = lower(&p.allow_names);
+            p.deny_names = lower(&p.deny_names);
+        }
+        config
+    }
 }
 
 impl Default for DetectConfig {
@@ -210,6 +265,8 @@ impl Default for NewDestinationConfig {
             learning: Duration::from_secs(7 * 86_400),
             bytes: ByteSize::b(MIB),
             max_per_service: 10_000,
+            allow_names: Vec::new(),
+            deny_names: Vec::new(),
         }
     }
 }
@@ -259,6 +316,8 @@ fn shipped_profiles() -> Vec<Profile> {
         reads: strings(reads),
         serves: Vec::new(),
         allow: Vec::new(),
+        allow_names: Vec::new(),
+        deny_names: Vec::new(),
         allow_internal: false,
         daily_budget: None,
         many_destinations: false,

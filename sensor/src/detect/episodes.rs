@@ -112,6 +112,7 @@ impl Episodes {
             class: None,
             summary: hit.summary,
             description: hit.description,
+            destination_name: None,
         };
         self.open.insert(
             k,
@@ -223,8 +224,13 @@ impl Episodes {
             }
             open.last_growth_ms = now;
             if let Some(record) = self.records.get_mut(&open.id) {
-                if open.destination.is_some() {
+                if let Some(ip) = open.destination {
                     record.bytes += growth;
+                    // Raised before a DNS answer named its address (a restart): named now.
+                    if record.destination_name.is_none() {
+                        record.destination_name =
+                            traffic.name_of(ip, record.pid).map(str::to_owned);
+                    }
                 } else if let Some(hit) = hits_by_key.get(k) {
                     record.bytes = record.bytes.max(hit.bytes);
                 }
@@ -263,6 +269,10 @@ impl Episodes {
                 class: hit.class.clone(),
                 summary: hit.summary.clone(),
                 description: hit.description.clone(),
+                destination_name: hit
+                    .destination
+                    .and_then(|ip| traffic.name_of(ip, hit.sender.pid))
+                    .map(str::to_owned),
             };
             self.open.insert(
                 k,

@@ -158,6 +158,26 @@ pub(crate) struct Traffic<'a> {
     /// Each service's flows: a range of `flows`.
     services: Vec<(&'a str, std::ops::Range<usize>)>,
     pub processes: HashMap<u32, &'a ProcessInfo>,
+    /// The DNS names the interval's flow rows give their destinations: by (pid, address),
+    /// and by address (the first row's).
+    names: HashMap<(u32, IpAddr), &'a str>,
+    names_by_address: HashMap<IpAddr, &'a str>,
+}
+
+/// A destination as alerts word it: `upload.example.test (198.51.100.2)`, or the address
+/// alone when no DNS answer named it.
+pub(crate) struct Destination<'a> {
+    pub ip: IpAddr,
+    pub name: Option<&'a str>,
+}
+
+impl fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name {
+            Some(name) => write!(f, "{name} ({})", self.ip),
+            None => write!(f, "{}", self.ip),
+        }
+    }
 }
 
 impl<'a> Traffic<'a> {
@@ -166,6 +186,23 @@ impl<'a> Traffic<'a> {
         self.services
             .iter()
             .map(|(service, range)| (*service, &self.flows[range.clone()]))
+    }
+
+    /// The DNS name of `ip` for what `pid` sent: its own row's, else any row's of this
+    /// interval.
+    pub fn name_of(&self, ip: IpAddr, pid: u32) -> Option<&'a str> {
+        self.names
+            .get(&(pid, ip))
+            .or_else(|| self.names_by_address.get(&ip))
+            .copied()
+    }
+
+    /// `ip` as an alert words it, named as `pid`'s rows name it.
+    pub fn destination(&self, ip: IpAddr, pid: u32) -> Destination<'a> {
+        Destination {
+            ip,
+            name: self.name_of(ip, pid),
+        }
     }
 }
 
@@ -178,6 +215,9 @@ pub(crate) struct Flow<'a> {
     pub allowed: bool,
     /// A profile of the sender talks to many hosts (a mail relay).
     pub many_destinations: bool,
+    /// A profile of the sender denies the destination's DNS name (`deny_names`): a `budget`
+    /// alert at any byte.
+    pub denied: bool,
 }
 
 impl Flow<'_> {
@@ -220,11 +260,12 @@ impl Detector {
         config: &DetectConfig,
         config_path: &str,
     ) -> Result<Self, crate::config::ConfigError> {
+        let config = config.normalized();
         Ok(Self {
             profiles: rules::Profiles::new(&config.profile, config_path)?,
-            config: config.clone(),
-            state: State::default(),
             state_file: config.state_file.clone(),
+            config,
+            state: State::default(),
             dirty: false,
             restored: None,
         })
@@ -272,8 +313,9 @@ impl Detector {
         config: &DetectConfig,
         config_path: &str,
     ) -> Result<(), crate::config::ConfigError> {
+        let config = config.normalized();
         self.profiles = rules::Profiles::new(&config.profile, config_path)?;
-        self.config = config.clone();
+        self.config = config;
         Ok(())
     }
 
@@ -384,6 +426,14 @@ impl Detector {
             });
             groups[group].push(flow);
         }
+        let mut names: HashMap<(u32, IpAddr), &str> = HashMap::default();
+        let mut names_by_address: HashMap<IpAddr, &str> = HashMap::default();
+        for flow in &interval.flows {
+            if let (Some(ip), Some(name)) = (flow.destination, &flow.destination_name) {
+                names.entry((flow.pid, ip)).or_insert(name);
+                names_by_address.entry(ip).or_insert(name);
+            }
+        }
         let mut flows = Vec::with_capacity(groups.iter().map(Vec::len).sum());
         let mut services = Vec::with_capacity(groups.len());
         for group in groups {
@@ -399,14 +449,17 @@ impl Detector {
                         (profiles.into(), many)
                     })
                     .clone();
+                let name = flow.destination_name.as_deref();
                 let allowed = flow
                     .destination
-                    .is_some_and(|ip| self.profiles.allows(&profiles, ip, flow.class));
+                    .is_some_and(|ip| self.profiles.allows(&profiles, ip, flow.class, name));
+                let denied = name.is_some_and(|n| self.profiles.denies(&profiles, n).is_some());
                 flows.push(Flow {
                     flow,
                     many_destinations,
                     profiles,
                     allowed,
+                    denied,
                 });
             }
             if let Some(first) = flows.get(begin) {
@@ -419,6 +472,8 @@ impl Detector {
             flows,
             services,
             processes,
+            names,
+            names_by_address,
         }
     }
 }

@@ -3,11 +3,14 @@
 //! parses each answer (`kernel::dns`) and the poll hands them over as [`DnsAnswer`]s; the
 //! agent keeps them in a bounded cache and names flows, alerts and journal records from it.
 
+pub mod cache;
 pub mod config;
+pub mod metrics;
+pub mod suffix;
 
 use std::net::IpAddr;
 
-pub use self::config::DnsConfig;
+pub use self::{cache::NameCache, config::DnsConfig, metrics::DnsMetrics};
 
 /// One DNS response as the kernel parsed it: the question and its A/AAAA answers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -73,6 +73,7 @@ fn served_registry() -> prometheus::Registry {
     crate::http::HttpMetrics::register(&registry);
     crate::daemon::reload::ReloadMetrics::register(&registry);
     crate::journal::permissions::register_metric(&registry);
+    crate::dns::DnsMetrics::register(&registry);
     let dir = std::env::temp_dir().join(format!("exfil-docs-sinks-{}", std::process::id()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

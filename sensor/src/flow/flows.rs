@@ -20,9 +20,12 @@ use super::{
     class::{DestinationClass, Networks},
     counters, destination,
     identity::{Names, Process, ProcessSource},
-    interval::{Direction, FlowInterval, Protocol},
+    interval::FlowInterval,
 };
-use crate::api::{DestinationRecord, Filter, FlowRecord, ServiceRecord};
+use crate::{
+    api::{DestinationRecord, Filter, FlowRecord, ServiceRecord},
+    dns::NameCache,
+};
 
 /// `FlowKey::family` of a process's overflow row: bytes it sent while the kernel's egress map
 /// was full, counted without their destination. The kernel never uses this value.
@@ -45,6 +48,10 @@ struct Row {
     interval: FlowCounters,
     first_seen: SystemTime,
     last_seen: SystemTime,
+    /// The DNS name its destination had when the row was made (or, made unnamed, when it
+    /// first counted with one): kept, so that a later answer naming the address otherwise
+    /// does not rename what was seen.
+    name: Option<Arc<str>>,
 }
 
 /// A kernel key the table follows: its last running totals, and where its bytes go.
@@ -94,6 +101,8 @@ pub struct FlowTable {
     /// interval's rows do not add up to (their bytes went to an other row, or the kernel
     /// deleted the key).
     unrowed: Option<HashSet<FlowKey, foldhash::fast::RandomState>>,
+    /// The DNS answers' names of addresses (`[dns]`); `None`: rows are not named.
+    dns: Option<NameCache>,
 }
 
 /// A kernel key found at the first poll of pinned maps.
@@ -124,7 +133,25 @@ impl FlowTable {
             names: Names::default(),
             evictions: Evictions::default(),
             unrowed: None,
+            dns: None,
         }
+    }
+
+    /// Names rows by the DNS answers [`FlowTable::learn_names`] is given, kept in `cache`.
+    pub fn name_destinations(&mut self, cache: NameCache) {
+        self.dns = Some(cache);
+    }
+
+    /// Takes the DNS answers received by `now` (nothing unless rows are named).
+    pub fn learn_names(&mut self, now: SystemTime, answers: &[crate::dns::DnsAnswer]) {
+        if let Some(cache) = &mut self.dns {
+            cache.learn(now, answers);
+        }
+    }
+
+    /// The name cache, when rows are named.
+    pub fn name_cache(&self) -> Option<&NameCache> {
+        self.dns.as_ref()
     }
 
     /// Keeps what [`FlowTable::totals`] needs (the journal's totals records).
@@ -177,6 +204,9 @@ impl FlowTable {
             if let Some(row) = &mut tracked.row {
                 row.totals = totals;
                 row.add(&delta, now);
+                if row.name.is_none() {
+                    row.name = name_of(self.dns.as_ref(), now, &key);
+                }
                 let process = Arc::clone(&row.process);
                 self.count(process, Some(key), delta, &mut changes);
                 continue;
@@ -187,6 +217,7 @@ impl FlowTable {
             match self.keys.get_mut(&key) {
                 Some(tracked) if own => {
                     let mut row = Row::new(&process, now);
+                    row.name = name_of(self.dns.as_ref(), now, &key);
                     row.totals = totals;
                     row.add(&delta, now);
                     tracked.row = Some(row);
@@ -275,6 +306,7 @@ impl FlowTable {
             let accounted = journaled(&key);
             let row = (self.rows < self.limits.max_rows).then(|| {
                 let mut row = Row::new(&self.names.get(key.tgid, source), now);
+                row.name = name_of(self.dns.as_ref(), now, &key);
                 row.totals = accounted.unwrap_or(totals);
                 row
             });
@@ -329,6 +361,9 @@ impl FlowTable {
         self.other.retain(|_, row| !idle(row));
         self.evictions.idle += (expired + before - self.other.len()) as u64;
         self.names.prune();
+        if let Some(cache) = &mut self.dns {
+            cache.prune(now);
+        }
         records
     }
 
@@ -406,13 +441,25 @@ impl FlowTable {
 
     /// Per service: exact totals, row count and its largest destinations (`per_service`).
     pub fn services(&self, per_service: usize) -> Vec<ServiceRecord> {
-        let mut by_service: HashMap<&str, (u64, HashMap<Option<IpAddr>, FlowCounters>)> =
-            HashMap::new();
+        /// Per address: its bytes, and the name of its row that sent the most.
+        type Destinations<'a> =
+            HashMap<Option<IpAddr>, (FlowCounters, Option<(u64, &'a Arc<str>)>)>;
+        let mut by_service: HashMap<&str, (u64, Destinations<'_>)> = HashMap::new();
         for (key, row) in self.all_rows() {
             let dest = key.and_then(destination);
             let (count, dests) = by_service.entry(&row.process.service).or_default();
             *count += 1;
-            counters::add(dests.entry(dest).or_default(), &row.totals);
+            let (totals, name) = dests.entry(dest).or_default();
+            counters::add(totals, &row.totals);
+            if let Some(row_name) = &row.name {
+                let this = (row.totals.sent, row_name);
+                // Ties by name, so that the answer does not follow the table's hash order.
+                if name.is_none_or(|(sent, n)| {
+                    (sent, std::cmp::Reverse(n)) < (this.0, std::cmp::Reverse(this.1))
+                }) {
+                    *name = Some(this);
+                }
+            }
         }
         let mut records: Vec<ServiceRecord> = self
             .services
@@ -421,8 +468,9 @@ impl FlowTable {
                 let (flows, dests) = by_service.remove(service.as_str()).unwrap_or_default();
                 let mut destinations: Vec<DestinationRecord> = dests
                     .into_iter()
-                    .map(|(dest, c)| DestinationRecord {
+                    .map(|(dest, (c, name))| DestinationRecord {
                         destination: dest.map_or_else(|| "other".to_owned(), |ip| ip.to_string()),
+                        destination_name: name.map(|(_, n)| n.to_string()),
                         class: self.networks.classify(dest).as_str().to_owned(),
                         bytes_sent: c.sent,
                         bytes_received: c.received,
@@ -461,6 +509,7 @@ impl Row {
             interval: FlowCounters::default(),
             first_seen: now,
             last_seen: now,
+            name: None,
         }
     }
 
@@ -542,56 +591,8 @@ pub(super) fn oldest<K: Ord + Copy>(mut idle: Vec<(SystemTime, K)>, batch: usize
     idle[..batch].iter().map(|(_, key)| *key).collect()
 }
 
-fn interval_record(key: Option<&FlowKey>, row: &Row, networks: &Networks) -> FlowInterval {
-    let p = &row.process;
-    let dest = key.and_then(destination);
-    FlowInterval {
-        service: p.service.clone(),
-        pid: key.map_or(0, |k| k.tgid),
-        comm: p.comm.clone(),
-        exe: p.exe.clone(),
-        uid: p.uid,
-        destination: dest,
-        class: networks.classify(dest),
-        port: key.map_or(0, |k| k.port),
-        protocol: key.map_or(Protocol::Other, |k| Protocol::from_kernel(k.protocol)),
-        direction: key.map_or(Direction::Other, |k| Direction::from_kernel(k.direction)),
-        bytes_sent: row.interval.sent,
-        sends: row.interval.sends,
-        bytes_received: row.interval.received,
-        recvs: row.interval.recvs,
-    }
-}
-
-fn flow_record(key: Option<&FlowKey>, row: &Row, class: DestinationClass) -> FlowRecord {
-    let p = &row.process;
-    FlowRecord {
-        pid: key.map_or(0, |k| k.tgid),
-        comm: p.comm.clone(),
-        exe: p.exe.clone(),
-        uid: p.uid,
-        service: p.service.clone(),
-        destination: key
-            .and_then(destination)
-            .map_or_else(|| "other".to_owned(), |ip| ip.to_string()),
-        class: class.as_str().to_owned(),
-        port: key.map_or(0, |k| k.port),
-        protocol: key
-            .map_or(Protocol::Other, |k| Protocol::from_kernel(k.protocol))
-            .as_str()
-            .to_owned(),
-        direction: key
-            .map_or(Direction::Other, |k| Direction::from_kernel(k.direction))
-            .as_str()
-            .to_owned(),
-        bytes_sent: row.totals.sent,
-        sends: row.totals.sends,
-        bytes_received: row.totals.received,
-        recvs: row.totals.recvs,
-        first_seen: humantime::format_rfc3339_seconds(row.first_seen).to_string(),
-        last_seen: humantime::format_rfc3339_seconds(row.last_seen).to_string(),
-    }
-}
+mod records;
+use records::{flow_record, interval_record, name_of};
 
 #[cfg(test)]
 mod tests;

@@ -75,6 +75,10 @@ pub struct FlowInterval {
     pub uid: Option<u32>,
     /// `None` on an other row: bytes whose destination was not kept apart.
     pub destination: Option<IpAddr>,
+    /// The DNS name of `destination` bound when the row was made (`[dns]`); `None` when no
+    /// answer the host received named it.
+    #[serde(default)]
+    pub destination_name: Option<String>,
     pub class: DestinationClass,
     /// The remote port of an outbound flow, the local port of an inbound one.
     pub port: u16,
@@ -99,6 +103,7 @@ impl FlowInterval {
             exe: format!("/usr/bin/{comm}"),
             uid: Some(0),
             destination: Some(destination),
+            destination_name: None,
             class: super::class::Networks::new(&[]).classify(Some(destination)),
             port: 443,
             protocol: Protocol::Tcp,

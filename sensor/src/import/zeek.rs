@@ -444,6 +444,7 @@ pub fn intervals(conns: &[Conn], networks: &Networks, interval_ms: u64) -> Vec<I
             exe: String::new(),
             uid: None,
             destination: Some(remote),
+            destination_name: None,
             class: networks.classify(Some(remote)),
             port,
             protocol,

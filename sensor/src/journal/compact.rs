@@ -3,6 +3,11 @@
 //! once in a table of senders, so that a flow row is its numbers and two small indexes.
 //! postcard writes integers as varints, so the indexes and most counters are one to three
 //! bytes. Converted back to the same `Interval` on read (a property test says so).
+//!
+//! Flow rows' DNS names (0.7) follow the compact record as a trailing list of (flow row,
+//! string) indexes, written only when a row has a name: an interval without names is
+//! byte for byte what 0.6 wrote, and a 0.6 record (no trailing bytes) reads as one without
+//! names. Names are in the string table, so a name many rows share is written once.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -24,6 +29,9 @@ pub(super) struct Compact<S> {
     files: Vec<File<S>>,
     processes: Vec<Process>,
 }
+
+/// Each named flow row's index in `flows` and its name's in `strings`, in row order.
+pub(super) type FlowNames = Vec<(u32, u32)>;
 
 /// Who sent: the process fields every flow row of one process repeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,14 +101,16 @@ impl<'a> Table<'a> {
     }
 }
 
-pub(super) fn encode(interval: &Interval, redact_paths: bool) -> Compact<&str> {
+pub(super) fn encode(interval: &Interval, redact_paths: bool) -> (Compact<&str>, FlowNames) {
     let mut table = Table::default();
+    let mut names = FlowNames::new();
     let mut senders: Vec<Sender> = Vec::new();
     let mut sender_index: HashMap<Sender, u32> = HashMap::new();
     let flows = interval
         .flows
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             let sender = Sender {
                 service: table.of(&f.service),
                 pid: f.pid,
@@ -108,6 +118,10 @@ pub(super) fn encode(interval: &Interval, redact_paths: bool) -> Compact<&str> {
                 exe: table.of(&f.exe),
                 uid: f.uid,
             };
+            if let Some(name) = &f.destination_name {
+                // As many rows as `flows`, bounded like the table's indexes.
+                names.push((u32::try_from(i).unwrap_or(u32::MAX), table.of(name)));
+            }
             let sender = *sender_index.entry(sender).or_insert_with(|| {
                 senders.push(sender);
                 u32::try_from(senders.len() - 1).unwrap_or(u32::MAX)
@@ -159,7 +173,7 @@ pub(super) fn encode(interval: &Interval, redact_paths: bool) -> Compact<&str> {
             ancestors: p.ancestors.clone(),
         })
         .collect();
-    Compact {
+    let compact = Compact {
         start_ms: interval.start_ms,
         end_ms: interval.end_ms,
         strings: table.strings,
@@ -167,12 +181,13 @@ pub(super) fn encode(interval: &Interval, redact_paths: bool) -> Compact<&str> {
         flows,
         files,
         processes,
-    }
+    };
+    (compact, names)
 }
 
-/// The interval a compact record holds; an index out of its table is an error (a record
-/// that decodes is not necessarily one this code wrote).
-pub(super) fn decode(c: &Compact<&str>) -> Result<Interval, String> {
+/// The interval a compact record and its flow names hold; an index out of its table is an
+/// error (a record that decodes is not necessarily one this code wrote).
+pub(super) fn decode(c: &Compact<&str>, names: &FlowNames) -> Result<Interval, String> {
     let string = |i: u32| -> Result<String, String> {
         usize::try_from(i)
             .ok()
@@ -193,6 +208,7 @@ pub(super) fn decode(c: &Compact<&str>) -> Result<Interval, String> {
             exe: string(s.exe)?,
             uid: s.uid,
             destination: f.destination,
+            destination_name: None,
             class: f.class,
             port: f.port,
             protocol: f.protocol,
@@ -202,6 +218,13 @@ pub(super) fn decode(c: &Compact<&str>) -> Result<Interval, String> {
             bytes_received: f.bytes_received,
             recvs: f.recvs,
         });
+    }
+    for (row, name) in names {
+        let flow = usize::try_from(*row)
+            .ok()
+            .and_then(|i| flows.get_mut(i))
+            .ok_or_else(|| format!("named flow {row} of {}", c.flows.len()))?;
+        flow.destination_name = Some(string(*name)?);
     }
     let mut files = Vec::with_capacity(c.files.len());
     for f in &c.files {

@@ -295,9 +295,26 @@ impl Record {
         let result = match self {
             Self::Start(r) => postcard::to_extend(r, taken),
             Self::Config(r) => postcard::to_extend(r, taken),
-            Self::Interval(r) => postcard::to_extend(&compact::encode(r, redact_paths), taken),
+            Self::Interval(r) => {
+                let (compact, names) = compact::encode(r, redact_paths);
+                postcard::to_extend(&compact, taken).and_then(|bytes| {
+                    if names.is_empty() {
+                        Ok(bytes)
+                    } else {
+                        postcard::to_extend(&names, bytes)
+                    }
+                })
+            }
             Self::Process(r) => postcard::to_extend(r, taken),
-            Self::Alert(r) => postcard::to_extend(r, taken),
+            Self::Alert(r) => postcard::to_extend(r, taken).map(|mut bytes| {
+                // No name: the 0.6 layout, without the trailing `destination_name` (postcard
+                // writes `None` as one 0 byte, the last of the record; wire format spec,
+                // "Option").
+                if r.alert.destination_name.is_none() {
+                    bytes.pop();
+                }
+                bytes
+            }),
             Self::Stop(r) => postcard::to_extend(r, taken),
             Self::Totals(r) => postcard::to_extend(r, taken),
             Self::Resume(r) => postcard::to_extend(r, taken),
@@ -326,16 +343,37 @@ impl Record {
             RecordType::Start => Self::Start(whole(body).map_err(body_error)?),
             RecordType::Config => Self::Config(whole(body).map_err(body_error)?),
             RecordType::Interval => {
-                let c: compact::Compact<&str> = whole(body).map_err(body_error)?;
-                Self::Interval(compact::decode(&c).map_err(body_error)?)
+                let (c, rest): (compact::Compact<&str>, _) =
+                    postcard::take_from_bytes(body).map_err(|e| body_error(e.to_string()))?;
+                // Flow names trail the compact record when there are any (0.7 on).
+                let names = if rest.is_empty() {
+                    compact::FlowNames::new()
+                } else {
+                    whole(rest).map_err(body_error)?
+                };
+                Self::Interval(compact::decode(&c, &names).map_err(body_error)?)
             }
             RecordType::Process => Self::Process(whole(body).map_err(body_error)?),
-            RecordType::Alert => Self::Alert(whole(body).map_err(body_error)?),
+            RecordType::Alert => Self::Alert(alert(body).map_err(body_error)?),
             RecordType::Stop => Self::Stop(whole(body).map_err(body_error)?),
             RecordType::Totals => Self::Totals(whole(body).map_err(body_error)?),
             RecordType::Resume => Self::Resume(whole(body).map_err(body_error)?),
         })
     }
+}
+
+/// An alert record: with its trailing `destination_name` (0.7 on, when it has one), or
+/// without it (0.6, and 0.7 when it has none): the same bytes and a `None` (one 0 byte).
+fn alert(body: &[u8]) -> Result<AlertEvent, String> {
+    whole(body).or_else(|e| {
+        let mut unnamed = Vec::with_capacity(body.len() + 1);
+        unnamed.extend_from_slice(body);
+        unnamed.push(0);
+        match whole::<AlertEvent>(&unnamed) {
+            Ok(event) if event.alert.destination_name.is_none() => Ok(event),
+            _ => Err(e),
+        }
+    })
 }
 
 /// Decodes a value that must use every byte: trailing bytes mean a misread.

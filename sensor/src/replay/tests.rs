@@ -122,6 +122,49 @@ fn replay_with_the_recorded_config_raises_exactly_the_live_alerts() {
     assert_eq!(outcome.span, Some((T0, T0 + 10 * INTERVAL_MS)));
 }
 
+/// The names the live agent bound to its flow rows travel in the journal's interval records:
+/// replay's alerts name their destinations as the live ones did.
+#[test]
+fn replayed_alerts_carry_the_names_the_live_rows_had() {
+    let mut live = live_detector(DEFAULT_TOML);
+    let mut intervals = upload(T0, 0, 10, 8 * MIB, "198.51.100.2");
+    for flow in intervals.iter_mut().flat_map(|i| i.flows.iter_mut()) {
+        flow.destination_name = Some("upload.example.test".into());
+    }
+    let mut entries = vec![start(T0, DEFAULT_TOML, None)];
+    entries.extend(live_run(&mut live, intervals));
+    // Through the journal's encoding, as `exfil-sensor replay` reads them.
+    let entries = entries
+        .into_iter()
+        .map(|e| match e {
+            Entry::Record { record, .. } => {
+                let mut payload = Vec::new();
+                record.encode(false, &mut payload).expect("encodes");
+                entry(Record::decode(record.record_type() as u8, &payload).expect("decodes"))
+            }
+            damage => damage,
+        })
+        .collect();
+    let outcome = run(entries, Rules::Recorded);
+    assert_eq!(outcome.alerts, outcome.live);
+    assert_eq!(
+        outcome
+            .alerts
+            .iter()
+            .map(|a| (
+                a.destination.as_str(),
+                a.destination_name.as_deref(),
+                a.summary.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        vec![(
+            "198.51.100.2",
+            Some("upload.example.test"),
+            "exfil-e2e.service sent 56.0 MiB to upload.example.test (198.51.100.2) within 300s"
+        )]
+    );
+}
+
 #[test]
 fn each_restart_takes_the_state_the_agent_restored() {
     // Run 1: eight days of a service talking to one host: learning ends.

@@ -78,6 +78,9 @@ impl Default for Options {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Destination {
     pub destination: String,
+    /// The DNS names its flow rows had (`[dns]`), most bytes first; left out when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     pub bytes: u64,
     /// The hosts that sent to it, most bytes first.
     pub hosts: Vec<String>,
@@ -170,6 +173,8 @@ struct DestinationSums {
     bytes: u64,
     first_ms: u64,
     last_ms: u64,
+    /// Bytes per DNS name of its rows.
+    names: HashMap<String, u64>,
 }
 
 /// (host, service, destination).
@@ -255,8 +260,17 @@ impl Builder {
                     bytes: 0,
                     first_ms: interval.start_ms,
                     last_ms: interval.end_ms,
+                    names: HashMap::new(),
                 });
             sums.bytes += flow.bytes_sent;
+            if let Some(name) = &flow.destination_name {
+                match sums.names.get_mut(name) {
+                    Some(bytes) => *bytes += flow.bytes_sent,
+                    None => {
+                        sums.names.insert(name.clone(), flow.bytes_sent);
+                    }
+                }
+            }
             sums.first_ms = sums.first_ms.min(interval.start_ms);
             sums.last_ms = sums.last_ms.max(interval.end_ms);
         }
@@ -343,6 +357,7 @@ impl Builder {
                 }
                 Destination {
                     destination: (*destination).clone(),
+                    names: most_first(sums.names.iter().map(|(n, b)| (n, *b)).collect()),
                     bytes: sums.bytes,
                     hosts: most_first(hosts),
                     services: most_first(services),

@@ -35,11 +35,21 @@ pub fn table(report: &Report) -> String {
         }
     );
     out.push_str("Top destinations\n");
+    // A NAMES column once a DNS answer named one of them (journals of 0.7 on, `[dns]` on).
+    let named = report.destinations.iter().any(|d| !d.names.is_empty());
     let rows: Vec<Vec<String>> = report
         .destinations
         .iter()
         .map(|d| {
-            let mut row = vec![printable(&d.destination), d.bytes.to_string()];
+            let mut row = vec![printable(&d.destination)];
+            if named {
+                row.push(if d.names.is_empty() {
+                    "-".to_owned()
+                } else {
+                    printable(&d.names.join(","))
+                });
+            }
+            row.push(d.bytes.to_string());
             if several {
                 row.push(printable(&d.hosts.join(",")));
             }
@@ -51,7 +61,11 @@ pub fn table(report: &Report) -> String {
             row
         })
         .collect();
-    let mut columns = vec![left("DESTINATION"), right("BYTES")];
+    let mut columns = vec![left("DESTINATION")];
+    if named {
+        columns.push(left("NAMES"));
+    }
+    columns.push(right("BYTES"));
     if several {
         columns.push(left("HOSTS"));
     }

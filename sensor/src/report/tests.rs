@@ -42,6 +42,7 @@ fn alert(id: u64, change: AlertChange, bytes: u64, raised_ms: u64) -> AlertEvent
             class: None,
             summary: format!("dovecot.service sent {bytes} bytes to 198.51.100.7"),
             description: String::new(),
+            destination_name: None,
         },
     }
 }
@@ -399,4 +400,73 @@ fn restarts_that_took_over_pinned_totals_or_followed_an_unclean_end_are_listed()
         table.contains("unclean") && table.contains("2000"),
         "{table}"
     );
+}
+
+/// Names beside destinations: each address's names, most bytes first; the NAMES column only
+/// once a name is known (a 0.6 journal's report is as it was).
+#[test]
+fn destinations_show_the_names_their_rows_had() {
+    let named = |destination, bytes, name: &str| FlowInterval {
+        destination_name: Some(name.to_owned()),
+        ..flow("dovecot.service", destination, bytes)
+    };
+    let intervals = [
+        interval(
+            0,
+            vec![
+                named("198.51.100.7", 20 * MIB, "cdn.example.org"),
+                named("198.51.100.7", 40 * MIB, "files.example-storage.net"),
+                flow("postfix.service", "203.0.113.1", MIB),
+            ],
+        ),
+        interval(10_000, vec![flow("dovecot.service", "198.51.100.7", MIB)]),
+    ];
+    let report = build(Options::default(), &intervals, &[]);
+    assert_eq!(
+        report
+            .destinations
+            .iter()
+            .map(|d| (d.destination.as_str(), d.names.clone(), d.bytes))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                "198.51.100.7",
+                vec![
+                    "files.example-storage.net".to_owned(),
+                    "cdn.example.org".to_owned()
+                ],
+                61 * MIB
+            ),
+            ("203.0.113.1", Vec::new(), MIB),
+        ]
+    );
+    let text = table(&report);
+    let top: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "Top destinations")
+        .skip(1)
+        .take(3)
+        .collect();
+    assert_eq!(
+        top,
+        vec![
+            "DESTINATION   NAMES                                         BYTES  SERVICES         FIRST_SEEN            LAST_SEEN",
+            "198.51.100.7  files.example-storage.net,cdn.example.org  63963136  dovecot.service  2025-11-24T00:00:00Z  2025-11-24T00:00:20Z",
+            "203.0.113.1   -                                           1048576  postfix.service  2025-11-24T00:00:00Z  2025-11-24T00:00:10Z",
+        ],
+        "{text}"
+    );
+    let text = json(&report);
+    assert!(
+        text.contains("\"names\": [\n        \"files.example-storage.net\",\n        \"cdn.example.org\"\n      ],"),
+        "{text}"
+    );
+    // Unnamed: no column, no field.
+    let report = build(Options::default(), &two_hours(), &[]);
+    assert!(
+        table(&report).contains("\nDESTINATION      BYTES  SERVICES"),
+        "{}",
+        table(&report)
+    );
+    assert!(!json(&report).contains("names"));
 }

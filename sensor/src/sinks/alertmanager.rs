@@ -100,7 +100,7 @@ impl<'a> PostableAlert<'a> {
         if let Some(class) = &alert.class {
             labels.insert("class", class);
         }
-        let annotations = BTreeMap::from([
+        let mut annotations = BTreeMap::from([
             ("summary", alert.summary.clone()),
             ("description", alert.description.clone()),
             ("alert_id", alert.id.to_string()),
@@ -111,6 +111,10 @@ impl<'a> PostableAlert<'a> {
             ("window_s", alert.window_s.to_string()),
             ("started_at", alert.started_at.clone()),
         ]);
+        // Not a label: a name can change between answers, and an alert's labels never do.
+        if let Some(name) = &alert.destination_name {
+            annotations.insert("destination_name", name.clone());
+        }
         let ends_at = match (&alert.resolved_at, resolved) {
             (Some(at), true) => at.clone(),
             // Resolved without a time (should not happen): now ends it.

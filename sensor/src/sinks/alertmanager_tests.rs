@@ -117,6 +117,35 @@ fn a_lineage_alert_carries_its_class_label() {
     assert_eq!(value.get("generatorURL"), None);
 }
 
+#[test]
+fn a_named_destination_is_an_annotation_not_a_label() {
+    let target = Target {
+        url: "http://am:9093/api/v2/alerts".parse().expect("url"),
+        instance: "mail-1".to_owned(),
+        generator_url: None,
+        resend: Duration::from_secs(60),
+        timeout: Duration::from_secs(10),
+        queue: 10,
+    };
+    let mut alert = event(AlertChange::Raised).alert;
+    alert.destination_name = Some("upload.example.test".to_owned());
+    let posted = PostableAlert::new(&alert, "ExfilSensorBurst", false, &target, "T");
+    let value = serde_json::to_value(&posted).expect("json");
+    assert_eq!(
+        value["annotations"]["destination_name"],
+        "upload.example.test"
+    );
+    assert_eq!(value["labels"]["destination"], "203.0.113.9");
+    assert_eq!(value["labels"].get("destination_name"), None);
+    // The webhook and JSON-lines sinks post the event itself: the field is in it.
+    let event = AlertEvent {
+        change: AlertChange::Raised,
+        alert,
+    };
+    let json = serde_json::to_value(&event).expect("json");
+    assert_eq!(json["alert"]["destination_name"], "upload.example.test");
+}
+
 /// Raised: posted at once; re-sent after `resend`; updated: posted at once; resolved: posted
 /// with its endsAt, then never again.
 #[tokio::test]

@@ -48,6 +48,7 @@ pub(super) fn event(change: AlertChange) -> AlertEvent {
         description: "52428800 bytes to 203.0.113.9:443 within 60s; the burst rule fires at \
                       10 MiB."
             .to_owned(),
+        destination_name: None,
     };
     match change {
         AlertChange::Raised => {}

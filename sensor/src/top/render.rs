@@ -127,38 +127,53 @@ fn draw_services(frame: &mut Frame, state: &TopState, area: Rect) {
 }
 
 fn draw_destinations(frame: &mut Frame, selected: Option<&ServiceView>, area: Rect) {
-    let header = Row::new([
-        Cell::from("DESTINATION"),
-        Cell::from("CLASS"),
-        right("SENT/s"),
-        right("TOTAL SENT"),
-    ])
-    .style(Style::new().add_modifier(Modifier::BOLD));
-    let rows = selected
+    let destinations = selected
         .map(|s| s.destinations.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|d| {
-            Row::new([
-                Cell::from(printable(&d.destination)),
-                Cell::from(printable(&d.class)),
-                right(rate(d.sent.rate)),
-                right(human_bytes(d.sent.total as f64)),
-            ])
-        });
-    let table = Table::new(
-        rows,
-        [
+        .unwrap_or_default();
+    // A NAME column once a DNS answer named one of them; the addresses then take what they
+    // need and the names the rest.
+    let named = destinations.iter().any(|d| d.name.is_some());
+    let mut header = vec![Cell::from("DESTINATION")];
+    let mut widths = vec![Constraint::Fill(1)];
+    if named {
+        header.push(Cell::from("NAME"));
+        let address = destinations
+            .iter()
+            .map(|d| d.destination.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max("DESTINATION".len());
+        widths = vec![
+            Constraint::Length(u16::try_from(address).unwrap_or(u16::MAX)),
             Constraint::Fill(1),
-            Constraint::Length(CLASS_WIDTH),
-            Constraint::Length(RATE_WIDTH),
-            Constraint::Length(TOTAL_WIDTH),
-        ],
-    )
-    .header(header)
-    // Same indent as the services above, so the columns line up under their names.
-    .highlight_spacing(HighlightSpacing::Always)
-    .highlight_symbol(SELECTED_MARK);
+        ];
+    }
+    header.extend([Cell::from("CLASS"), right("SENT/s"), right("TOTAL SENT")]);
+    widths.extend([
+        Constraint::Length(CLASS_WIDTH),
+        Constraint::Length(RATE_WIDTH),
+        Constraint::Length(TOTAL_WIDTH),
+    ]);
+    let header = Row::new(header).style(Style::new().add_modifier(Modifier::BOLD));
+    let rows = destinations.iter().map(|d| {
+        let mut cells = vec![Cell::from(printable(&d.destination))];
+        if named {
+            cells.push(Cell::from(
+                d.name.as_deref().map_or_else(|| "-".to_owned(), printable),
+            ));
+        }
+        cells.extend([
+            Cell::from(printable(&d.class)),
+            right(rate(d.sent.rate)),
+            right(human_bytes(d.sent.total as f64)),
+        ]);
+        Row::new(cells)
+    });
+    let table = Table::new(rows, widths)
+        .header(header)
+        // Same indent as the services above, so the columns line up under their names.
+        .highlight_spacing(HighlightSpacing::Always)
+        .highlight_symbol(SELECTED_MARK);
     frame.render_widget(table, area);
 }
 
@@ -243,6 +258,7 @@ mod tests {
                 .iter()
                 .map(|&(d, bytes_sent)| DestinationRecord {
                     destination: d.into(),
+                    destination_name: None,
                     class: "external".into(),
                     bytes_sent,
                     bytes_received: 0,
@@ -346,6 +362,36 @@ mod tests {
             "                                                                                ",
         ];
         assert_eq!(lines, expected, "\n{}", lines.join("\n"));
+    }
+
+    #[test]
+    fn named_destinations_get_a_name_column() {
+        let mut state = TopState::default();
+        let mut backup = record(
+            "backup.service",
+            3 << 20,
+            0,
+            0,
+            &[("198.51.100.2", 2 << 20), ("2001:db8::9", 1 << 20)],
+        );
+        backup.destinations[0].destination_name = Some("upload.example.test".into());
+        state.observe(vec![backup], Instant::now());
+        let lines = screen(&state);
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("destinations of backup.service"))
+            .expect("the destinations");
+        assert_eq!(
+            lines[at + 1..at + 4]
+                .iter()
+                .map(|l| l.trim_end())
+                .collect::<Vec<_>>(),
+            vec![
+                "  DESTINATION  NAME                            CLASS          SENT/s  TOTAL SENT",
+                "  198.51.100.2 upload.example.test             external            -     2.0 MiB",
+                "  2001:db8::9  -                               external            -     1.0 MiB",
+            ]
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ impl Counter {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DestinationView {
     pub destination: String,
+    /// Its DNS name, when the agent's rows have one.
+    pub name: Option<String>,
     pub class: String,
     pub sent: Counter,
 }
@@ -188,6 +190,7 @@ fn service_view(
             DestinationView {
                 sent: Counter::advance(earlier, d.bytes_sent, elapsed_s),
                 destination: d.destination,
+                name: d.destination_name,
                 class: d.class,
             }
         })
@@ -223,6 +226,7 @@ mod tests {
             flows: 1,
             destinations: vec![DestinationRecord {
                 destination: "198.51.100.2".into(),
+                destination_name: None,
                 class: "external".into(),
                 bytes_sent: sent,
                 bytes_received: received,

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 use super::{ByService, DAY_MS, Profiles};
-use crate::detect::{Hit, Kind, Sender, Traffic, config::BudgetConfig, size};
+use crate::detect::{Flow, Hit, Kind, Sender, Traffic, config::BudgetConfig, size};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Budget {
@@ -16,6 +16,10 @@ pub struct Budget {
     daily: BTreeMap<String, u64>,
     /// Per service and destination outside its allowlist, bytes sent today.
     outside: BTreeMap<String, BTreeMap<IpAddr, u64>>,
+    /// Per service and destination whose name its profile denies, bytes sent today. Absent
+    /// from an older state file.
+    #[serde(default)]
+    denied: BTreeMap<String, BTreeMap<IpAddr, u64>>,
     #[serde(skip)]
     senders: BTreeMap<String, Sender>,
 }
@@ -32,6 +36,7 @@ impl Budget {
             self.day = day;
             self.daily.clear();
             self.outside.clear();
+            self.denied.clear();
             self.senders.clear();
         }
         let mut hits = Vec::new();
@@ -47,6 +52,10 @@ impl Budget {
                 self.senders.service_mut(&flow.service).keep_larger(flow);
             }
             let Some(ip) = flow.destination else { continue };
+            if f.denied {
+                hits.push(self.denied(profiles, f, ip, traffic));
+                continue;
+            }
             if f.allowed || !profiles.has_allowlist(&f.profiles) {
                 continue;
             }
@@ -76,15 +85,17 @@ impl Budget {
                     started_ms: day * DAY_MS,
                     class: None,
                     summary: format!(
-                        "{} ({service}) sent {} to {ip}, outside its allowlist",
+                        "{} ({service}) sent {} to {}, outside its allowlist",
                         flow.comm,
-                        size(*outside)
+                        size(*outside),
+                        traffic.destination(ip, flow.pid),
                     ),
                     description: format!(
-                        "{} (pid {}) of {service} sent {} bytes today to {ip} ({}), which the allowlist of its profile {} does not name; up to {} a day is tolerated.",
+                        "{} (pid {}) of {service} sent {} bytes today to {} ({}), which the allowlist of its profile {} does not name; up to {} a day is tolerated.",
                         flow.comm,
                         flow.pid,
                         *outside,
+                        traffic.destination(ip, flow.pid),
                         flow.class.as_str(),
                         names.join(", "),
                         size(config.outside_allowlist.as_u64())
@@ -119,5 +130,57 @@ impl Budget {
             });
         }
         hits
+    }
+
+    /// A flow to a destination named under a `deny_names` suffix of its profile: an alert at
+    /// any byte, with today's bytes to it.
+    fn denied(
+        &mut self,
+        profiles: &Profiles,
+        f: &Flow<'_>,
+        ip: IpAddr,
+        traffic: &Traffic<'_>,
+    ) -> Hit {
+        let flow = f.flow;
+        let service = &flow.service;
+        let today = self.denied.service_mut(service).entry(ip).or_default();
+        *today += flow.bytes_sent;
+        let suffix = flow
+            .destination_name
+            .as_deref()
+            .and_then(|n| profiles.denies(&f.profiles, n))
+            .unwrap_or_default();
+        let names: Vec<&str> = f
+            .profiles
+            .iter()
+            .filter_map(|i| profiles.get(*i))
+            .filter(|p| p.deny_names.iter().any(|s| s == suffix))
+            .map(|p| p.name.as_str())
+            .collect();
+        let to = traffic.destination(ip, flow.pid);
+        Hit {
+            kind: Kind::Budget,
+            service: service.clone(),
+            destination: Some(ip),
+            per_destination: true,
+            sender: Sender::of(flow),
+            bytes: *today,
+            growth: 0,
+            window_s: DAY_MS / 1000,
+            started_ms: traffic.start_ms / DAY_MS * DAY_MS,
+            class: None,
+            summary: format!(
+                "{} ({service}) sent {} to {to}, a name its profile denies",
+                flow.comm,
+                size(*today)
+            ),
+            description: format!(
+                "{} (pid {}) of {service} sent {} bytes today to {to}, named under {suffix}, which the deny_names of its profile {} list; any byte there is an alert.",
+                flow.comm,
+                flow.pid,
+                *today,
+                names.join(", "),
+            ),
+        }
     }
 }

@@ -126,13 +126,15 @@ impl Burst {
                     started_ms: window.started(),
                     class: None,
                     summary: format!(
-                        "{service} sent {} to {ip} within {}s",
+                        "{service} sent {} to {} within {}s",
                         size(window.sum),
+                        traffic.destination(*ip, sender.pid),
                         config.window.as_secs()
                     ),
                     description: format!(
-                        "{service} sent {} bytes to the external address {ip} (mostly {} pid {} to port {}) in the last {} s; the burst threshold is {} within {} s.",
+                        "{service} sent {} bytes to the external address {} (mostly {} pid {} to port {}) in the last {} s; the burst threshold is {} within {} s.",
                         window.sum,
+                        traffic.destination(*ip, sender.pid),
                         sender.comm,
                         sender.pid,
                         sender.port,

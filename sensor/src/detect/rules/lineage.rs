@@ -339,15 +339,17 @@ impl Lineage {
                         started_ms: sent.first_ms,
                         class: Some(class.to_owned()),
                         summary: format!(
-                            "{service} sent {} to {ip} after reading {} of {class}",
+                            "{service} sent {} to {} after reading {} of {class}",
                             size(sent.bytes),
+                            traffic.destination(ip, sent.sender.pid),
                             size(taint.read)
                         ),
                         description: format!(
-                            "{} (pid {}) of {service} sent {} bytes to the external address {ip} after {}{via} read {} bytes of {class} files; the lineage threshold was {} bytes.",
+                            "{} (pid {}) of {service} sent {} bytes to the external address {} after {}{via} read {} bytes of {class} files; the lineage threshold was {} bytes.",
                             sent.sender.comm,
                             sent.sender.pid,
                             sent.bytes,
+                            traffic.destination(ip, sent.sender.pid),
                             taint.reader,
                             taint.read,
                             threshold

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 use glob::Pattern;
 
 use super::config::Profile;
-use crate::{config::ConfigError, flow::class::DestinationClass};
+use crate::{config::ConfigError, dns::suffix, flow::class::DestinationClass};
 
 /// The config's profiles, with their service patterns compiled.
 pub struct Profiles {
@@ -58,12 +58,28 @@ impl Profiles {
         self.profiles.get(index).map(|(p, _)| p)
     }
 
-    /// Whether one of `matching`'s profiles lists the destination.
-    pub fn allows(&self, matching: &[usize], ip: IpAddr, class: DestinationClass) -> bool {
+    /// Whether one of `matching`'s profiles lists the destination: by address, by class, or
+    /// by the DNS name the flow row has (`allow_names`).
+    pub fn allows(
+        &self,
+        matching: &[usize],
+        ip: IpAddr,
+        class: DestinationClass,
+        name: Option<&str>,
+    ) -> bool {
         matching.iter().filter_map(|i| self.get(*i)).any(|p| {
             (p.allow_internal && class == DestinationClass::Internal)
                 || p.allow.iter().any(|net| net.contains(&ip))
+                || name.is_some_and(|n| suffix::first_match(n, &p.allow_names).is_some())
         })
+    }
+
+    /// The first `deny_names` suffix of `matching`'s profiles that `name` falls under.
+    pub fn denies(&self, matching: &[usize], name: &str) -> Option<&str> {
+        matching
+            .iter()
+            .filter_map(|i| self.get(*i))
+            .find_map(|p| suffix::first_match(name, &p.deny_names))
     }
 
     /// Whether one of `matching`'s profiles has an allowlist.
@@ -71,7 +87,7 @@ impl Profiles {
         matching
             .iter()
             .filter_map(|i| self.get(*i))
-            .any(|p| p.allow_internal || !p.allow.is_empty())
+            .any(|p| p.allow_internal || !p.allow.is_empty() || !p.allow_names.is_empty())
     }
 
     /// Whether one of `matching`'s profiles reads this class for its work.

@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 use super::{ByService, DAY_MS, ms};
-use crate::detect::{Hit, Kind, Sender, Traffic, config::NewDestinationConfig, size};
+use crate::{
+    detect::{Hit, Kind, Sender, Traffic, config::NewDestinationConfig, size},
+    dns::suffix,
+};
 
 /// A destination seen but not yet over the threshold, after learning.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +42,7 @@ impl Novelty {
         let learning = ms(config.learning);
         let learned = now.saturating_sub(started) >= learning;
         let threshold = config.bytes.as_u64();
-        let mut hits = Vec::new();
+        let mut hits = denied(config, traffic);
         for (name, flows) in traffic.by_service() {
             // The service's known destinations, looked up once.
             if !flows
@@ -61,7 +64,11 @@ impl Novelty {
                     *last = now;
                     continue;
                 }
-                if !learned || f.many_destinations {
+                let allowed_name = flow
+                    .destination_name
+                    .as_deref()
+                    .is_some_and(|n| suffix::first_match(n, &config.allow_names).is_some());
+                if !learned || f.many_destinations || allowed_name {
                     remember(known, ip, now, config.max_per_service);
                     continue;
                 }
@@ -102,12 +109,14 @@ impl Novelty {
                     started_ms: pending.first_ms,
                     class: None,
                     summary: format!(
-                        "{name} sent {} to {ip}, a destination it never used",
-                        size(pending.bytes)
+                        "{name} sent {} to {}, a destination it never used",
+                        size(pending.bytes),
+                        traffic.destination(ip, pending.sender.pid),
                     ),
                     description: format!(
-                        "{name} sent {} bytes to the external address {ip}, which it had not used since {} (the learning period ended {}); the threshold is {} to a new destination.",
+                        "{name} sent {} bytes to the external address {}, which it had not used since {} (the learning period ended {}); the threshold is {} to a new destination.",
                         pending.bytes,
+                        traffic.destination(ip, pending.sender.pid),
                         super::super::episodes::rfc3339(started),
                         super::super::episodes::rfc3339(started.saturating_add(learning)),
                         size(threshold)
@@ -128,6 +137,60 @@ impl Novelty {
         });
         hits
     }
+}
+
+/// Flows to destinations named under a `deny_names` suffix: one hit per service and
+/// destination with this interval's bytes, whatever else is known or allowed (an open episode
+/// grows with later bytes instead).
+fn denied(config: &NewDestinationConfig, traffic: &Traffic<'_>) -> Vec<Hit> {
+    if config.deny_names.is_empty() {
+        return Vec::new();
+    }
+    let mut hits = Vec::new();
+    for (service, flows) in traffic.by_service() {
+        // Per destination: bytes, the largest sender, the suffix; in order first sent to.
+        let mut to: Vec<(IpAddr, u64, Sender, &str)> = Vec::new();
+        for f in flows {
+            let flow = f.flow;
+            let (Some(ip), Some(name)) = (flow.destination, flow.destination_name.as_deref())
+            else {
+                continue;
+            };
+            let Some(suffix) = suffix::first_match(name, &config.deny_names) else {
+                continue;
+            };
+            match to.iter_mut().find(|(dest, ..)| *dest == ip) {
+                Some((_, bytes, sender, _)) => {
+                    *bytes += flow.bytes_sent;
+                    sender.keep_larger(flow);
+                }
+                None => to.push((ip, flow.bytes_sent, Sender::of(flow), suffix)),
+            }
+        }
+        for (ip, bytes, sender, suffix) in to {
+            let dest = traffic.destination(ip, sender.pid);
+            hits.push(Hit {
+                kind: Kind::NewDestination,
+                service: service.to_owned(),
+                destination: Some(ip),
+                per_destination: true,
+                bytes,
+                growth: 0,
+                window_s: 0,
+                started_ms: traffic.start_ms,
+                class: None,
+                summary: format!(
+                    "{service} sent {} to {dest}, a name detect.new_destination.deny_names lists",
+                    size(bytes)
+                ),
+                description: format!(
+                    "{service} sent {bytes} bytes to {dest}, named under {suffix}, which detect.new_destination.deny_names lists: any byte there is an alert."
+                ),
+                sender,
+            });
+        }
+    }
+    hits
 }
 
 /// Adds a destination, forgetting the least recently used one when the service has too many.

@@ -15,6 +15,8 @@ fn budget_allowlist_and_daily_budget() {
         reads: Vec::new(),
         serves: Vec::new(),
         allow: vec!["198.51.100.50/32".parse().expect("net")],
+        allow_names: Vec::new(),
+        deny_names: Vec::new(),
         allow_internal: false,
         daily_budget: Some(bytesize::ByteSize::b(100 * MIB)),
         many_destinations: false,

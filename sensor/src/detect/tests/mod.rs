@@ -151,4 +151,5 @@ mod budget;
 mod burst;
 mod history;
 mod lineage;
+mod names;
 mod state;

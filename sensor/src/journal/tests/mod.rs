@@ -138,6 +138,7 @@ pub(super) fn busy_interval(n: usize) -> Interval {
                 exe: "/usr/lib/postfix/sbin/smtp".into(),
                 uid: Some(107),
                 destination: Some(IpAddr::V4(Ipv4Addr::new(198, 51, (i >> 8) as u8, i as u8))),
+                destination_name: None,
                 class: DestinationClass::External,
                 port: 25,
                 protocol: Protocol::Tcp,
@@ -194,3 +195,4 @@ fn a_stop_record_is_one_version_byte_and_a_varint_in_a_60_byte_frame() {
     assert_eq!(frame_len(&stop(0)), 67);
     assert_eq!((HEADER_LEN, FRAME_OVERHEAD), (72, 60));
 }
+mod names;

@@ -32,7 +32,7 @@ fn name() -> impl Strategy<Value = String> {
 fn flow() -> impl Strategy<Value = FlowInterval> {
     (
         (name(), any::<u32>(), name(), name(), any::<Option<u32>>()),
-        any::<Option<IpAddr>>(),
+        (any::<Option<IpAddr>>(), prop::option::of(name())),
         prop::sample::select(vec![
             DestinationClass::Loopback,
             DestinationClass::Internal,
@@ -49,7 +49,15 @@ fn flow() -> impl Strategy<Value = FlowInterval> {
         any::<[u64; 4]>(),
     )
         .prop_map(
-            |((service, pid, comm, exe, uid), destination, class, port, protocol, direction, n)| {
+            |(
+                (service, pid, comm, exe, uid),
+                (destination, destination_name),
+                class,
+                port,
+                protocol,
+                direction,
+                n,
+            )| {
                 FlowInterval {
                     service,
                     pid,
@@ -57,6 +65,7 @@ fn flow() -> impl Strategy<Value = FlowInterval> {
                     exe,
                     uid,
                     destination,
+                    destination_name,
                     class,
                     port,
                     protocol,
@@ -149,13 +158,19 @@ fn alert() -> impl Strategy<Value = AlertEvent> {
             name(),
             any::<u16>(),
         ),
-        (any::<u64>(), any::<u64>(), any::<Option<String>>(), name()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<Option<String>>(),
+            name(),
+            prop::option::of(name()),
+        ),
     )
         .prop_map(
             |(
                 change,
                 (id, kind, service, pid, destination, port),
-                (bytes, window_s, resolved_at, text),
+                (bytes, window_s, resolved_at, text, destination_name),
             )| {
                 AlertEvent {
                     change,
@@ -178,6 +193,7 @@ fn alert() -> impl Strategy<Value = AlertEvent> {
                         class: None,
                         summary: text.clone(),
                         description: text,
+                        destination_name,
                     },
                 }
             },
@@ -397,6 +413,6 @@ fn an_interval_of_10k_flows_is_compact() {
     );
     assert_eq!(
         (naive, flows, whole, busy, process),
-        (766_939, 190_273, 271_087, 32_105, 123)
+        (776_939, 190_273, 271_087, 32_105, 123)
     );
 }

@@ -62,6 +62,7 @@ fn interval(secs: u64, rows: &[(u32, u64)]) -> Record {
             .map(|(pid, bytes)| FlowInterval {
                 pid: *pid,
                 destination: (*pid != 0).then_some(key(*pid).destination).flatten(),
+                destination_name: None,
                 class: DestinationClass::External,
                 port: if *pid == 0 { 0 } else { 443 },
                 protocol: if *pid == 0 {
