@@ -31,7 +31,8 @@ pub(crate) const fn right(title: &'static str) -> Column {
     }
 }
 
-const FLOW_COLUMNS: [Column; 11] = [
+/// NAME last: scripts that count columns (`sort -k9 -n` for bytes sent) keep working.
+const FLOW_COLUMNS: [Column; 12] = [
     left("SERVICE"),
     right("PID"),
     left("COMM"),
@@ -43,6 +44,7 @@ const FLOW_COLUMNS: [Column; 11] = [
     right("SENT"),
     right("RECEIVED"),
     left("LAST_SEEN"),
+    left("NAME"),
 ];
 
 const FILE_COLUMNS: [Column; 7] = [
@@ -82,6 +84,9 @@ pub fn flows(records: &[FlowRecord]) -> String {
                 f.bytes_sent.to_string(),
                 f.bytes_received.to_string(),
                 printable(&f.last_seen),
+                f.destination_name
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), printable),
             ]
         })
         .collect();
@@ -207,16 +212,17 @@ mod tests {
 
     #[test]
     fn flows_align_and_keep_exact_bytes() {
-        let text = flows(&[
-            flow("backup.service", 4242, "198.51.100.2", 7_340_032),
-            flow("postfix@-.service", 17, "2001:db8::25", 12),
-        ]);
+        let named = FlowRecord {
+            destination_name: Some("upload.example.test".into()),
+            ..flow("backup.service", 4242, "198.51.100.2", 7_340_032)
+        };
+        let text = flows(&[named, flow("postfix@-.service", 17, "2001:db8::25", 12)]);
         assert_eq!(
             text,
             "\
-SERVICE             PID  COMM  DESTINATION   CLASS     PORT  PROTO  DIR          SENT  RECEIVED  LAST_SEEN
-backup.service     4242  curl  198.51.100.2  external   443  tcp    outbound  7340032      5120  2026-11-23T19:39:40Z
-postfix@-.service    17  curl  2001:db8::25  external   443  tcp    outbound       12      5120  2026-11-23T19:39:40Z
+SERVICE             PID  COMM  DESTINATION   CLASS     PORT  PROTO  DIR          SENT  RECEIVED  LAST_SEEN             NAME
+backup.service     4242  curl  198.51.100.2  external   443  tcp    outbound  7340032      5120  2026-11-23T19:39:40Z  upload.example.test
+postfix@-.service    17  curl  2001:db8::25  external   443  tcp    outbound       12      5120  2026-11-23T19:39:40Z  -
 "
         );
     }
