@@ -307,8 +307,6 @@ pub struct Parse<'m, 'a, 'o> {
     m: &'m Message<'a>,
     out: &'o mut DnsEvent,
     r: &'o mut ParseRegs,
-    /// The outcome, once known.
-    verdict: Option<Verdict>,
 }
 
 /// The numbers a parse keeps between steps. The kernel keeps them in a map value, whose
@@ -338,7 +336,17 @@ pub struct ParseRegs {
     rend: usize,
     /// Where the name at the end of the CNAME chain sits (the question's at first).
     chain: usize,
+    /// The outcome once known, coded as a number (`NO_VERDICT`, `ANSWER`, `IGNORED | why`,
+    /// `MALFORMED | reason`): kept here, not on the stack, for the reason above (a step
+    /// entered with each possible outcome was a state of its own, eleven times the work).
+    verdict: usize,
 }
+
+const NO_VERDICT: usize = 0;
+const VERDICT_KIND: usize = 0x30;
+const ANSWER: usize = 0x10;
+const IGNORED: usize = 0x20;
+const MALFORMED: usize = 0x30;
 
 /// No spelt byte waiting.
 const NONE: usize = 0x100;
@@ -394,33 +402,63 @@ impl<'m, 'a, 'o> Parse<'m, 'a, 'o> {
             rdata: 0,
             rend: 0,
             chain: HEADER_LEN,
+            verdict: NO_VERDICT,
         };
-        Ok(Self {
-            m,
-            out,
-            r,
-            verdict: None,
-        })
+        Ok(Self { m, out, r })
     }
 
     /// The verdict, once the steps ran out or stopped.
     pub fn verdict(&self) -> Verdict {
-        // `None`: the steps ran out first.
-        self.verdict
-            .unwrap_or(Verdict::Malformed(Malformed::TooComplex))
+        let code = self.r.verdict;
+        match code & VERDICT_KIND {
+            ANSWER => Verdict::Answer,
+            IGNORED => Verdict::Ignored(match code & 0xf {
+                0 => Ignored::NotAnswer,
+                1 => Ignored::Error,
+                2 => Ignored::Question,
+                _ => Ignored::NoAddress,
+            }),
+            MALFORMED => Verdict::Malformed(match code & 0xf {
+                1 => Malformed::Truncated,
+                2 => Malformed::BadPointer,
+                3 => Malformed::BadName,
+                4 => Malformed::BadRecord,
+                _ => Malformed::TooComplex,
+            }),
+            // None yet: the steps ran out first.
+            _ => Verdict::Malformed(Malformed::TooComplex),
+        }
+    }
+
+    /// Records the outcome; `false`, to end the loop.
+    #[inline(always)]
+    fn decide(&mut self, verdict: Verdict) -> bool {
+        self.r.verdict = match verdict {
+            Verdict::Answer => ANSWER,
+            Verdict::Ignored(why) => {
+                IGNORED
+                    | match why {
+                        Ignored::NotAnswer => 0,
+                        Ignored::Error => 1,
+                        Ignored::Question => 2,
+                        Ignored::NoAddress => 3,
+                    }
+            }
+            Verdict::Malformed(reason) => MALFORMED | reason as usize,
+        };
+        false
     }
 
     #[inline(always)]
     fn fail(&mut self, reason: Malformed) -> bool {
         // In a clipped message, the window's end inside the answers ends them.
-        self.verdict = Some(
+        let verdict =
             if reason == Malformed::Truncated && self.m.clipped && self.r.phase != QUESTION {
                 self.finished()
             } else {
                 Verdict::Malformed(reason)
-            },
-        );
-        false
+            };
+        self.decide(verdict)
     }
 
     #[inline(always)]
@@ -436,8 +474,7 @@ impl<'m, 'a, 'o> Parse<'m, 'a, 'o> {
     #[inline(always)]
     fn next_record(&mut self) -> bool {
         if self.r.records == 0 {
-            self.verdict = Some(self.finished());
-            return false;
+            return self.decide(self.finished());
         }
         self.r.records = (self.r.records - 1) & 0xffff;
         self.r.owner = self.r.pos;
@@ -471,11 +508,6 @@ impl<'m, 'a, 'o> Parse<'m, 'a, 'o> {
         if count >= DNS_ADDRS {
             return self.next_record();
         }
-        let (size, family) = if self.r.rtype == usize::from(TYPE_A) {
-            (4, FAMILY_IPV4)
-        } else {
-            (16, FAMILY_IPV6)
-        };
         let mut addr = DnsAddr {
             addr: [0; 16],
             // RFC 2181 §8: a TTL with the top bit set is taken as zero.
@@ -484,18 +516,30 @@ impl<'m, 'a, 'o> Parse<'m, 'a, 'o> {
             } else {
                 self.r.ttl as u32
             },
-            family,
+            family: FAMILY_IPV6,
             _pad: [0; 3],
         };
-        // Inside the message: the record's end was checked against it.
-        for i in 0..16 {
-            if i < size {
-                addr.addr[i] = self.m.bytes[(self.r.rdata + i) & WINDOW_MASK];
-            }
+        // Inside the message: the record's end was checked against it. Two straight copies,
+        // not one loop with a bound: 16 branches the kernel's verifier would follow both ways.
+        if self.r.rtype == usize::from(TYPE_A) {
+            addr.family = FAMILY_IPV4;
+            addr.addr[..4].copy_from_slice(&self.addr_bytes::<4>());
+        } else {
+            addr.addr = self.addr_bytes::<16>();
         }
         self.out.addrs[count & (DNS_ADDRS - 1)] = addr;
         self.out.count += 1;
         self.next_record()
+    }
+
+    /// The `N` bytes of the record's data (its end was checked against the message's).
+    #[inline(always)]
+    fn addr_bytes<const N: usize>(&self) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = self.m.bytes[(self.r.rdata + i) & WINDOW_MASK];
+        }
+        out
     }
 
     /// A record's owner was walked to `end`: reads its fixed fields and decides what to do.
@@ -578,8 +622,7 @@ impl<'m, 'a, 'o> Parse<'m, 'a, 'o> {
                     return Ok(true);
                 };
                 if self.m.u16_at(end + 2)? != CLASS_IN {
-                    self.verdict = Some(Verdict::Ignored(Ignored::Question));
-                    return Ok(false);
+                    return Ok(self.decide(Verdict::Ignored(Ignored::Question)));
                 }
                 self.out.name_len = self.r.spelt as u16;
                 self.r.pos = (end + 4) & WIDE;
@@ -656,6 +699,7 @@ impl ParseRegs {
         rdata: 0,
         rend: 0,
         chain: 0,
+        verdict: NO_VERDICT,
     };
 }
 
