@@ -6,6 +6,25 @@ use sensor_common::{DnsEvent, FAMILY_IPV4, FAMILY_IPV6, dns::DNS_ADDRS};
 
 use crate::dns::DnsAnswer;
 
+/// The answers the events carry; an event the program cannot have made is logged and left
+/// out.
+pub fn answers(events: &[DnsEvent]) -> Vec<DnsAnswer> {
+    events
+        .iter()
+        .filter_map(|event| {
+            let answer = answer_of(event);
+            if answer.is_none() {
+                tracing::warn!(
+                    name_len = event.name_len,
+                    count = event.count,
+                    "a DNS event the kernel program cannot have sent"
+                );
+            }
+            answer
+        })
+        .collect()
+}
+
 /// The answer an event carries; `None` for an event the program cannot have sent (no
 /// address, a name that is not the printable ASCII the parser lets through), which is logged.
 pub fn answer_of(event: &DnsEvent) -> Option<DnsAnswer> {
