@@ -23,8 +23,8 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    DnsEvent, FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout,
-    MAP_COUNT, PROG_COUNT, ProcessEvent, dns::DNS_STAT_COUNT,
+    FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout, MAP_COUNT,
+    PROG_COUNT, ProcessEvent, dns::DNS_STAT_COUNT,
 };
 use thiserror::Error;
 
@@ -452,7 +452,7 @@ impl Sensor {
     /// Every DNS answer the kernel sent since the last call, oldest first. An event the
     /// program cannot have made is logged and left out.
     pub fn drain_dns_answers(&mut self) -> Vec<crate::dns::DnsAnswer> {
-        dns::answers(&drain::<DnsEvent>(&mut self.dns_events))
+        dns::answers(&dns::drain(&mut self.dns_events))
     }
 
     /// The file path ring, handed to a thread that drains it as it fills and keeps each path
