@@ -332,7 +332,9 @@ const _: () = assert!(core::mem::size_of::<DnsAddr>() == 24);
 
 /// One DNS response as the ingress program parsed it (`dns::parse`): the question name and
 /// the addresses that answer it, nothing else of the message. Sent over the `DNS_EVENTS` ring
-/// buffer, one per well-formed response with at least one address.
+/// buffer, one per well-formed response with at least one address, and only its first
+/// [`DnsEvent::sent_len`] bytes: the name's unused tail stays behind (an answer takes about
+/// 230 bytes of the ring, not 464).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsEvent {
@@ -343,11 +345,15 @@ pub struct DnsEvent {
     /// Entries of `addrs` used, 1 to `dns::DNS_ADDRS`.
     pub count: u8,
     pub _pad: u8,
+    pub addrs: [DnsAddr; dns::DNS_ADDRS],
     /// The question name: lower case, dotted, no trailing dot, not NUL-terminated.
     pub name: [u8; DNS_NAME_LEN],
-    pub addrs: [DnsAddr; dns::DNS_ADDRS],
 }
 const _: () = assert!(core::mem::size_of::<DnsEvent>() == 8 + DNS_NAME_LEN + 24 * dns::DNS_ADDRS);
+
+/// Bytes of a [`DnsEvent`] before its name.
+pub const DNS_EVENT_HEAD: usize = core::mem::offset_of!(DnsEvent, name);
+const _: () = assert!(DNS_EVENT_HEAD == 8 + 24 * dns::DNS_ADDRS);
 
 impl DnsEvent {
     /// An empty event, for the parser to fill.
@@ -356,14 +362,26 @@ impl DnsEvent {
         name_len: 0,
         count: 0,
         _pad: 0,
-        name: [0; DNS_NAME_LEN],
         addrs: [DnsAddr {
             addr: [0; 16],
             ttl: 0,
             family: 0,
             _pad: [0; 3],
         }; dns::DNS_ADDRS],
+        name: [0; DNS_NAME_LEN],
     };
+
+    /// The bytes of the event that are sent: all but the name's unused tail, rounded up to
+    /// 8 (those bytes are zero: the event is emptied before each parse).
+    #[inline(always)]
+    pub fn sent_len(&self) -> usize {
+        let len = (DNS_EVENT_HEAD + usize::from(self.name_len) + 7) & !7;
+        if len > core::mem::size_of::<Self>() {
+            core::mem::size_of::<Self>()
+        } else {
+            len
+        }
+    }
 }
 
 #[cfg(feature = "user")]

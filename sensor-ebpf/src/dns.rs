@@ -166,7 +166,13 @@ fn answer(ctx: &SkBuffContext, offset: usize, len: usize, clipped: bool) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast::<__sk_buff>().cast()) };
     // SAFETY: a plain value read from a live map entry.
     scratch.event.tgid = unsafe { DNS_SOCKETS.get(cookie) }.copied().unwrap_or(0);
-    match DNS_EVENTS.output::<DnsEvent>(&scratch.event, 0) {
+    // Only the used part of the name goes (`DnsEvent::sent_len`, at most the whole event).
+    let sent = scratch.event.sent_len();
+    // SAFETY: `sent` is at most the event's size; the event is plain bytes in a live map value.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(core::ptr::from_ref(&scratch.event).cast::<u8>(), sent)
+    };
+    match DNS_EVENTS.output::<[u8]>(bytes, 0) {
         Ok(()) => bump(&DNS_STATS, DNS_STAT_ANSWERS),
         Err(_) => bump(&KERNEL_DROPS, MAP_DNS_EVENTS),
     }

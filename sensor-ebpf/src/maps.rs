@@ -98,9 +98,11 @@ pub(crate) static FILE_PATHS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024,
 pub(crate) static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// DNS answers ([`sensor_common::DnsEvent`]): question name and addresses, one per good
-/// response. Written by `dns_ingress`; drained by the agent at every poll. 1 MiB: about 2,260
-/// answers (464 bytes each) between two polls (a burst of 5,000 answers in under a second
-/// overflowed 256 KiB); a full buffer drops the answer and counts it (`dns`).
+/// response, trimmed after its name (`DnsEvent::sent_len`). Written by `dns_ingress`; drained
+/// by the agent at every poll. 1 MiB: about 4,500 answers (232 bytes each, with the ring's
+/// header, for a 20-byte name; 2,260 of the longest names) between two polls (a burst of
+/// 5,000 whole events in under a second overflowed 256 KiB); a full buffer drops the answer
+/// and counts it (`dns`).
 #[map]
 pub(crate) static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 

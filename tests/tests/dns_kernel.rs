@@ -9,7 +9,8 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpStream, UdpSocket},
-    path::Path,
+    path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -224,10 +225,16 @@ fn exchange(ns: &NetNs, udp: &[Vec<u8>], udp6: &[Vec<u8>], tcp: &[Vec<u8>]) {
     );
 }
 
-const REASONS: [&str; 4] = ["truncated", "bad_pointer", "bad_name", "bad_record"];
+const REASONS: [&str; 5] = [
+    "truncated",
+    "bad_pointer",
+    "bad_name",
+    "bad_record",
+    "too_complex",
+];
 
-fn counters(agent: &Agent) -> [u64; 5] {
-    let mut out = [0; 5];
+fn counters(agent: &Agent) -> [u64; 6] {
+    let mut out = [0; 6];
     out[0] = agent
         .metric("exfil_sensor_dns_answers_total")
         .expect("answers");
@@ -242,7 +249,7 @@ fn counters(agent: &Agent) -> [u64; 5] {
 }
 
 /// The counters once they reach `want` (or stop changing for ten polls).
-fn settled(agent: &Agent, want: [u64; 5]) -> [u64; 5] {
+fn settled(agent: &Agent, want: [u64; 6]) -> [u64; 6] {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = counters(agent);
     let mut same = 0;
@@ -279,6 +286,7 @@ fn good_responses_are_handed_over_and_malformed_ones_counted_exactly() {
             before[2] + 1,
             before[3],
             before[4],
+            before[5],
         ],
     );
     assert_eq!(
@@ -319,5 +327,96 @@ fn dns_enabled_false_leaves_the_probe_unattached() {
     let (udp, _, _) = udp_responses();
     exchange(&ns, &udp, &[udp6_response()], &[tcp_response()]);
     std::thread::sleep(POLL * 5);
-    assert_eq!(settled(&agent, [0; 5]), [0; 5]);
+    assert_eq!(settled(&agent, [0; 6]), [0; 6]);
+}
+
+/// The ids of the cgroup links the agent holds open with `bpftool` attach type `attach_type`.
+fn held_links(agent: &Agent, attach_type: &str) -> Vec<u32> {
+    let fdinfo = PathBuf::from(format!("/proc/{}/fdinfo", agent.pid()));
+    let mut ids: Vec<u32> = std::fs::read_dir(&fdinfo)
+        .expect("the agent's fdinfo")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(str::trim)
+                    .map(str::to_owned)
+            };
+            (field("link_type")? == "cgroup").then_some(())?;
+            field("link_id")?.parse::<u32>().ok()
+        })
+        .filter(|id| {
+            let out = Command::new("bpftool")
+                .args(["-j", "link", "show", "id", &id.to_string()])
+                .output()
+                .expect("bpftool");
+            let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            link["attach_type"] == attach_type
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The ingress program's link detached by hand (`bpftool link detach`): the tamper check
+/// attaches it again, and the answers after that are counted as before.
+#[test]
+fn a_detached_ingress_program_is_attached_again() {
+    require_root();
+    let ns = NetNs::outside().expect("namespace");
+    let agent = Agent::start().expect("agent");
+    let links = held_links(&agent, "cgroup_inet_ingress");
+    let [link] = links[..] else {
+        panic!("one cgroup_inet_ingress link held by the agent: {links:?}");
+    };
+    let detach = Command::new("bpftool")
+        .args(["link", "detach", "id", &link.to_string()])
+        .output()
+        .expect("bpftool");
+    assert!(
+        detach.status.success(),
+        "bpftool link detach: {}",
+        String::from_utf8_lossy(&detach.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent
+        .metric("exfil_sensor_tamper_repairs_total{what=\"probe\"}")
+        .expect("repairs")
+        == 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(POLL);
+    }
+    assert_eq!(
+        agent
+            .metric("exfil_sensor_tamper_repairs_total{what=\"probe\"}")
+            .expect("repairs"),
+        1
+    );
+    let relinked = held_links(&agent, "cgroup_inet_ingress");
+    assert_eq!(relinked.len(), 1, "{relinked:?}");
+    assert_ne!(relinked, links, "a new link");
+    assert_eq!(
+        agent
+            .metric("exfil_sensor_probe_attached{probe=\"cgroup:dns_ingress\"}")
+            .expect("probe"),
+        1
+    );
+    let (udp, good, _) = udp_responses();
+    let before = counters(&agent);
+    exchange(&ns, &udp, &[udp6_response()], &[tcp_response()]);
+    let after = settled(
+        &agent,
+        [
+            before[0] + good + 2,
+            before[1] + 1,
+            before[2] + 1,
+            before[3],
+            before[4],
+            before[5],
+        ],
+    );
+    assert_eq!(after[0] - before[0], good + 2);
 }

@@ -293,6 +293,36 @@ fn bad_names_and_records_are_refused() {
 }
 
 #[test]
+fn owners_pointing_at_the_question_are_not_walked_again_and_a_costly_parse_is_cut() {
+    let long = [
+        "a".repeat(63).as_str(),
+        &"b".repeat(63),
+        &"c".repeat(63),
+        &"d".repeat(61),
+    ]
+    .join(".");
+    // Fifteen records whose owners point at the 255-byte question: cheap, taken.
+    let mut b = Builder::response(&long, TYPE_A);
+    for i in 0..15u8 {
+        b = b.record(&ptr(12), TYPE_A, 1, &[192, 0, 2, i]);
+    }
+    let msg = b.bytes();
+    assert!(msg.len() <= DNS_WINDOW);
+    let expected = (0..8u8).map(|i| v4([192, 0, 2, i], 1)).collect();
+    assert_eq!(run(&msg), answer(&long, expected));
+    // The same owners pointing at the question's second label instead: each a 192-byte walk
+    // and a comparison, more than a parse may take.
+    let mut b = Builder::response(&long, TYPE_A);
+    for i in 0..15u8 {
+        b = b.record(&ptr(12 + 64), TYPE_A, 1, &[192, 0, 2, i]);
+    }
+    assert_eq!(
+        run(&b.bytes()).verdict,
+        Verdict::Malformed(Malformed::TooComplex)
+    );
+}
+
+#[test]
 fn queries_errors_and_truncated_answers_are_ignored() {
     let mut query = Builder::response("q.test", TYPE_A).bytes();
     query[2] = 0x01;

@@ -2,9 +2,59 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use sensor_common::{DnsEvent, FAMILY_IPV4, FAMILY_IPV6, dns::DNS_ADDRS};
+use aya::maps::{MapData, RingBuf};
+use sensor_common::{DNS_EVENT_HEAD, DnsEvent, FAMILY_IPV4, FAMILY_IPV6, dns::DNS_ADDRS};
 
 use crate::dns::DnsAnswer;
+
+/// Every event in the `DNS_EVENTS` ring, oldest first. Each record is the first
+/// `DnsEvent::sent_len` bytes of an event; one of another size is logged and left out.
+pub fn drain(ring: &mut RingBuf<MapData>) -> Vec<DnsEvent> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        match event_of(&item) {
+            Some(event) => events.push(event),
+            None => tracing::warn!(
+                bytes = item.len(),
+                "a DNS event of a size the program never sends"
+            ),
+        }
+    }
+    events
+}
+
+/// The event whose first bytes `bytes` are: its head whole, its name's tail zero.
+fn event_of(bytes: &[u8]) -> Option<DnsEvent> {
+    if bytes.len() < DNS_EVENT_HEAD || bytes.len() > std::mem::size_of::<DnsEvent>() {
+        return None;
+    }
+    let mut event = DnsEvent::EMPTY;
+    // SAFETY: DnsEvent is plain old data (aya::Pod); at most its size is written, from a
+    // slice of that length.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&raw mut event).cast::<u8>(), bytes.len());
+    }
+    Some(event)
+}
+
+/// The answers the events carry; an event the program cannot have made is logged and left
+/// out.
+pub fn answers(events: &[DnsEvent]) -> Vec<DnsAnswer> {
+    events
+        .iter()
+        .filter_map(|event| {
+            let answer = answer_of(event);
+            if answer.is_none() {
+                tracing::warn!(
+                    name_len = event.name_len,
+                    count = event.count,
+                    "a DNS event the kernel program cannot have sent"
+                );
+            }
+            answer
+        })
+        .collect()
+}
 
 /// The answer an event carries; `None` for an event the program cannot have sent (no
 /// address, a name that is not the printable ASCII the parser lets through), which is logged.
@@ -89,6 +139,32 @@ mod tests {
         );
         let unknown = answer_of(&event(b"a.test", 0, &[addr(FAMILY_IPV4, &[1, 2, 3, 4], 1)]));
         assert_eq!(unknown.map(|a| a.pid), Some(None));
+    }
+
+    /// What the program sends is the head and the used name; the rest comes back empty.
+    #[test]
+    fn a_trimmed_event_reads_back_whole() {
+        let sent = event(
+            b"upload.example.test",
+            7,
+            &[addr(FAMILY_IPV4, &[1, 2, 3, 4], 9)],
+        );
+        assert_eq!(sent.sent_len(), DNS_EVENT_HEAD + 24);
+        // SAFETY: plain old data, read as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&sent).cast::<u8>(),
+                std::mem::size_of::<DnsEvent>(),
+            )
+        };
+        assert_eq!(event_of(&bytes[..sent.sent_len()]), Some(sent));
+        assert_eq!(event_of(&bytes[..DNS_EVENT_HEAD - 1]), None);
+        let mut long = bytes.to_vec();
+        long.push(0);
+        assert_eq!(event_of(&long), None);
+        let mut longest = sent;
+        longest.name_len = 253;
+        assert_eq!(longest.sent_len(), std::mem::size_of::<DnsEvent>());
     }
 
     #[test]

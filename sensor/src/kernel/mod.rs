@@ -23,8 +23,8 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
-    DnsEvent, FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout,
-    MAP_COUNT, PROG_COUNT, ProcessEvent, dns::DNS_STAT_COUNT,
+    FileKey, FilePathEvent, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout, MAP_COUNT,
+    PROG_COUNT, ProcessEvent, dns::DNS_STAT_COUNT,
 };
 use thiserror::Error;
 
@@ -288,21 +288,9 @@ impl Sensor {
             .collect();
         pins.retire_other_builds()?;
         let maps = integrity::hold_maps(&pins);
-        let file_paths = RingBuf::try_from(
-            ebpf.take_map("FILE_PATHS")
-                .ok_or(KernelError::MissingMap("FILE_PATHS"))?,
-        )
-        .map_err(map_err("FILE_PATHS"))?;
-        let process_events = RingBuf::try_from(
-            ebpf.take_map("PROCESS_EVENTS")
-                .ok_or(KernelError::MissingMap("PROCESS_EVENTS"))?,
-        )
-        .map_err(map_err("PROCESS_EVENTS"))?;
-        let dns_events = RingBuf::try_from(
-            ebpf.take_map("DNS_EVENTS")
-                .ok_or(KernelError::MissingMap("DNS_EVENTS"))?,
-        )
-        .map_err(map_err("DNS_EVENTS"))?;
+        let file_paths = take_ring(&mut ebpf, "FILE_PATHS")?;
+        let process_events = take_ring(&mut ebpf, "PROCESS_EVENTS")?;
+        let dns_events = take_ring(&mut ebpf, "DNS_EVENTS")?;
         let cpus =
             aya::util::nr_cpus().map_err(|(what, cause)| KernelError::Cpus { what, cause })?;
         Ok(Self {
@@ -464,20 +452,7 @@ impl Sensor {
     /// Every DNS answer the kernel sent since the last call, oldest first. An event the
     /// program cannot have made is logged and left out.
     pub fn drain_dns_answers(&mut self) -> Vec<crate::dns::DnsAnswer> {
-        drain::<DnsEvent>(&mut self.dns_events)
-            .iter()
-            .filter_map(|event| {
-                let answer = dns::answer_of(event);
-                if answer.is_none() {
-                    tracing::warn!(
-                        name_len = event.name_len,
-                        count = event.count,
-                        "a DNS event the kernel program cannot have sent"
-                    );
-                }
-                answer
-            })
-            .collect()
+        dns::answers(&dns::drain(&mut self.dns_events))
     }
 
     /// The file path ring, handed to a thread that drains it as it fills and keeps each path
@@ -528,6 +503,12 @@ fn drain<T: aya::Pod>(ring: &mut RingBuf<MapData>) -> Vec<T> {
         }
     }
     records
+}
+
+/// The ring buffer `name`, taken out of the object to be drained.
+fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, KernelError> {
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    RingBuf::try_from(map).map_err(map_err(name))
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> KernelError {

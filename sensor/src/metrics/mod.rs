@@ -193,7 +193,7 @@ impl Metrics {
         let dns_malformed = counter_vec(
             &registry,
             "exfil_sensor_dns_malformed_total",
-            "DNS responses refused as malformed, never trusted: truncated, bad_pointer (forward, looping or too many compression pointers), bad_name, bad_record.",
+            "DNS responses refused as malformed, never trusted: truncated, bad_pointer (forward, looping or too many compression pointers), bad_name, bad_record, too_complex (more parse steps than a real response needs).",
             &["reason"],
         );
         for reason in &DNS_STAT_NAMES[1..] {

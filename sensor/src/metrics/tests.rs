@@ -233,11 +233,11 @@ fn kernel_counters_are_exported_as_deltas() {
 fn the_kernels_dns_counters_are_exported_as_deltas() {
     let mut metrics = Metrics::new(&MetricsConfig::default(), Networks::new(&[]));
     let mut sums = KernelSums {
-        dns: [3, 1, 0, 0, 0],
+        dns: [3, 1, 0, 0, 0, 0],
         ..KernelSums::default()
     };
     metrics.observe_poll(NOW, &[], &[], &sums, Duration::ZERO);
-    sums.dns = [5, 1, 2, 0, 1];
+    sums.dns = [5, 1, 2, 0, 1, 3];
     sums.drops[sensor_common::MAP_DNS_EVENTS as usize] = 4;
     metrics.observe_poll(NOW, &[], &[], &sums, Duration::ZERO);
     let text = Metrics::render(&metrics.registry());
@@ -247,6 +247,7 @@ fn the_kernels_dns_counters_are_exported_as_deltas() {
         ("bad_pointer", 2),
         ("bad_name", 0),
         ("bad_record", 1),
+        ("too_complex", 3),
     ] {
         assert_eq!(
             value(
