@@ -2,9 +2,11 @@
 //! (dnsmasq in the test namespace) answers `upload.example.test` with 198.51.100.2; a process
 //! resolves the name through the C library and uploads 20 MiB there. The flow and the burst
 //! alert on it name `upload.example.test`; a process that sends to an address nobody
-//! resolved has no name.
+//! resolved has no name. Two names for one address: each process's flow is named by the
+//! answer its own query got (the kernel knows whose socket an answer reached), even when
+//! another process's answer for the same address came later.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use exfil_tests::{
     Agent, NetNs, Proc, ServiceCgroup, require_root, servers::dnsmasq::Dnsmasq, socket_addr,
@@ -16,6 +18,8 @@ const INTERVAL: Duration = Duration::from_secs(2);
 const NAME: &str = "upload.example.test";
 /// The outside world's DNS server.
 const RESOLVER: &str = "198.51.100.53";
+/// A second name for the same address.
+const MIRROR: &str = "mirror.example.test";
 
 #[derive(Debug, Deserialize)]
 struct Alert {
@@ -30,15 +34,35 @@ fn traffic_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_exfil-traffic"))
 }
 
-#[test]
-fn an_upload_to_a_resolved_name_is_named_in_flows_and_alerts() {
-    require_root();
-    const SIZE: u64 = 20 << 20;
+/// The namespace with its DNS server answering `NAME` and `MIRROR` with the peer's address.
+fn outside_world_with_dns() -> (NetNs, Dnsmasq, PathBuf) {
     let ns = NetNs::outside().expect("namespace");
     ns.add_host(RESOLVER).expect("resolver host");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("dns-names-{}", std::process::id()));
-    let dns = Dnsmasq::start(&ns, RESOLVER, &[(NAME, ns.peer_ip)], &dir).expect("dnsmasq");
+    let dns = Dnsmasq::start(
+        &ns,
+        RESOLVER,
+        &[(NAME, ns.peer_ip), (MIRROR, ns.peer_ip)],
+        &dir,
+    )
+    .expect("dnsmasq");
+    (ns, dns, dir)
+}
+
+/// `exfil-traffic send tcp NAME:PORT BYTES`, resolving through `dns`, in `cgroup`.
+fn upload(dns: &Dnsmasq, cgroup: &ServiceCgroup, name: &str, port: u16, bytes: u64) -> Command {
+    let mut cmd = dns.client(&traffic_bin());
+    cmd.args(["send", "tcp", &format!("{name}:{port}"), &bytes.to_string()]);
+    cgroup.place(&mut cmd).expect("place");
+    cmd
+}
+
+#[test]
+fn an_upload_to_a_resolved_name_is_named_in_flows_and_alerts() {
+    require_root();
+    const SIZE: u64 = 20 << 20;
+    let (ns, dns, dir) = outside_world_with_dns();
     let agent = Agent::start_with_interval(INTERVAL, "[detect.burst]\nbytes = \"10 MiB\"\n")
         .expect("agent");
     let unit = "exfil-e2e-dns.service";
@@ -46,10 +70,8 @@ fn an_upload_to_a_resolved_name_is_named_in_flows_and_alerts() {
 
     // Resolved by the uploader itself, through getaddrinfo and the namespace's dnsmasq.
     let (mut sink, port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
-    let mut cmd = dns.client(&traffic_bin());
-    cmd.args(["send", "tcp", &format!("{NAME}:{port}"), &SIZE.to_string()]);
-    cgroup.place(&mut cmd).expect("place");
-    let mut upload = Proc::spawn(cmd, "the uploader").expect("uploader");
+    let mut upload =
+        Proc::spawn(upload(&dns, &cgroup, NAME, port, SIZE), "the uploader").expect("uploader");
     assert_eq!(
         upload.expect_line::<String>("resolved").expect("resolved"),
         ns.peer_ip
@@ -107,6 +129,69 @@ fn an_upload_to_a_resolved_name_is_named_in_flows_and_alerts() {
     );
     upload.finish().expect("uploader");
     unnamed.finish().expect("unnamed");
+    drop(dns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn each_process_is_named_by_its_own_answer() {
+    require_root();
+    const FIRST: u64 = 3_000_017;
+    const SECOND: u64 = 1_000_003;
+    let (ns, dns, dir) = outside_world_with_dns();
+    let agent = Agent::start_with_interval(INTERVAL, "").expect("agent");
+    let cgroup = ServiceCgroup::create("exfil-e2e-dns-two.service").expect("cgroup");
+    let (mut first_sink, first_port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let (mut second_sink, second_port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
+
+    // The first process looks its name up, then waits ...
+    let mut cmd = upload(&dns, &cgroup, NAME, first_port, FIRST);
+    cmd.env("EXFIL_TRAFFIC_WAIT_AFTER_RESOLVING", "1");
+    let mut first = Proc::spawn(cmd, "the first uploader").expect("first");
+    assert_eq!(
+        first.expect_line::<String>("resolved").expect("resolved"),
+        ns.peer_ip
+    );
+    // ... while another resolves the other name of the same address and sends ...
+    let cmd = upload(&dns, &cgroup, MIRROR, second_port, SECOND);
+    let mut second = Proc::spawn(cmd, "the second uploader").expect("second");
+    assert_eq!(
+        second.expect_line::<String>("resolved").expect("resolved"),
+        ns.peer_ip
+    );
+    assert_eq!(second.expect_line::<u64>("sent").expect("sent"), SECOND);
+    assert_eq!(
+        second_sink
+            .expect_line::<u64>("received")
+            .expect("received"),
+        SECOND
+    );
+    let flow = agent
+        .settled_flow(second.pid(), ns.peer_ip, second_port, "tcp", SECOND)
+        .expect("flows API")
+        .expect("the second flow");
+    assert_eq!(
+        (flow.bytes_sent, flow.destination_name.as_deref()),
+        (SECOND, Some(MIRROR))
+    );
+    // ... and only then the first sends: the most recent answer for the address is the
+    // second's, but the first's flow is named by the answer it got itself.
+    first.resume().expect("resume");
+    assert_eq!(first.expect_line::<u64>("sent").expect("sent"), FIRST);
+    assert_eq!(
+        first_sink.expect_line::<u64>("received").expect("received"),
+        FIRST
+    );
+    let flow = agent
+        .settled_flow(first.pid(), ns.peer_ip, first_port, "tcp", FIRST)
+        .expect("flows API")
+        .expect("the first flow");
+    assert_eq!(
+        (flow.bytes_sent, flow.destination_name.as_deref()),
+        (FIRST, Some(NAME))
+    );
+    first.finish().expect("first");
+    second.finish().expect("second");
     drop(dns);
     let _ = std::fs::remove_dir_all(&dir);
 }

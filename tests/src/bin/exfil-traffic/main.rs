@@ -33,7 +33,9 @@
 //!                                        `refused <reason>`
 //!
 //! With `EXFIL_TRAFFIC_READ_FIRST=FILE` set, any mode first reads all of FILE (a process that
-//! reads a file and then sends, for the lineage tests).
+//! reads a file and then sends, for the lineage tests). With
+//! `EXFIL_TRAFFIC_WAIT_AFTER_RESOLVING` set, a name is resolved and then a line of stdin
+//! awaited before connecting (a process that looked a name up a while before it sends).
 //!
 //! Every run ends by itself within 60 s (SIGALRM), whatever the test does.
 
@@ -64,6 +66,10 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .find(SocketAddr::is_ipv4)
         .with_context(|| format!("{addr}: no IPv4 address"))?;
     say(&format!("resolved {}", found.ip()))?;
+    if std::env::var_os("EXFIL_TRAFFIC_WAIT_AFTER_RESOLVING").is_some() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+    }
     Ok(found)
 }
 
