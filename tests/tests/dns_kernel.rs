@@ -9,7 +9,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpStream, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -330,36 +330,6 @@ fn dns_enabled_false_leaves_the_probe_unattached() {
     assert_eq!(settled(&agent, [0; 6]), [0; 6]);
 }
 
-/// The ids of the cgroup links the agent holds open with `bpftool` attach type `attach_type`.
-fn held_links(agent: &Agent, attach_type: &str) -> Vec<u32> {
-    let fdinfo = PathBuf::from(format!("/proc/{}/fdinfo", agent.pid()));
-    let mut ids: Vec<u32> = std::fs::read_dir(&fdinfo)
-        .expect("the agent's fdinfo")
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter_map(|info| {
-            let field = |name: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                    .map(str::trim)
-                    .map(str::to_owned)
-            };
-            (field("link_type")? == "cgroup").then_some(())?;
-            field("link_id")?.parse::<u32>().ok()
-        })
-        .filter(|id| {
-            let out = Command::new("bpftool")
-                .args(["-j", "link", "show", "id", &id.to_string()])
-                .output()
-                .expect("bpftool");
-            let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            link["attach_type"] == attach_type
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// The ingress program's link detached by hand (`bpftool link detach`): the tamper check
 /// attaches it again, and the answers after that are counted as before.
 #[test]
@@ -367,7 +337,7 @@ fn a_detached_ingress_program_is_attached_again() {
     require_root();
     let ns = NetNs::outside().expect("namespace");
     let agent = Agent::start().expect("agent");
-    let links = held_links(&agent, "cgroup_inet_ingress");
+    let links = agent.held_links("cgroup_inet_ingress");
     let [link] = links[..] else {
         panic!("one cgroup_inet_ingress link held by the agent: {links:?}");
     };
@@ -395,7 +365,7 @@ fn a_detached_ingress_program_is_attached_again() {
             .expect("repairs"),
         1
     );
-    let relinked = held_links(&agent, "cgroup_inet_ingress");
+    let relinked = agent.held_links("cgroup_inet_ingress");
     assert_eq!(relinked.len(), 1, "{relinked:?}");
     assert_ne!(relinked, links, "a new link");
     assert_eq!(

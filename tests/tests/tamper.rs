@@ -44,36 +44,6 @@ fn within_a_few_polls(mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
-/// The ids of the links the agent holds open whose `bpftool` attach type is `attach_type`.
-fn held_links(agent: &Agent, attach_type: &str) -> Vec<u32> {
-    let fdinfo = PathBuf::from(format!("/proc/{}/fdinfo", agent.pid()));
-    let mut ids: Vec<u32> = std::fs::read_dir(&fdinfo)
-        .expect("the agent's fdinfo")
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter_map(|info| {
-            let field = |name: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                    .map(str::trim)
-                    .map(str::to_owned)
-            };
-            (field("link_type")? == "cgroup").then_some(())?;
-            field("link_id")?.parse::<u32>().ok()
-        })
-        .filter(|id| {
-            let out = Command::new("bpftool")
-                .args(["-j", "link", "show", "id", &id.to_string()])
-                .output()
-                .expect("bpftool");
-            let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            link["attach_type"] == attach_type
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 #[test]
 fn a_detached_probe_is_named_in_one_alert_and_attached_again() {
     require_root();
@@ -98,7 +68,7 @@ fn a_detached_probe_is_named_in_one_alert_and_attached_again() {
     );
 
     // Mid-upload, someone detaches the agent's UDP destination probe.
-    let links = held_links(&agent, "cgroup_udp4_sendmsg");
+    let links = agent.held_links("cgroup_udp4_sendmsg");
     let [link] = links[..] else {
         panic!("one cgroup_udp4_sendmsg link held by the agent: {links:?}");
     };
@@ -155,7 +125,7 @@ fn a_detached_probe_is_named_in_one_alert_and_attached_again() {
             .expect("metric"),
         1
     );
-    let relinked = held_links(&agent, "cgroup_udp4_sendmsg");
+    let relinked = agent.held_links("cgroup_udp4_sendmsg");
     assert_eq!(relinked.len(), 1, "{relinked:?}");
     assert_ne!(relinked, links, "a new link");
 
