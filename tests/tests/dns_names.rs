@@ -4,7 +4,9 @@
 //! alert on it name `upload.example.test`; a process that sends to an address nobody
 //! resolved has no name. Two names for one address: each process's flow is named by the
 //! answer its own query got (the kernel knows whose socket an answer reached), even when
-//! another process's answer for the same address came later.
+//! another process's answer for the same address came later; and so is a process that asked
+//! a local caching resolver (dnsmasq on 127.0.0.53, as systemd-resolved would be), by the
+//! answer the resolver relayed to it over loopback.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
@@ -193,5 +195,71 @@ fn each_process_is_named_by_its_own_answer() {
     first.finish().expect("first");
     second.finish().expect("second");
     drop(dns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_answer_relayed_by_a_local_caching_resolver_names_the_process_that_asked() {
+    require_root();
+    const SENT: u64 = 2_000_029;
+    const OTHER: u64 = 1_000_003;
+    let (ns, upstream, dir) = outside_world_with_dns();
+    let resolver_unit = ServiceCgroup::create("exfil-e2e-resolved.service").expect("cgroup");
+    let local = Dnsmasq::forwarder("127.0.0.53", &upstream, &resolver_unit, &dir)
+        .expect("the local caching resolver");
+    let agent = Agent::start_with_interval(INTERVAL, "").expect("agent");
+    let cgroup = ServiceCgroup::create("exfil-e2e-dns-local.service").expect("cgroup");
+    let (mut sink, port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
+    let (mut other_sink, other_port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");
+
+    // The application asks the local resolver, which asks upstream and relays the answer
+    // over loopback; then it waits ...
+    let mut cmd = local.client(&traffic_bin());
+    cmd.args(["send", "tcp", &format!("{NAME}:{port}"), &SENT.to_string()])
+        .env("EXFIL_TRAFFIC_WAIT_AFTER_RESOLVING", "1");
+    cgroup.place(&mut cmd).expect("place");
+    let mut app = Proc::spawn(cmd, "the application").expect("application");
+    assert_eq!(
+        app.expect_line::<String>("resolved").expect("resolved"),
+        ns.peer_ip
+    );
+    // ... while another process gets the address's other name straight from upstream and
+    // sends: the most recent answer for the address is now that one ...
+    let mut other = Proc::spawn(
+        upload(&upstream, &cgroup, MIRROR, other_port, OTHER),
+        "the other uploader",
+    )
+    .expect("other");
+    assert_eq!(
+        other.expect_line::<String>("resolved").expect("resolved"),
+        ns.peer_ip
+    );
+    assert_eq!(other.expect_line::<u64>("sent").expect("sent"), OTHER);
+    assert_eq!(
+        other_sink.expect_line::<u64>("received").expect("received"),
+        OTHER
+    );
+    let flow = agent
+        .settled_flow(other.pid(), ns.peer_ip, other_port, "tcp", OTHER)
+        .expect("flows API")
+        .expect("the other flow");
+    assert_eq!(flow.destination_name.as_deref(), Some(MIRROR));
+    // ... so the application's flow is named `NAME` only if the relayed answer was taken
+    // as its own (the resolver's upstream answer names the resolver, not it).
+    app.resume().expect("resume");
+    assert_eq!(app.expect_line::<u64>("sent").expect("sent"), SENT);
+    assert_eq!(sink.expect_line::<u64>("received").expect("received"), SENT);
+    let flow = agent
+        .settled_flow(app.pid(), ns.peer_ip, port, "tcp", SENT)
+        .expect("flows API")
+        .expect("the application's flow");
+    assert_eq!(
+        (flow.bytes_sent, flow.destination_name.as_deref()),
+        (SENT, Some(NAME))
+    );
+    app.finish().expect("application");
+    other.finish().expect("other");
+    drop(local);
+    drop(upstream);
     let _ = std::fs::remove_dir_all(&dir);
 }

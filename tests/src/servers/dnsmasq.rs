@@ -1,6 +1,8 @@
-//! A DNS server of the outside world for the destination-name tests (issue 13): Debian's
-//! dnsmasq in the test namespace, answering the names it is given and nothing else (no
-//! upstream, no /etc/hosts), in the foreground, killed on drop.
+//! DNS servers for the destination-name tests (issue 13), Debian's dnsmasq in the foreground,
+//! killed on drop: the outside world's authoritative server in the test namespace, answering
+//! the names it is given and nothing else (no upstream, no /etc/hosts); and a local caching
+//! resolver on this host's loopback, as systemd-resolved or unbound would be, relaying
+//! answers from an upstream server to the applications.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,10 +12,22 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::NetNs;
+use crate::{NetNs, ServiceCgroup};
 
 /// The answers' TTL: what the agent keeps a name for, plus its grace.
 pub const TTL: u32 = 300;
+
+/// What every instance is: foreground, no config file, no pid file, logs to stderr.
+const COMMON: [&str; 8] = [
+    "--keep-in-foreground",
+    "--no-resolv",
+    "--no-hosts",
+    "--conf-file=/dev/null",
+    "--pid-file",
+    "--user=root",
+    "--bind-interfaces",
+    "--log-facility=-",
+];
 
 pub struct Dnsmasq {
     child: Child,
@@ -29,21 +43,32 @@ impl Dnsmasq {
     pub fn start(ns: &NetNs, ip: &str, names: &[(&str, &str)], dir: &Path) -> anyhow::Result<Self> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name, "dnsmasq"])
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--conf-file=/dev/null",
-                "--pid-file",
-                "--user=root",
-                "--bind-interfaces",
-                "--log-facility=-",
-            ])
+            .args(COMMON)
             .arg(format!("--listen-address={ip}"))
             .arg(format!("--local-ttl={TTL}"));
         for (name, addr) in names {
             cmd.arg(format!("--address=/{name}/{addr}"));
         }
+        Self::spawn(cmd, Some(ns), ip, dir)
+    }
+
+    /// A caching resolver on this host at `ip`:53 (a loopback address), in `cgroup`, that
+    /// asks `upstream` (another `Dnsmasq`) for every name and relays its answers.
+    pub fn forwarder(
+        ip: &str,
+        upstream: &Self,
+        cgroup: &ServiceCgroup,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args(COMMON)
+            .arg(format!("--listen-address={ip}"))
+            .arg(format!("--server={}", upstream.ip));
+        cgroup.place(&mut cmd)?;
+        Self::spawn(cmd, None, ip, dir)
+    }
+
+    fn spawn(mut cmd: Command, ns: Option<&NetNs>, ip: &str, dir: &Path) -> anyhow::Result<Self> {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -51,7 +76,7 @@ impl Dnsmasq {
             .spawn()
             .context("starting dnsmasq (Debian package dnsmasq-base; `cargo xtask setup`)")?;
         std::fs::create_dir_all(dir)?;
-        let resolv_conf = dir.join("resolv.conf");
+        let resolv_conf = dir.join(format!("resolv.conf.{ip}"));
         std::fs::write(
             &resolv_conf,
             format!("nameserver {ip}\noptions timeout:2 attempts:2\n"),
@@ -65,16 +90,23 @@ impl Dnsmasq {
         Ok(server)
     }
 
-    /// Until it listens: its UDP socket shows in the namespace's /proc/net/udp.
-    fn wait_ready(&self, ns: &NetNs) -> anyhow::Result<()> {
+    /// Until it listens: its UDP socket shows in /proc/net/udp (the namespace's, or this
+    /// host's for `None`).
+    fn wait_ready(&self, ns: Option<&NetNs>) -> anyhow::Result<()> {
         let ip: std::net::Ipv4Addr = self.ip.parse()?;
         let local = format!("{:08X}:0035", u32::from_ne_bytes(ip.octets()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &ns.name, "cat", "/proc/net/udp"])
-                .output()?;
-            if String::from_utf8_lossy(&out.stdout)
+            let udp = match ns {
+                Some(ns) => {
+                    let out = Command::new("ip")
+                        .args(["netns", "exec", &ns.name, "cat", "/proc/net/udp"])
+                        .output()?;
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                }
+                None => std::fs::read_to_string("/proc/net/udp")?,
+            };
+            if udp
                 .lines()
                 .any(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
             {
