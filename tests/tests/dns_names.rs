@@ -5,7 +5,7 @@
 //! resolved has no name. Two names for one address: each process's flow is named by the
 //! answer its own query got (the kernel knows whose socket an answer reached), even when
 //! another process's answer for the same address came later; and so is a process that asked
-//! a local caching resolver (dnsmasq on 127.0.0.53, as systemd-resolved would be), by the
+//! a local caching resolver (dnsmasq on 127.0.0.153, as systemd-resolved on 127.0.0.53), by the
 //! answer the resolver relayed to it over loopback.
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -205,7 +205,7 @@ fn an_answer_relayed_by_a_local_caching_resolver_names_the_process_that_asked() 
     const OTHER: u64 = 1_000_003;
     let (ns, upstream, dir) = outside_world_with_dns();
     let resolver_unit = ServiceCgroup::create("exfil-e2e-resolved.service").expect("cgroup");
-    let local = Dnsmasq::forwarder("127.0.0.53", &upstream, &resolver_unit, &dir)
+    let local = Dnsmasq::forwarder("127.0.0.153", &upstream, &resolver_unit, &dir)
         .expect("the local caching resolver");
     let agent = Agent::start_with_interval(INTERVAL, "").expect("agent");
     let cgroup = ServiceCgroup::create("exfil-e2e-dns-local.service").expect("cgroup");
