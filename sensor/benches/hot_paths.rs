@@ -89,6 +89,61 @@ fn poll(c: &mut Criterion) {
     }
 }
 
+/// One poll of a steady table of 100,000 unnamed flows with DNS names on and the name cache
+/// full (65,536 other addresses): every moved row looks its address up, in vain (the worst
+/// case: a named row never looks again). Against `flow table: one poll, 100000 flows`.
+fn poll_named(c: &mut Criterion) {
+    use sensor::dns::{DnsAnswer, NameCache};
+
+    let before = sums(100_000, 1_000);
+    let after = sums(100_000, 2_000);
+    let answers: Vec<DnsAnswer> = (0..65_536u32)
+        .map(|i| DnsAnswer {
+            pid: Some(1_000 + i % 200),
+            name: format!("host-{i}.example.net"),
+            addrs: vec![(
+                std::net::IpAddr::from([203, 0, (i >> 8) as u8, i as u8]),
+                300,
+            )],
+        })
+        .collect();
+    c.bench_function(
+        "flow table: one poll, 100000 unnamed flows, names on",
+        |b| {
+            b.iter_batched_ref(
+                || {
+                    let mut t = FlowTable::new(
+                        Limits {
+                            max_rows: 100_000,
+                            idle_ttl: Duration::from_secs(600),
+                        },
+                        Networks::default(),
+                    );
+                    t.name_destinations(NameCache::new(Duration::from_secs(3600), 65_536));
+                    t.learn_names(SystemTime::UNIX_EPOCH, &answers);
+                    t.apply(SystemTime::UNIX_EPOCH, &before, &[], &Services);
+                    t
+                },
+                |table| table.apply(SystemTime::UNIX_EPOCH, black_box(&after), &[], &Services),
+                BatchSize::LargeInput,
+            );
+        },
+    );
+    // 1,000 answers again for addresses it holds: each refreshes its binding and its place
+    // in the eviction order.
+    c.bench_function("name cache: learn 1,000 answers into a full cache", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut cache = NameCache::new(Duration::from_secs(3600), 65_536);
+                cache.learn(SystemTime::UNIX_EPOCH, &answers);
+                cache
+            },
+            |cache| cache.learn(SystemTime::UNIX_EPOCH, black_box(&answers[..1_000])),
+            BatchSize::LargeInput,
+        );
+    });
+}
+
 /// Ending an interval: one record per moved flow, for detection and the journal.
 fn interval(c: &mut Criterion) {
     let before = sums(100_000, 1_000);
@@ -292,5 +347,7 @@ fn replay(
     let _ = std::fs::remove_dir_all(&config.dir);
 }
 
-criterion_group!(benches, poll, interval, metrics, detection, journal);
+criterion_group!(
+    benches, poll, poll_named, interval, metrics, detection, journal
+);
 criterion_main!(benches);

@@ -21,7 +21,7 @@
 //! |---|---|---|
 //! | 0 | 4 | sync marker [`MARKER`]: after damage, a reader scans for it |
 //! | 4 | 4 | payload length |
-//! | 8 | 1 | record type (Start 1, Config 2, Interval 3, Process 4, Alert 5, Stop 6, Totals 7, Resume 8; an older build reads 7 and 8 as undecodable, a newer one reads every older journal) |
+//! | 8 | 1 | record type (Start 1, Config 2, Interval 3, Process 4, Alert 5, Stop 6, Totals 7, Resume 8; an older build reads 7 and 8 as undecodable, and so 0.6 reads 0.7's interval and alert records that carry destination names, a trailing part; a newer one reads every older journal) |
 //! | 9 | 3 | reserved, 0 |
 //! | 12 | 8 | record number |
 //! | 20 | 32 | chain hash after this record |
