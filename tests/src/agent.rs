@@ -324,38 +324,6 @@ impl Agent {
         }
     }
 
-    /// The ids of the cgroup links this agent holds open whose `bpftool` attach type is
-    /// `attach_type` (`cgroup_udp4_sendmsg`, `cgroup_inet_ingress`), from its fdinfo.
-    pub fn held_links(&self, attach_type: &str) -> Vec<u32> {
-        let fdinfo = PathBuf::from(format!("/proc/{}/fdinfo", self.pid()));
-        let mut ids: Vec<u32> = std::fs::read_dir(&fdinfo)
-            .expect("the agent's fdinfo")
-            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-            .filter_map(|info| {
-                let field = |name: &str| {
-                    info.lines()
-                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                        .map(str::trim)
-                        .map(str::to_owned)
-                };
-                (field("link_type")? == "cgroup").then_some(())?;
-                field("link_id")?.parse::<u32>().ok()
-            })
-            .filter(|id| {
-                let out = Command::new("bpftool")
-                    .args(["-j", "link", "show", "id", &id.to_string()])
-                    .output()
-                    .expect("bpftool");
-                let link: serde_json::Value =
-                    serde_json::from_slice(&out.stdout).unwrap_or_default();
-                link["attach_type"] == attach_type
-            })
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

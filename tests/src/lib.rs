@@ -7,6 +7,7 @@
 mod agent;
 mod host;
 mod http;
+mod links;
 pub mod maildir;
 mod prometheus;
 mod relay;

@@ -20,7 +20,7 @@ use report::{render, render_micro, results_json};
 use workloads::{data_file, dd, dd_write, iperf, mmap_read};
 
 mod cgroup;
-mod dns;
+pub mod dns;
 pub mod flood;
 mod latency;
 mod load;
@@ -196,11 +196,6 @@ pub fn run_soak(seconds: u64) -> anyhow::Result<()> {
     };
     let section = sections::render_soak(&soak, &command, &run_context(&start))?;
     write_section(sections::SOAK, &section)
-}
-
-/// `cargo xtask bench --dns`: what watching DNS answers costs; rewrites its section.
-pub fn run_dns() -> anyhow::Result<()> {
-    dns::run()
 }
 
 /// `cargo xtask bench --load`: the load run alone, `seconds` long; rewrites its section.

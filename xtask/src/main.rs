@@ -121,7 +121,7 @@ fn main() {
             .and_then(|()| match (load, soak, dns) {
                 (true, _, _) => bench::run_load(seconds.unwrap_or(600)),
                 (_, true, _) => bench::run_soak(seconds.unwrap_or(3600)),
-                (_, _, true) => bench::run_dns(),
+                (_, _, true) => bench::dns::run(),
                 _ => bench::run(quick),
             }),
     };
