@@ -36,4 +36,23 @@ impl Agent {
         ids.dedup();
         ids
     }
+
+    /// Detaches, as an intruder with `bpftool` would, the one cgroup link of `attach_type`
+    /// this agent holds; returns its id.
+    pub fn detach_held_link(&self, attach_type: &str) -> u32 {
+        let links = self.held_links(attach_type);
+        let [link] = links[..] else {
+            panic!("one {attach_type} link held by the agent: {links:?}");
+        };
+        let detach = Command::new("bpftool")
+            .args(["link", "detach", "id", &link.to_string()])
+            .output()
+            .expect("bpftool");
+        assert!(
+            detach.status.success(),
+            "bpftool link detach: {}",
+            String::from_utf8_lossy(&detach.stderr)
+        );
+        link
+    }
 }

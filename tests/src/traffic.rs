@@ -124,6 +124,15 @@ impl Traffic {
         Proc::spawn(cmd, &format!("{} in {}", args.join(" "), ns.name))
     }
 
+    /// A TCP upload of `bytes` to `to` from this host at the helper's slow pace, returned
+    /// once it has started sending (so that something can happen to the agent mid-upload).
+    pub fn slow_upload(&self, to: &str, bytes: u64) -> anyhow::Result<Proc> {
+        let mut upload = self.send(&["send", "tcp", to, &bytes.to_string(), "slow"])?;
+        let started: String = upload.expect_line("started")?;
+        anyhow::ensure!(started.is_empty(), "unexpected `started {started}`");
+        Ok(upload)
+    }
+
     /// A sender on this host, with the helper's arguments.
     pub fn send(&self, args: &[&str]) -> anyhow::Result<Proc> {
         self.send_with(args, &[])

@@ -10,7 +10,6 @@ use std::{
     io::{Read as _, Write as _},
     net::{TcpStream, UdpSocket},
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -264,6 +263,41 @@ fn settled(agent: &Agent, want: [u64; 6]) -> [u64; 6] {
     counters(agent)
 }
 
+/// What one round of the standard responses did to the counters.
+struct Round {
+    /// Good answers sent over UDP and IPv4 (one more over IPv6 and one over TCP come too).
+    good: u64,
+    /// Malformed responses sent (one truncated, one with a looping pointer).
+    malformed: u64,
+    before: [u64; 6],
+    after: [u64; 6],
+}
+
+/// `udp_responses`, one IPv6 and one TCP answer exchanged with the agent watching; the
+/// counters before, and once they reach what was sent.
+fn round(ns: &NetNs, agent: &Agent) -> Round {
+    let (udp, good, malformed) = udp_responses();
+    let before = counters(agent);
+    exchange(ns, &udp, &[udp6_response()], &[tcp_response()]);
+    let after = settled(
+        agent,
+        [
+            before[0] + good + 2,
+            before[1] + 1,
+            before[2] + 1,
+            before[3],
+            before[4],
+            before[5],
+        ],
+    );
+    Round {
+        good,
+        malformed,
+        before,
+        after,
+    }
+}
+
 #[test]
 fn good_responses_are_handed_over_and_malformed_ones_counted_exactly() {
     require_root();
@@ -275,20 +309,12 @@ fn good_responses_are_handed_over_and_malformed_ones_counted_exactly() {
             .expect("probe"),
         1
     );
-    let (udp, good, malformed) = udp_responses();
-    let before = counters(&agent);
-    exchange(&ns, &udp, &[udp6_response()], &[tcp_response()]);
-    let after = settled(
-        &agent,
-        [
-            before[0] + good + 2,
-            before[1] + 1,
-            before[2] + 1,
-            before[3],
-            before[4],
-            before[5],
-        ],
-    );
+    let Round {
+        good,
+        malformed,
+        before,
+        after,
+    } = round(&ns, &agent);
     assert_eq!(
         after[0] - before[0],
         good + 2,
@@ -337,19 +363,7 @@ fn a_detached_ingress_program_is_attached_again() {
     require_root();
     let ns = NetNs::outside().expect("namespace");
     let agent = Agent::start().expect("agent");
-    let links = agent.held_links("cgroup_inet_ingress");
-    let [link] = links[..] else {
-        panic!("one cgroup_inet_ingress link held by the agent: {links:?}");
-    };
-    let detach = Command::new("bpftool")
-        .args(["link", "detach", "id", &link.to_string()])
-        .output()
-        .expect("bpftool");
-    assert!(
-        detach.status.success(),
-        "bpftool link detach: {}",
-        String::from_utf8_lossy(&detach.stderr)
-    );
+    let link = agent.detach_held_link("cgroup_inet_ingress");
     let deadline = Instant::now() + Duration::from_secs(10);
     while agent
         .metric("exfil_sensor_tamper_repairs_total{what=\"probe\"}")
@@ -367,26 +381,18 @@ fn a_detached_ingress_program_is_attached_again() {
     );
     let relinked = agent.held_links("cgroup_inet_ingress");
     assert_eq!(relinked.len(), 1, "{relinked:?}");
-    assert_ne!(relinked, links, "a new link");
+    assert_ne!(relinked, [link], "a new link");
     assert_eq!(
         agent
             .metric("exfil_sensor_probe_attached{probe=\"cgroup:dns_ingress\"}")
             .expect("probe"),
         1
     );
-    let (udp, good, _) = udp_responses();
-    let before = counters(&agent);
-    exchange(&ns, &udp, &[udp6_response()], &[tcp_response()]);
-    let after = settled(
-        &agent,
-        [
-            before[0] + good + 2,
-            before[1] + 1,
-            before[2] + 1,
-            before[3],
-            before[4],
-            before[5],
-        ],
-    );
+    let Round {
+        good,
+        before,
+        after,
+        ..
+    } = round(&ns, &agent);
     assert_eq!(after[0] - before[0], good + 2);
 }

@@ -158,18 +158,8 @@ fn kill_9_mid_100_mib_upload_the_journal_sums_to_the_total_and_records_the_gap()
     let traffic = traffic!();
     let (mut sink, port) = traffic.sink(&ns, "tcp", ns.peer_ip).expect("sink");
     let mut sender = traffic
-        .send(&[
-            "send",
-            "tcp",
-            &socket_addr(ns.peer_ip, port),
-            &BYTES.to_string(),
-            "slow",
-        ])
+        .slow_upload(&socket_addr(ns.peer_ip, port), BYTES)
         .expect("sender");
-    assert_eq!(
-        sender.expect_line::<String>("started").expect("started"),
-        ""
-    );
     let (pid, ip) = (sender.pid(), ns.peer_ip.parse::<IpAddr>().expect("an IP"));
     let is_flow = |p: u32, d: Option<IpAddr>, o: u16| p == pid && d == Some(ip) && o == port;
     // Killed once the journal holds part of the upload, inside a later interval.

@@ -9,7 +9,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -54,33 +53,11 @@ fn a_detached_probe_is_named_in_one_alert_and_attached_again() {
     let traffic = traffic!();
     let (mut tcp_sink, tcp_port) = traffic.sink(&ns, "tcp", ns.peer_ip).expect("sink");
     let mut upload = traffic
-        .send(&[
-            "send",
-            "tcp",
-            &socket_addr(ns.peer_ip, tcp_port),
-            &BYTES.to_string(),
-            "slow",
-        ])
+        .slow_upload(&socket_addr(ns.peer_ip, tcp_port), BYTES)
         .expect("upload");
-    assert_eq!(
-        upload.expect_line::<String>("started").expect("started"),
-        ""
-    );
 
     // Mid-upload, someone detaches the agent's UDP destination probe.
-    let links = agent.held_links("cgroup_udp4_sendmsg");
-    let [link] = links[..] else {
-        panic!("one cgroup_udp4_sendmsg link held by the agent: {links:?}");
-    };
-    let detach = Command::new("bpftool")
-        .args(["link", "detach", "id", &link.to_string()])
-        .output()
-        .expect("bpftool");
-    assert!(
-        detach.status.success(),
-        "bpftool link detach: {}",
-        String::from_utf8_lossy(&detach.stderr)
-    );
+    let link = agent.detach_held_link("cgroup_udp4_sendmsg");
 
     // Found and repaired within one interval (waited for as a few polls).
     assert!(
@@ -127,7 +104,7 @@ fn a_detached_probe_is_named_in_one_alert_and_attached_again() {
     );
     let relinked = agent.held_links("cgroup_udp4_sendmsg");
     assert_eq!(relinked.len(), 1, "{relinked:?}");
-    assert_ne!(relinked, links, "a new link");
+    assert_ne!(relinked, [link], "a new link");
 
     // Unconnected UDP sent wholly after the repair has its destinations, exactly.
     let (_udp_sink, udp_port) = traffic.sink(&ns, "udp", "0.0.0.0").expect("udp sink");
@@ -183,18 +160,8 @@ fn a_removed_map_pin_is_pinned_again_and_a_restarted_agent_continues_the_totals(
     let traffic = traffic!();
     let (mut sink, port) = traffic.sink(&ns, "tcp", ns.peer_ip).expect("sink");
     let mut upload = traffic
-        .send(&[
-            "send",
-            "tcp",
-            &socket_addr(ns.peer_ip, port),
-            &BYTES.to_string(),
-            "slow",
-        ])
+        .slow_upload(&socket_addr(ns.peer_ip, port), BYTES)
         .expect("upload");
-    assert_eq!(
-        upload.expect_line::<String>("started").expect("started"),
-        ""
-    );
 
     // Mid-upload, the map of the flow totals loses its pin.
     let flows_pin = layout_dir(agent.pin_dir()).join("FLOWS");
