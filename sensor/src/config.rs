@@ -265,13 +265,7 @@ impl Config {
     }
 
     pub(crate) fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let invalid = |key, value: String, reason| ConfigError::Invalid {
-            path: path.to_owned(),
-            at: Location::default(),
-            key,
-            value,
-            reason,
-        };
+        let invalid = |key, value, reason| ConfigError::invalid(path, key, value, reason);
         let poll = self.agent.poll_interval;
         if poll < Duration::from_millis(100) || poll > Duration::from_secs(3600) {
             return Err(invalid(
@@ -403,13 +397,7 @@ impl Config {
 
     fn validate_detect(&self, path: &str) -> Result<(), ConfigError> {
         let d = &self.detect;
-        let invalid = |key, value: String, reason| ConfigError::Invalid {
-            path: path.to_owned(),
-            at: Location::default(),
-            key,
-            value,
-            reason,
-        };
+        let invalid = |key, value, reason| ConfigError::invalid(path, key, value, reason);
         let positive = [
             ("detect.burst.bytes", d.burst.bytes.as_u64()),
             ("detect.burst.spray_bytes", d.burst.spray_bytes.as_u64()),

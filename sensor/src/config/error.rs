@@ -74,6 +74,23 @@ impl std::fmt::Display for Location {
 }
 
 impl ConfigError {
+    /// `key = value` of the file at `path` refused for `reason`; [`Config::parse`] then names
+    /// its line and column.
+    pub(crate) fn invalid(
+        path: &str,
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    ) -> Self {
+        Self::Invalid {
+            path: path.to_owned(),
+            at: Location::default(),
+            key,
+            value,
+            reason,
+        }
+    }
+
     /// Names the line and column of the refused value, found in `text` by its key.
     pub(super) fn located(mut self, text: &str) -> Self {
         let find = |key: &str| {

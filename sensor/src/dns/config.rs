@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Location};
+use crate::config::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,13 +32,7 @@ impl Default for DnsConfig {
 
 impl DnsConfig {
     pub(crate) fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let invalid = |key, value: String, reason| ConfigError::Invalid {
-            path: path.to_owned(),
-            at: Location::default(),
-            key,
-            value,
-            reason,
-        };
+        let invalid = |key, value, reason| ConfigError::invalid(path, key, value, reason);
         if self.grace > Duration::from_secs(7 * 86_400) {
             return Err(invalid(
                 "dns.grace",

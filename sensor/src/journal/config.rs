@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Location};
+use crate::config::ConfigError;
 
 const DAY: u64 = 86_400;
 
@@ -58,13 +58,7 @@ impl Default for JournalConfig {
 
 impl JournalConfig {
     pub(crate) fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let invalid = |key, value: String, reason| ConfigError::Invalid {
-            path: path.to_owned(),
-            at: Location::default(),
-            key,
-            value,
-            reason,
-        };
+        let invalid = |key, value, reason| ConfigError::invalid(path, key, value, reason);
         let duration = |d: Duration| humantime::format_duration(d).to_string();
         if !(ByteSize::mib(1)..=ByteSize::gib(1)).contains(&self.segment_size) {
             return Err(invalid(
