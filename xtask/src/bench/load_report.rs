@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{
     Start,
     long_load::{
-        CHURN_FILE_BYTES, ChurnRows, DESTINATIONS, FlowCheck, MetricSums, SIZE, STATS_FOR, UNIT,
+        CHURN_CLASS, CHURN_FILE_BYTES, ChurnRows, DESTINATIONS, FlowCheck, MetricSums, SIZE,
+        STATS_FOR, UNIT,
     },
     run_context,
     sections::{LOAD, yes_no},
@@ -57,7 +58,8 @@ pub(super) fn render(m: &Measured, seconds: u64, start: &Start) -> anyhow::Resul
     writeln!(
         s,
         "`{command}`, {}. The release agent on its default config (`kernel.flow_map_entries` \
-         65,536, `flows.max_flows` 100,000), fresh maps. The flood sends {SIZE}-byte UDP \
+         65,536, `flows.max_flows` 100,000) plus a file class `{CHURN_CLASS}` for the churn's \
+         file, fresh maps. The flood sends {SIZE}-byte UDP \
          datagrams as fast as it can for {} s from two unconnected sockets (`sendmmsg`, 256 \
          per call, each message with its own address; one thread each) round-robin to \
          {DESTINATIONS} destinations (198.51.100.1–200 × 500 ports), inside a namespace whose \
@@ -155,6 +157,13 @@ pub(super) fn render(m: &Measured, seconds: u64, start: &Start) -> anyhow::Resul
          libraries included); under `unknown` (any process of the machine) | {}; {} |",
         m.metrics.file_read, m.metrics.file_read_unknown
     )?;
+    writeln!(
+        s,
+        "| `exfil_sensor_file_read_bytes_total{{service=\"{UNIT}\",class=\"{CHURN_CLASS}\"}}` \
+         (the churn's file has a class of its own) | {} of {} |",
+        m.metrics.churn_class,
+        m.processes * CHURN_FILE_BYTES
+    )?;
     writeln!(s, "| agent CPU, % of one core | {:.1} |", m.cpu_percent)?;
     writeln!(
         s,
@@ -232,13 +241,21 @@ pub(super) fn render(m: &Measured, seconds: u64, start: &Start) -> anyhow::Resul
         c.rows_wrong,
         yes_no(c.rows_wrong == 0)
     )?;
+    writeln!(
+        s,
+        "| each `cat`'s read of the file counted, under its service: the class's series | \
+         {} of {} | {} |",
+        m.metrics.churn_class,
+        m.processes * CHURN_FILE_BYTES,
+        yes_no(m.metrics.churn_class == m.processes * CHURN_FILE_BYTES)
+    )?;
     let churn_named = m.churn_rows.services.keys().all(|k| k == UNIT);
     // Rows of exited processes can leave the table (evicted when it is full: the agent counts
     // the whole machine's file reads); those left must be exact, and the rest accounted for.
     let missing = m.processes.saturating_sub(m.churn_rows.rows);
     writeln!(
         s,
-        "| each `cat`'s read of the file counted, under its service | {} rows for {} \
+        "| the `cat`s' rows of the file still in the files table: exact, named | {} rows for {} \
          `cat`s, {} bytes ({} a row), {}; {missing} rows gone, {} file rows evicted | {} |",
         m.churn_rows.rows,
         m.processes,

@@ -36,6 +36,8 @@ const CHURN_EVERY: Duration = Duration::from_millis(100);
 pub(super) const CHURN_FILE_BYTES: u64 = 1 << 20;
 /// The name of the file the churn reads, in target/bench.
 const CHURN_FILE: &str = "exfil-load-churn-file";
+/// The file class the churn's file is given.
+pub(super) const CHURN_CLASS: &str = "bench_churn";
 /// The window, from the flood's start, over which the programs' run times are counted.
 const STATS_FROM: Duration = Duration::from_secs(60);
 pub(super) const STATS_FOR: Duration = Duration::from_secs(30);
@@ -72,7 +74,15 @@ pub fn run(seconds: u64, out_dir: &Path, start: &Start) -> anyhow::Result<String
     println!("load: the flood alone: {off_rate:.0} sends/s, {off_flood_cpu:.0} % CPU");
 
     let ours_before = program_ids()?;
-    let agent = Agent::start_with("load-long", "")?;
+    // The churn's file has a class of its own, so that its bytes are one exact series
+    // whatever happens to the `cat`s' rows (the files table holds the whole machine's reads).
+    let agent = Agent::start_with(
+        "load-long",
+        &format!(
+            "[[files.class]]\nname = \"{CHURN_CLASS}\"\npaths = [\"{}\"]\n",
+            file.canonicalize()?.display()
+        ),
+    )?;
     let ours: Vec<u64> = program_ids()?
         .into_iter()
         .filter(|id| !ours_before.contains_key(&id.0))
@@ -291,6 +301,8 @@ pub(super) struct MetricSums {
     pub(super) file_read: u64,
     /// `exfil_sensor_file_read_bytes_total{service="unknown"}`, summed.
     pub(super) file_read_unknown: u64,
+    /// The unit's `exfil_sensor_file_read_bytes_total{class=CHURN_CLASS}`: the churn's file.
+    pub(super) churn_class: u64,
 }
 
 impl MetricSums {
@@ -336,13 +348,15 @@ fn settled_metrics(sent: u64, read: u64) -> anyhow::Result<MetricSums> {
         for (labels, v) in series("exfil_sensor_file_read_bytes_total") {
             if labels.contains(&unit) {
                 sums.file_read += v;
+                if labels.contains(&format!("class=\"{CHURN_CLASS}\"")) {
+                    sums.churn_class += v;
+                }
             } else if labels.contains("service=\"unknown\"") {
                 sums.file_read_unknown += v;
             }
         }
         let key = (sums.egress, sums.class_total(), sums.file_read);
-        let done = sums.egress == sent && sums.class_total() == sent && sums.file_read >= read;
-        // (`read` is a floor: the `cat`s' binaries and libraries count too.)
+        let done = sums.egress == sent && sums.class_total() == sent && sums.churn_class == read;
         if done || last == Some(key) || Instant::now() > deadline {
             return Ok(sums);
         }
