@@ -21,6 +21,7 @@ use crate::{
         paths::{Mounts, WalkedPath},
         process::ProcessTable,
     },
+    health::Health,
     http,
     journal::{
         StartRecord,
@@ -153,8 +154,12 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .spawn(move || aggregator.run(agent_rx, log_interval))
         .context("starting the aggregating thread")?;
 
+    let health = Arc::new(Health::new(
+        sensor.probes().to_vec(),
+        config.agent.poll_interval,
+    ));
     let state = http::AppState {
-        probes: Arc::new(sensor.probes().to_vec()),
+        health: Arc::clone(&health),
         agent: agent_tx.clone(),
         registry,
     };
@@ -167,6 +172,7 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let mut watch = Watch {
         journal: journal.as_ref().map(JournalThread::health),
         unrepaired: std::collections::HashSet::new(),
+        health,
     };
     let poller = std::thread::Builder::new()
         .name("poll".into())
@@ -351,6 +357,8 @@ struct Watch {
     /// What the last check found and could not repair: reported once, then tried again each
     /// poll without a report (or a log line) per poll, until it is repaired.
     unrepaired: std::collections::HashSet<String>,
+    /// What `/healthz` answers: the polls as they come, the probes found detached.
+    health: Arc<Health>,
 }
 
 impl Watch {
@@ -360,8 +368,10 @@ impl Watch {
         let now = SystemTime::now();
         let mut unrepaired = std::collections::HashSet::new();
         let mut reports = Vec::new();
+        let mut detached = std::collections::BTreeSet::new();
         for finding in sensor.check_integrity() {
             if finding.repair.is_err() {
+                detached.extend(finding.tampered.detached_probe());
                 let subject = finding.tampered.subject();
                 let reported = self.unrepaired.contains(&subject);
                 unrepaired.insert(subject);
@@ -372,6 +382,7 @@ impl Watch {
             reports.push(kernel_report(now, &finding));
         }
         self.unrepaired = unrepaired;
+        self.health.detached(detached);
         if let Some(failure) = self.journal.as_mut().and_then(JournalHealth::new_failure) {
             tracing::error!(
                 dir = %failure.dir.display(),
@@ -503,6 +514,7 @@ fn poll_loop(
         if agent.blocking_send(Message::Poll(Box::new(input))).is_err() {
             anyhow::bail!("the aggregating thread stopped");
         }
+        watch.health.polled(Instant::now());
         if !dead.is_empty()
             && let Err(e) = sensor.forget(&dead)
         {

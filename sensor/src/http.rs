@@ -38,7 +38,7 @@ use tokio::{
 use crate::{
     agent::{Answer, Message, Query},
     api::Filter,
-    kernel::{ProbeState, ProbeStatus},
+    health::Health,
     metrics::Metrics,
 };
 
@@ -126,7 +126,7 @@ pub async fn serve_unix(
 /// and the metrics registry.
 #[derive(Clone)]
 pub struct AppState {
-    pub probes: Arc<Vec<ProbeStatus>>,
+    pub health: Arc<Health>,
     pub agent: mpsc::Sender<Message>,
     pub registry: Registry,
 }
@@ -261,37 +261,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// 200 once every required probe is attached (optional ones that are not are listed); 503
-/// with the reasons otherwise.
+/// 200 while every required probe is attached and the polls come (optional probes that are
+/// not are listed); 503 with the reasons otherwise (`health`).
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    let (healthy, body) = health(&state.probes);
+    let (healthy, body) = state.health.answer(std::time::Instant::now());
     let status = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, body)
-}
-
-/// Whether the sensor is healthy, and the text that says why.
-fn health(probes: &[ProbeStatus]) -> (bool, String) {
-    if probes.is_empty() {
-        return (false, "starting\n".to_owned());
-    }
-    let mut healthy = true;
-    let mut skipped = String::new();
-    for p in probes {
-        if let ProbeState::Skipped(reason) = &p.state {
-            healthy &= !p.required;
-            let kind = if p.required { "required" } else { "optional" };
-            skipped.push_str(&format!("{} ({kind}) not attached: {reason}\n", p.probe));
-        }
-    }
-    if healthy {
-        (true, format!("ok\n{skipped}"))
-    } else {
-        (false, skipped)
-    }
 }
 
 /// Asks the aggregator; 503 if it is gone (the agent is stopping).
@@ -358,38 +337,6 @@ fn mismatch() -> (StatusCode, &'static str) {
 mod tests {
     use super::*;
 
-    fn probe(name: &'static str, required: bool, attached: bool) -> ProbeStatus {
-        ProbeStatus {
-            probe: name,
-            required,
-            state: if attached {
-                ProbeState::Attached
-            } else {
-                ProbeState::Skipped("no cgroup2".into())
-            },
-        }
-    }
-
-    #[test]
-    fn health_follows_required_probes() {
-        assert_eq!(health(&[]), (false, "starting\n".to_owned()));
-        assert_eq!(
-            health(&[probe("a", true, true), probe("b", false, true)]),
-            (true, "ok\n".to_owned())
-        );
-        assert_eq!(
-            health(&[probe("a", true, true), probe("b", false, false)]),
-            (
-                true,
-                "ok\nb (optional) not attached: no cgroup2\n".to_owned()
-            )
-        );
-        assert_eq!(
-            health(&[probe("a", true, false), probe("b", false, true)]),
-            (false, "a (required) not attached: no cgroup2\n".to_owned())
-        );
-    }
-
     /// A token file in a fresh temp dir, with `mode`.
     fn token_file(name: &str, text: &str, mode: u32) -> PathBuf {
         let path = std::env::temp_dir().join(format!("exfil-token-{}-{name}", std::process::id()));
@@ -441,7 +388,7 @@ mod tests {
             }
         });
         let state = AppState {
-            probes: Arc::new(vec![probe("a", true, true)]),
+            health: Arc::new(Health::new(Vec::new(), std::time::Duration::from_secs(1))),
             agent,
             registry: Registry::new(),
         };

@@ -16,6 +16,7 @@ pub mod dns;
 mod docs;
 pub mod flow;
 pub mod forensics;
+pub mod health;
 pub mod http;
 pub mod import;
 pub mod journal;
