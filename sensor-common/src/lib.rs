@@ -9,7 +9,7 @@ pub mod dns;
 
 /// Layout version of the shared map types. Bumped on any change to a key or value type, so
 /// that a future agent can tell pinned maps of an older layout from its own.
-pub const MAP_LAYOUT_VERSION: u32 = 9;
+pub const MAP_LAYOUT_VERSION: u32 = 10;
 
 /// `FlowKey::family` values (not the kernel's `AF_*` numbers: these are what we report).
 pub const FAMILY_IPV4: u8 = 4;
@@ -97,15 +97,13 @@ pub struct FileKey {
 }
 const _: () = assert!(core::mem::size_of::<FileKey>() == 16);
 
-/// What one process read of one file. Not per CPU: the run state must follow a process's
-/// reads from whichever CPU they come.
+/// What one process read of one file (key [`FileKey`]). Shared by the CPUs: its sums are
+/// added to with atomic adds, so threads of one process reading one file at once lose
+/// nothing; which pages are new is decided per thread, in [`ReadRun`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileRead {
-    /// The current sequential run: its first page, and the page after the last one counted.
-    pub run_start: u64,
-    pub next: u64,
-    /// Bytes read: each page of a run once, the file's last page clipped to its size.
+    /// Bytes read: each page of a thread's run once, the file's last page clipped to its size.
     pub bytes: u64,
     /// Read calls (or page faults) that added bytes.
     pub reads: u64,
@@ -114,7 +112,21 @@ pub struct FileRead {
     pub path_generation: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FileRead>() == 40);
+const _: () = assert!(core::mem::size_of::<FileRead>() == 24);
+
+/// One thread's sequential run through one file (key: a [`FileKey`] whose `tgid` holds the
+/// thread id): its first page, and the page after the last one counted. Per thread, because
+/// the tracepoints report overlapping page ranges (a small read reports its page again, a
+/// large read its remaining range once per batch) and only one reader's own order tells which
+/// pages are new: threads reading one file at once, each its part, would move one shared run
+/// back and forth under each other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadRun {
+    pub run_start: u64,
+    pub next: u64,
+}
+const _: () = assert!(core::mem::size_of::<ReadRun>() == 16);
 
 /// What one process wrote to one file (key [`FileKey`]), per CPU; userspace adds the CPUs
 /// together, so threads of one process writing one file from several CPUs lose nothing.

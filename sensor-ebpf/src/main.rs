@@ -6,6 +6,10 @@
 //! there without clashing with the host's `std`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `core::intrinsics::atomic_xadd`: the BPF target has no atomic read-modify-write in `core`'s
+// atomic types. The programs are built with nightly (`-Z build-std`) in any case.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod dns;
 mod file_read;

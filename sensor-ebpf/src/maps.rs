@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     AgentState, FileId, FileKey, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout,
-    MAP_COUNT, PROG_COUNT, PortRange, UdpDest, dns::DNS_STAT_COUNT,
+    MAP_COUNT, PROG_COUNT, PortRange, ReadRun, UdpDest, dns::DNS_STAT_COUNT,
 };
 
 /// Bytes sent and received per (process, remote address, port, protocol, direction).
@@ -46,11 +46,18 @@ pub(crate) static UDP_DEST: HashMap<u64, UdpDest> = HashMap::with_max_entries(16
 #[map]
 pub(crate) static SOCK_ROLE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Bytes each process read from each file, with the run state that counts each page once.
-/// Key [`FileKey`], value [`FileRead`]. Written by the `file_read` programs; read by the agent.
-/// Max entries: set from `kernel.file_map_entries` at load. Not an LRU: it holds counts.
+/// Bytes each process read from each file. Key [`FileKey`], value [`FileRead`], added to
+/// atomically. Written by the `file_read` programs; read by the agent. Max entries: set from
+/// `kernel.file_map_entries` at load. Not an LRU: it holds counts.
 #[map]
 pub(crate) static FILE_READS: HashMap<FileKey, FileRead> = HashMap::with_max_entries(65_536, 0);
+
+/// Each thread's sequential run through each file it reads, which says which pages of a read
+/// are new. Key [`FileKey`] with the thread id in `tgid`, value [`ReadRun`]. Written and read
+/// by the `file_read` programs only. An LRU: it holds no counts; a thread whose run was
+/// evicted starts a new one (at worst a page it had counted counts again).
+#[map]
+pub(crate) static READ_RUNS: LruHashMap<FileKey, ReadRun> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Bytes a process read while [`FILE_READS`] was full, without their file. Key: tgid; value:
 /// bytes per CPU. Written by the `file_read` programs; read by the agent.
@@ -198,6 +205,29 @@ pub(crate) static EPHEMERAL_PORTS: Global<PortRange> = Global::new(PortRange {
     low: 32_768,
     high: 60_999,
 });
+
+/// Adds `n` to `*sum` with one atomic add (`BPF_ATOMIC | BPF_ADD` without fetch, which every
+/// BPF instruction set version has), for a value several CPUs add to at once.
+///
+/// # Safety
+/// `sum` points to a live, 8-byte aligned `u64`.
+#[inline(always)]
+pub(crate) unsafe fn atomic_add(sum: *mut u64, n: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: as the caller promises. The target has no `AtomicU64::fetch_add` (no
+    // compare-and-swap in its spec), so the intrinsic; its result is unused, as XADD needs.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            sum, n,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as the caller promises (the host build only type-checks the programs).
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(sum)
+            .fetch_add(n, core::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Adds one to a per-CPU counter slot. Programs run with migration disabled and the same
 /// program does not nest on one CPU, so a plain add on the CPU's own slot is exact.

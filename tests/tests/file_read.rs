@@ -89,6 +89,11 @@ fn o_direct_reads_count_the_file_size() {
 }
 
 #[test]
+fn four_threads_reading_one_file_at_once_count_the_file_size() {
+    read_exactly("threads", "4096");
+}
+
+#[test]
 fn one_large_read_counts_the_file_size() {
     read_exactly("read", "16777216");
 }
