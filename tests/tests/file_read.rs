@@ -1,6 +1,6 @@
 //! File reads are counted exactly: a 10,000,019-byte file read whole counts 10,000,019 bytes
-//! for the reader, whether by small `read`s, `readv`s, `pread`s, one large read or `O_DIRECT`
-//! reads.
+//! for the reader, whether by small `read`s, `readv`s, `pread`s, one large read, `O_DIRECT`
+//! reads or four threads `pread`ing it at once.
 //!
 //! Not here yet: `mmap`. A large folio mapped whole by a PMD raises neither
 //! `mm_filemap_map_pages` nor `mm_filemap_fault` (traced on 6.18: nothing for the first 2,048
