@@ -97,13 +97,15 @@ pub struct FileKey {
 }
 const _: () = assert!(core::mem::size_of::<FileKey>() == 16);
 
-/// What one process read of one file (key [`FileKey`]). Shared by the CPUs: its sums are
-/// added to with atomic adds, so threads of one process reading one file at once lose
-/// nothing; which pages are new is decided per thread, in [`ReadRun`].
+/// What one process read of one file. Not per CPU: the run must follow a process's reads from
+/// whichever CPU they come. Threads of the process read at once: the run changes only by
+/// compare-and-swap of its one word, the sums only by atomic adds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileRead {
-    /// Bytes read: each page of a thread's run once, the file's last page clipped to its size.
+    /// The current sequential run, [`ReadRun::pack`]ed.
+    pub run: u64,
+    /// Bytes read: each page of a run once, the file's last page clipped to its size.
     pub bytes: u64,
     /// Read calls (or page faults) that added bytes.
     pub reads: u64,
@@ -112,21 +114,77 @@ pub struct FileRead {
     pub path_generation: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FileRead>() == 24);
+const _: () = assert!(core::mem::size_of::<FileRead>() == 32);
 
-/// One thread's sequential run through one file (key: a [`FileKey`] whose `tgid` holds the
-/// thread id): its first page, and the page after the last one counted. Per thread, because
-/// the tracepoints report overlapping page ranges (a small read reports its page again, a
-/// large read its remaining range once per batch) and only one reader's own order tells which
-/// pages are new: threads reading one file at once, each its part, would move one shared run
-/// back and forth under each other.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A process's sequential run through a file: its first page and the page after the last one
+/// counted. The tracepoints report overlapping page ranges (a small read reports its page
+/// again, a large read its remaining range once per batch), so a range that starts inside the
+/// run counts only what lies past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadRun {
-    pub run_start: u64,
+    pub start: u64,
     pub next: u64,
 }
-const _: () = assert!(core::mem::size_of::<ReadRun>() == 16);
+
+impl ReadRun {
+    /// How far before `next` a packed run may begin: a re-read of a page further back than
+    /// this (256 MiB of 4 KiB pages) behind a longer run counts again.
+    pub const MAX_LENGTH: u64 = 0xffff;
+
+    /// One word: `next` in the upper 48 bits, the run's length (at most
+    /// [`ReadRun::MAX_LENGTH`]) in the lower 16. 0 is no run (`next` is at least 1).
+    #[inline(always)]
+    pub fn pack(self) -> u64 {
+        let length = self.next - self.start;
+        let length = if length < Self::MAX_LENGTH {
+            length
+        } else {
+            Self::MAX_LENGTH
+        };
+        (self.next << 16) | length
+    }
+
+    #[inline(always)]
+    pub fn unpack(word: u64) -> Option<Self> {
+        if word == 0 {
+            return None;
+        }
+        let next = word >> 16;
+        Some(Self {
+            start: next - (word & Self::MAX_LENGTH),
+            next,
+        })
+    }
+
+    /// A read of pages `first..=last` after `run`: the first page it counts (past `last`
+    /// when every page is in already) and the run after it.
+    #[inline(always)]
+    pub fn advance(run: Option<Self>, first: u64, last: u64) -> (u64, Self) {
+        match run {
+            Some(run) if first >= run.start && first <= run.next => {
+                let next = if last + 1 > run.next {
+                    last + 1
+                } else {
+                    run.next
+                };
+                (
+                    run.next,
+                    Self {
+                        start: run.start,
+                        next,
+                    },
+                )
+            }
+            _ => (
+                first,
+                Self {
+                    start: first,
+                    next: last + 1,
+                },
+            ),
+        }
+    }
+}
 
 /// What one process wrote to one file (key [`FileKey`]), per CPU; userspace adds the CPUs
 /// together, so threads of one process writing one file from several CPUs lose nothing.
@@ -430,4 +488,69 @@ mod user {
     unsafe impl aya::Pod for FileId {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DnsEvent {}
+}
+
+#[cfg(test)]
+mod read_run_tests {
+    use super::ReadRun;
+
+    /// Each read's counted pages, from a fresh run, as the programs apply them.
+    fn counted(reads: &[(u64, u64)]) -> Vec<u64> {
+        let mut word = 0;
+        reads
+            .iter()
+            .map(|&(first, last)| {
+                let (from, run) = ReadRun::advance(ReadRun::unpack(word), first, last);
+                word = run.pack();
+                (last + 1).saturating_sub(from)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_reads_count_their_page_once() {
+        // 1,000-byte reads: page 0 four times, then pages 0-1, then page 1.
+        assert_eq!(
+            counted(&[(0, 0), (0, 0), (0, 0), (0, 0), (0, 1), (1, 1)]),
+            [1, 0, 0, 0, 1, 0]
+        );
+    }
+
+    #[test]
+    fn a_large_read_reported_per_batch_counts_its_range_once() {
+        assert_eq!(
+            counted(&[(768, 1023), (799, 1023), (830, 1023)]),
+            [256, 0, 0]
+        );
+    }
+
+    #[test]
+    fn a_read_before_or_past_the_run_starts_a_new_one() {
+        // Pages 10-19, then 30-39 (a skip), then 0-4 (back before the run), then 5-12.
+        assert_eq!(
+            counted(&[(10, 19), (30, 39), (0, 4), (5, 12)]),
+            [10, 10, 5, 8]
+        );
+    }
+
+    #[test]
+    fn packing_keeps_the_run_and_caps_its_length() {
+        let run = ReadRun {
+            start: 1_000,
+            next: 1_700,
+        };
+        assert_eq!(ReadRun::unpack(run.pack()), Some(run));
+        assert_eq!(ReadRun::unpack(0), None);
+        let long = ReadRun {
+            start: 0,
+            next: 1 << 40,
+        };
+        assert_eq!(
+            ReadRun::unpack(long.pack()),
+            Some(ReadRun {
+                start: (1 << 40) - ReadRun::MAX_LENGTH,
+                next: 1 << 40,
+            })
+        );
+    }
 }

@@ -5,12 +5,13 @@
 //! side of `sendfile`/`splice`; `mm_filemap_map_pages` and `mm_filemap_fault` for `mmap`.
 //! They report page ranges, not bytes, and overlap: 1,000-byte reads report page 0 four
 //! times, and one large read reports its remaining range once per batch ([768,1023],
-//! [799,1023], ...). So each page of a thread's sequential run counts once (a range that
-//! starts inside the run counts only what lies past it), and the file's last page counts only
-//! up to the file's size: a 10,000,019-byte file read in 1,000-byte calls counts 10,000,019.
-//! The run is the thread's own (`READ_RUNS`), the sums the process's (`FILE_READS`, added to
-//! atomically): four threads `pread`ing one file at once, each every fourth chunk, count it
-//! exactly, where one shared run lost up to 45 KB of a 10 MB file in 4 runs of 10.
+//! [799,1023], ...). So each page of a sequential run counts once (a range that starts
+//! inside the run counts only what lies past it), and the file's last page counts only up to
+//! the file's size: a 10,000,019-byte file read in 1,000-byte calls counts 10,000,019.
+//! Threads of one process read one file at once (a parallel uploader's parts): the run is
+//! one word of the process's entry, moved by compare-and-swap, and the sums take atomic adds
+//! (plain read-modify-writes from two CPUs lost up to 45 KB of a 10 MB file read by four
+//! threads in 4 KiB chunks, in 4 runs of 10).
 //!
 //! `O_DIRECT` reads skip the page cache: `iomap_dio_rw_begin(struct kiocb *iocb, struct
 //! iov_iter *iter, unsigned int dio_flags, size_t done_before)` (fs/iomap/direct-io.c, the
@@ -33,7 +34,7 @@ use crate::{
     flow::{ReadError, bytes_at, read_kernel},
     maps::{
         FILE_OVERFLOW, FILE_PATHS, FILE_READS, KERNEL_DROPS, KERNEL_ERRORS, LAYOUT, PATH_SENT,
-        READ_RUNS, agent, atomic_add, bump,
+        agent, atomic_add, bump, compare_and_swap,
     },
 };
 
@@ -66,8 +67,7 @@ fn pages(ctx: &RawTracePointContext, last: u64) {
 }
 
 fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let agent = agent();
     if agent.tgid == tgid {
         return Ok(());
@@ -88,46 +88,62 @@ fn try_pages(mapping: *const u8, first: u64, last: u64) -> Result<(), ReadError>
         return Ok(());
     }
     let key = fields.key(tgid, &layout)?;
-    // This thread's run through the file: only what lies past it is new.
-    let run_key = FileKey {
-        tgid: pid_tgid as u32,
-        ..key
-    };
-    let from = match READ_RUNS.get_ptr_mut(run_key) {
-        Some(run) => {
-            // SAFETY: a live entry that only this thread (on one CPU at a time) writes.
-            let run = unsafe { &mut *run };
-            let from = if first >= run.run_start && first <= run.next {
-                run.next
-            } else {
-                run.run_start = first;
-                first
-            };
-            if from > last {
-                return Ok(());
-            }
-            run.next = last + 1;
-            from
-        }
-        None => {
-            let run = ReadRun {
-                run_start: first,
-                next: last + 1,
-            };
-            // A full LRU makes room; should the insert fail anyway, the next read of this
-            // range counts it again rather than not at all.
-            let _ = READ_RUNS.insert(run_key, run, 0);
-            first
+    let span = |from: u64| {
+        let whole = (last - from + 1) << shift;
+        if last == last_page {
+            // The last page holds only the file's tail.
+            whole - ((1u64 << shift) - (size - (last_page << shift)))
+        } else {
+            whole
         }
     };
-    let whole = (last - from + 1) << shift;
-    let bytes = if last == last_page {
-        // The last page holds only the file's tail.
-        whole - ((1u64 << shift) - (size - (last_page << shift)))
-    } else {
-        whole
+    let fresh = || FileRead {
+        run: ReadRun {
+            start: first,
+            next: last + 1,
+        }
+        .pack(),
+        bytes: span(first),
+        reads: 1,
+        path_generation: 0,
+        _pad: 0,
     };
-    record(&key, inode, agent.generation, &layout, bytes)
+    record(&key, inode, agent.generation, &layout, fresh, |state| {
+        if let Some(from) = advance(state, first, last) {
+            add(state, span(from));
+        }
+    })
+}
+
+/// Moves the entry's run past a read of pages `first..=last`; the first page to count, or
+/// `None` when every page is in already. One compare-and-swap of the run's word, tried again
+/// while another thread of the process moves the run at the same instant; should it keep
+/// losing, the whole range counts (counted twice rather than not at all).
+#[inline(always)]
+fn advance(state: *mut FileRead, first: u64, last: u64) -> Option<u64> {
+    for _ in 0..8 {
+        // SAFETY: a live entry's field; a whole aligned word.
+        let old = unsafe { core::ptr::read_volatile(&raw const (*state).run) };
+        let (from, run) = ReadRun::advance(ReadRun::unpack(old), first, last);
+        if from > last {
+            return None;
+        }
+        // SAFETY: as above.
+        if unsafe { compare_and_swap(&raw mut (*state).run, old, run.pack()) } {
+            return Some(from);
+        }
+    }
+    Some(first)
+}
+
+/// One read of `bytes` into a live entry: atomic adds, as threads on other CPUs add too.
+#[inline(always)]
+fn add(state: *mut FileRead, bytes: u64) {
+    // SAFETY: fields of a live map value, 8-byte aligned.
+    unsafe {
+        atomic_add(&raw mut (*state).bytes, bytes);
+        atomic_add(&raw mut (*state).reads, 1);
+    }
 }
 
 #[raw_tracepoint(tracepoint = "iomap_dio_rw_begin")]
@@ -167,8 +183,17 @@ fn try_direct(iocb: *const u8, iter: *const u8) -> Result<(), ReadError> {
         return Ok(());
     }
     let key = fields.key(tgid, &layout)?;
+    let fresh = || FileRead {
+        run: 0,
+        bytes,
+        reads: 1,
+        path_generation: 0,
+        _pad: 0,
+    };
     // Direct reads leave the page run alone: they never pass the page cache.
-    record(&key, inode, agent.generation, &layout, bytes)
+    record(&key, inode, agent.generation, &layout, fresh, |state| {
+        add(state, bytes)
+    })
 }
 
 /// The `struct inode` fields every read and write needs, from one helper call.
@@ -208,23 +233,23 @@ impl InodeFields {
     }
 }
 
-/// Adds a read of `bytes` to the key's entry, or creates the entry after sending the file's
-/// path. An entry counted before this agent started (another `generation`) has its path sent
-/// once more: the agent that learnt it is gone. One compare on every read after that. An
-/// entry whose path did not fit in the ring is marked with another generation, so that its
-/// next read tries again. The sums take atomic adds: threads of one process on several CPUs
-/// add to one entry at once.
+/// Adds a read to the key's entry with `add`, or creates the entry from `fresh` after sending
+/// the file's path. An entry counted before this agent started (another `generation`) has
+/// its path sent once more: the agent that learnt it is gone. One compare on every read after
+/// that. An entry whose path did not fit in the ring is marked with another generation, so
+/// that its next read tries again.
 #[inline(always)]
 fn record(
     key: &FileKey,
     inode: *const u8,
     generation: u32,
     layout: &KernelLayout,
-    bytes: u64,
+    fresh: impl FnOnce() -> FileRead,
+    add: impl FnOnce(*mut FileRead),
 ) -> Result<(), ReadError> {
     if let Some(state) = FILE_READS.get_ptr_mut(key) {
-        add(state, bytes);
-        // SAFETY: a live entry; a racing write of the same generation is harmless.
+        add(state);
+        // SAFETY: a live entry of a plain hash map; threads racing here write the same value.
         let state = unsafe { &mut *state };
         if state.path_generation != generation && send_path_once(inode, key, layout)? {
             state.path_generation = generation;
@@ -233,37 +258,25 @@ fn record(
     }
     let sent = send_path_once(inode, key, layout)?;
     let read = FileRead {
-        bytes,
-        reads: 1,
         path_generation: if sent {
             generation
         } else {
             generation.wrapping_sub(1)
         },
-        _pad: 0,
+        ..fresh()
     };
     if FILE_READS.insert(key, read, u64::from(BPF_NOEXIST)).is_ok() {
         return Ok(());
     }
     // Another thread of this process created the entry since the lookup above: add to it.
     if let Some(state) = FILE_READS.get_ptr_mut(key) {
-        add(state, bytes);
+        add(state);
         return Ok(());
     }
     // The map is full: the bytes count for the process alone.
     bump(&KERNEL_DROPS, MAP_FILE_READS);
-    add_overflow(&FILE_OVERFLOW, key.tgid, bytes);
+    add_overflow(&FILE_OVERFLOW, key.tgid, read.bytes);
     Ok(())
-}
-
-/// One read of `bytes` into a live entry, atomically.
-#[inline(always)]
-fn add(state: *mut FileRead, bytes: u64) {
-    // SAFETY: `state` points into a live map value; the fields are 8-byte aligned.
-    unsafe {
-        atomic_add(&raw mut (*state).bytes, bytes);
-        atomic_add(&raw mut (*state).reads, 1);
-    }
 }
 
 /// Adds `bytes` to the process's per-CPU overflow bucket, creating it on first use. When the

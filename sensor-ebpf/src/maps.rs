@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     AgentState, FileId, FileKey, FileRead, FileWrite, FlowCounters, FlowKey, KernelLayout,
-    MAP_COUNT, PROG_COUNT, PortRange, ReadRun, UdpDest, dns::DNS_STAT_COUNT,
+    MAP_COUNT, PROG_COUNT, PortRange, UdpDest, dns::DNS_STAT_COUNT,
 };
 
 /// Bytes sent and received per (process, remote address, port, protocol, direction).
@@ -46,18 +46,12 @@ pub(crate) static UDP_DEST: HashMap<u64, UdpDest> = HashMap::with_max_entries(16
 #[map]
 pub(crate) static SOCK_ROLE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Bytes each process read from each file. Key [`FileKey`], value [`FileRead`], added to
-/// atomically. Written by the `file_read` programs; read by the agent. Max entries: set from
-/// `kernel.file_map_entries` at load. Not an LRU: it holds counts.
+/// Bytes each process read from each file, with the run state that counts each page once.
+/// Key [`FileKey`], value [`FileRead`], its sums added to atomically. Written by the
+/// `file_read` programs; read by the agent. Max entries: set from `kernel.file_map_entries`
+/// at load. Not an LRU: it holds counts.
 #[map]
 pub(crate) static FILE_READS: HashMap<FileKey, FileRead> = HashMap::with_max_entries(65_536, 0);
-
-/// Each thread's sequential run through each file it reads, which says which pages of a read
-/// are new. Key [`FileKey`] with the thread id in `tgid`, value [`ReadRun`]. Written and read
-/// by the `file_read` programs only. An LRU: it holds no counts; a thread whose run was
-/// evicted starts a new one (at worst a page it had counted counts again).
-#[map]
-pub(crate) static READ_RUNS: LruHashMap<FileKey, ReadRun> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Bytes a process read while [`FILE_READS`] was full, without their file. Key: tgid; value:
 /// bytes per CPU. Written by the `file_read` programs; read by the agent.
@@ -226,6 +220,29 @@ pub(crate) unsafe fn atomic_add(sum: *mut u64, n: u64) {
     unsafe {
         core::sync::atomic::AtomicU64::from_ptr(sum)
             .fetch_add(n, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Replaces `*word` with `new` if it still holds `old` (`BPF_ATOMIC | BPF_CMPXCHG`); whether
+/// it did.
+///
+/// # Safety
+/// `word` points to a live, 8-byte aligned `u64`.
+#[inline(always)]
+pub(crate) unsafe fn compare_and_swap(word: *mut u64, old: u64, new: u64) -> bool {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: as the caller promises.
+    unsafe {
+        use core::intrinsics::AtomicOrdering::SeqCst;
+        core::intrinsics::atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(word, old, new).1
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as the caller promises (the host build only type-checks the programs).
+    unsafe {
+        use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        AtomicU64::from_ptr(word)
+            .compare_exchange(old, new, SeqCst, SeqCst)
+            .is_ok()
     }
 }
 

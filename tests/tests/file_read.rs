@@ -1,6 +1,6 @@
 //! File reads are counted exactly: a 10,000,019-byte file read whole counts 10,000,019 bytes
 //! for the reader, whether by small `read`s, `readv`s, `pread`s, one large read, `O_DIRECT`
-//! reads or four threads `pread`ing it at once.
+//! reads, four threads `pread`ing it at once or two taking turns at `read`.
 //!
 //! Not here yet: `mmap`. A large folio mapped whole by a PMD raises neither
 //! `mm_filemap_map_pages` nor `mm_filemap_fault` (traced on 6.18: nothing for the first 2,048
@@ -91,6 +91,17 @@ fn o_direct_reads_count_the_file_size() {
 #[test]
 fn four_threads_reading_one_file_at_once_count_the_file_size() {
     read_exactly("threads", "4096");
+}
+
+#[test]
+fn four_threads_reading_one_file_in_unaligned_chunks_count_the_file_size() {
+    // 1,000-byte chunks: the threads' reads share pages.
+    read_exactly("threads", "1000");
+}
+
+#[test]
+fn a_read_that_hops_between_two_threads_counts_the_file_size() {
+    read_exactly("turns", "1000");
 }
 
 #[test]

@@ -26,7 +26,6 @@ pub const PINNED_MAPS: &[&str] = &[
     "UDP_DEST",
     "AGENT",
     "FILE_READS",
-    "READ_RUNS",
     "FILE_OVERFLOW",
     "FILE_WRITES",
     "FILE_WRITE_OVERFLOW",

@@ -115,6 +115,10 @@ pub(crate) fn read_file(path: &str, chunk: usize, via: &str) -> anyhow::Result<(
         // Four threads `pread` the file at once, each every fourth chunk, as a parallel
         // uploader (`aws s3 cp`, `rclone`) reads its parts: one (process, file) entry for all.
         "threads" => total = read_threads(&file, size, chunk, 4)?,
+        // Two threads take turns, one `read` of `chunk` bytes each, on the one file position:
+        // a sequential read that hops between threads, as an async runtime's blocking pool
+        // or Go's scheduler makes it.
+        "turns" => total = read_in_turns(&file, chunk, 2)?,
         other => bail!("unknown read path {other}"),
     }
     say(&format!("read {total}"))?;
@@ -154,6 +158,53 @@ fn read_threads(
             Ok(sum + got)
         })
     })
+}
+
+/// `threads` threads read `file` to its end through its shared position, one `read` of
+/// `chunk` bytes each in turn.
+fn read_in_turns(file: &std::fs::File, chunk: usize, threads: usize) -> anyhow::Result<usize> {
+    use std::sync::{Condvar, Mutex};
+    // (whose turn it is, bytes read so far, the end reached)
+    let turn = Mutex::new((0usize, 0usize, false));
+    let changed = Condvar::new();
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (turn, changed) = (&turn, &changed);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut buf = vec![0u8; chunk.max(1)];
+                    let mut file = file;
+                    loop {
+                        let mut state = turn
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("a reading thread panicked"))?;
+                        while state.0 != t && !state.2 {
+                            state = changed
+                                .wait(state)
+                                .map_err(|_| anyhow::anyhow!("a reading thread panicked"))?;
+                        }
+                        if state.2 {
+                            return Ok(());
+                        }
+                        let n = file.read(&mut buf)?;
+                        state.1 += n;
+                        state.2 = n == 0;
+                        state.0 = (t + 1) % threads;
+                        changed.notify_all();
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join()
+                .map_err(|_| anyhow::anyhow!("a reading thread panicked"))??;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let (_, total, _) = *turn
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a reading thread panicked"))?;
+    Ok(total)
 }
 
 /// Reads with O_DIRECT, past the page cache, into a page-aligned buffer (as O_DIRECT needs).
