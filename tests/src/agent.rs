@@ -138,6 +138,21 @@ impl Agent {
         Self::start_full(POLL, None, "", extra, Some((uid, wrapper)))
     }
 
+    /// An agent on a host named `hostname`, as a second server's would be: run in a UTS
+    /// namespace of its own, its hostname set there, with interval records `interval` long.
+    pub fn start_on_host(hostname: &str, interval: Duration, extra: &str) -> anyhow::Result<Self> {
+        // `sh -c SCRIPT NAME AGENT ARGS…`: NAME is $0, the agent and its arguments "$@".
+        let wrapper = ["unshare", "--uts", "sh", "-c"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([
+                "echo \"$0\" > /proc/sys/kernel/hostname && exec \"$@\"".to_owned(),
+                hostname.to_owned(),
+            ])
+            .collect();
+        Self::start_full(POLL, Some(interval), "", extra, Some((0, wrapper)))
+    }
+
     fn start_config(
         poll: Duration,
         interval: Option<Duration>,

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.0 client for the agent's two listeners.
+//! A minimal HTTP/1.0 client for the agent's two listeners (and Alertmanager's API).
 
 use std::{net::SocketAddr, os::unix::net::UnixStream, path::Path, time::Duration};
 
@@ -12,6 +12,20 @@ pub fn http_get_tcp(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         bail!("GET {path} answered {status}: {body}");
     }
     Ok(body)
+}
+
+/// `POST path` of a JSON `body` over TCP; (status, body) of the answer.
+pub fn http_post_tcp(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    read_response(stream)
 }
 
 /// A minimal HTTP/1.0 GET over a Unix socket: one request, the server closes after answering.
@@ -28,6 +42,11 @@ fn http_get(
     path: &str,
 ) -> anyhow::Result<(u16, String)> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    read_response(stream)
+}
+
+/// The answer on `stream`, read to its end (HTTP/1.0: the server closes): (status, body).
+fn read_response(mut stream: impl std::io::Read) -> anyhow::Result<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response

@@ -5,19 +5,23 @@
 //! it, so a failing assertion leaves no namespace, process or socket behind.
 
 mod agent;
+mod alertmanager;
 mod host;
 mod http;
 mod links;
 pub mod maildir;
 mod prometheus;
+mod receiver;
 mod relay;
 pub mod servers;
 mod traffic;
 
 pub use agent::{Agent, FileRow, Flow, POLL, agent_bin, run_cli};
+pub use alertmanager::{Alertmanager, shipped_alertmanager_config};
 pub use host::{NetNs, ServiceCgroup, require_root};
-pub use http::{http_get_tcp, http_get_unix};
+pub use http::{http_get_tcp, http_get_unix, http_post_tcp};
 pub use prometheus::{Prometheus, Sample};
+pub use receiver::{Received, WebhookReceiver};
 pub use relay::{CountingRelay, Relayed};
 pub use servers::postgres;
 pub use traffic::{Proc, Traffic, socket_addr};

@@ -4,7 +4,7 @@
 //! it attaches as root and counts an upload to the byte, with the exe of a process of
 //! another user resolved.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use exfil_tests::{Agent, NetNs, require_root, socket_addr, traffic};
 
@@ -24,6 +24,19 @@ fn unit_capabilities() -> Vec<String> {
         .collect()
 }
 
+/// `exfil_sensor_probe_attached{probe}` of `agent`'s /metrics: probe → 0 or 1.
+fn probes_attached(agent: &Agent) -> BTreeMap<String, u8> {
+    let metrics = agent.metrics_text().expect("/metrics");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("exfil_sensor_probe_attached{probe=\""))
+        .map(|l| {
+            let (probe, value) = l.split_once("\"} ").expect("one label, then the value");
+            (probe.to_owned(), value.parse().expect("0 or 1"))
+        })
+        .collect()
+}
+
 #[test]
 fn the_units_capabilities_attach_every_probe_and_count_exactly() {
     require_root();
@@ -39,6 +52,8 @@ fn the_units_capabilities_attach_every_probe_and_count_exactly() {
         ]
     );
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
+    // What this kernel lets the agent attach, as root.
+    let as_root = probes_attached(&Agent::start().expect("the agent runs as root"));
     let ns = NetNs::outside().expect("namespace");
     let agent = Agent::start_as(NOBODY, &caps, "").expect("the agent runs as nobody");
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
@@ -52,16 +67,13 @@ fn the_units_capabilities_attach_every_probe_and_count_exactly() {
         "running as nobody: {uid_line}"
     );
 
-    let metrics = agent.metrics_text().expect("/metrics");
-    let probes: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("exfil_sensor_probe_attached{"))
-        .collect();
-    assert!(probes.len() >= 10, "{probes:?}");
-    assert!(
-        probes.iter().all(|l| l.ends_with(" 1")),
-        "every probe attached as nobody: {probes:?}"
-    );
+    // One series per probe of the agent's table, and each attached (1) or not (0) as it is
+    // for root on this kernel: the same probes, the same count.
+    let as_nobody = probes_attached(&agent);
+    let mut table = sensor::kernel::probe_names();
+    table.sort_unstable();
+    assert_eq!(as_nobody.keys().collect::<Vec<_>>(), table);
+    assert_eq!(as_nobody, as_root, "as nobody, then as root");
 
     const BYTES: u64 = 7_340_032;
     let (mut sink, port) = traffic!().sink(&ns, "tcp", ns.peer_ip).expect("sink");

@@ -1,9 +1,17 @@
 //! What ships in deploy/ is checked by the tools that will load it: the Prometheus rules by
 //! `promtool check rules` and their unit tests by `promtool test rules`; the Alertmanager
-//! example by `amtool check-config`, and its routing by `amtool config routes test`.
+//! example by `amtool check-config`, its routing by `amtool config routes test`, and its
+//! inhibit rule (which amtool cannot test) by a real Alertmanager running it.
 //! (`cargo xtask test` installs prometheus and prometheus-alertmanager.)
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use exfil_tests::{Alertmanager, WebhookReceiver, shipped_alertmanager_config};
 
 fn deploy(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,9 +72,94 @@ fn the_alertmanager_example_loads_and_routes_data_leaving_to_security() {
         route(&["alertname=ExfilSensorDestinationFromManyHosts"]),
         "security"
     );
+    for health in [
+        "ExfilSensorDown",
+        "ExfilSensorPollStalled",
+        "ExfilSensorJournalFailing",
+    ] {
+        assert_eq!(
+            route(&[&format!("alertname={health}"), "instance=mail1:9987"]),
+            "operations",
+            "{health}"
+        );
+    }
+}
+
+/// The alerts a real Alertmanager holds, by (alertname, instance): (state, inhibited by).
+fn states(am: &Alertmanager) -> BTreeMap<(String, String), (String, Vec<String>)> {
+    am.alerts()
+        .expect("GET /api/v2/alerts")
+        .iter()
+        .map(|a| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            let by = a["status"]["inhibitedBy"]
+                .as_array()
+                .map(|by| by.iter().map(text).collect())
+                .unwrap_or_default();
+            (
+                (
+                    text(&a["labels"]["alertname"]),
+                    text(&a["labels"]["instance"]),
+                ),
+                (text(&a["status"]["state"]), by),
+            )
+        })
+        .collect()
+}
+
+/// The shipped inhibit rule, in a real Alertmanager on the shipped file (its webhooks on a
+/// receiver of the test): while mail1's agent is down, mail1's poll and journal alerts are
+/// suppressed by it; mail2's poll alert, and mail1's data-leaving alert, are not.
+#[test]
+fn the_alertmanager_example_inhibits_the_health_alerts_of_a_down_agent() {
+    let webhook =
+        WebhookReceiver::start("127.0.0.1:0".parse().expect("addr"), 200).expect("receiver");
+    let config = shipped_alertmanager_config(webhook.addr).expect("the shipped config");
+    let am = Alertmanager::start(&config).expect("Alertmanager on the shipped config");
+    let alert = |name: &str, instance: &str| {
+        serde_json::json!({
+            "labels": { "alertname": name, "instance": instance, "job": "exfil-sensor" },
+            "annotations": { "summary": "from the inhibit test" },
+        })
+    };
+    let (mail1, mail2) = ("mail1:9987", "mail2:9987");
+    am.post_alerts(&serde_json::json!([
+        alert("ExfilSensorDown", mail1),
+        alert("ExfilSensorPollStalled", mail1),
+        alert("ExfilSensorJournalFailing", mail1),
+        alert("ExfilSensorPollStalled", mail2),
+        alert("ExfilSensorBurst", mail1),
+    ]))
+    .expect("POST the alerts");
+    // Alertmanager works out each alert's state as it processes it: wait until all five are.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let states = loop {
+        let states = states(&am);
+        if states.len() == 5 && states.values().all(|(state, _)| state != "unprocessed") {
+            break states;
+        }
+        assert!(Instant::now() < deadline, "{states:?}\n{}", am.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let down = am
+        .alerts()
+        .expect("GET /api/v2/alerts")
+        .into_iter()
+        .find(|a| a["labels"]["alertname"] == "ExfilSensorDown")
+        .and_then(|a| a["fingerprint"].as_str().map(str::to_owned))
+        .expect("the down alert's fingerprint");
+    let key = |name: &str, instance: &str| (name.to_owned(), instance.to_owned());
+    let suppressed = ("suppressed".to_owned(), vec![down]);
+    let active = ("active".to_owned(), Vec::new());
     assert_eq!(
-        route(&["alertname=ExfilSensorDown", "instance=mail1:9987"]),
-        "operations"
+        states,
+        BTreeMap::from([
+            (key("ExfilSensorDown", mail1), active.clone()),
+            (key("ExfilSensorPollStalled", mail1), suppressed.clone()),
+            (key("ExfilSensorJournalFailing", mail1), suppressed),
+            (key("ExfilSensorPollStalled", mail2), active.clone()),
+            (key("ExfilSensorBurst", mail1), active),
+        ])
     );
 }
 
@@ -89,7 +182,7 @@ fn the_systemd_unit_verifies() {
         .arg("verify")
         .arg(&path)
         .output()
-        .expect("systemd-analyze runs");
+        .expect("systemd-analyze runs (Debian package systemd: `cargo xtask setup` installs it)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(

@@ -1,7 +1,9 @@
 //! Detection against the real kernel: an 80 MiB upload is a `burst` within 30 s naming its
 //! service and destination; a process that reads a secret and sends it out, and an archive
 //! of patient records uploaded by another process, are `lineage`; a large loopback transfer
-//! and a large ordinary file read raise nothing.
+//! and a large ordinary file read raise nothing. A burst posted to a real Alertmanager running
+//! the shipped deploy/alertmanager/alertmanager.yml reaches the receiver that file routes it
+//! to, and resolves there.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use exfil_tests::{Agent, NetNs, Proc, ServiceCgroup, require_root, socket_addr, traffic};
+use exfil_tests::{
+    Agent, Alertmanager, NetNs, Proc, ServiceCgroup, WebhookReceiver, require_root,
+    shipped_alertmanager_config, socket_addr, traffic,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,66 +285,61 @@ fn loopback_transfers_and_ordinary_reads_raise_nothing() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
-/// A real Alertmanager (Debian's prometheus-alertmanager) on a free loopback port, with its
-/// state in a directory of its own; killed on drop.
-struct Alertmanager {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    dir: PathBuf,
+/// The notifications Alertmanager's webhook receivers got that carry the burst of `unit`:
+/// (the receiver's path, the notification).
+fn burst_notifications(webhook: &WebhookReceiver, unit: &str) -> Vec<(String, serde_json::Value)> {
+    webhook
+        .answered(200)
+        .into_iter()
+        .filter_map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+            let ours = body["alerts"]
+                .as_array()?
+                .iter()
+                .any(|a| a["labels"]["kind"] == "burst" && a["labels"]["service"] == unit);
+            ours.then_some((r.path, body))
+        })
+        .collect()
 }
 
-impl Alertmanager {
-    fn start() -> Self {
-        let dir = fresh_dir("alertmanager");
-        let config = dir.join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            "route:\n  receiver: none\nreceivers:\n  - name: none\n",
-        )
-        .expect("config");
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--cluster.listen-address=")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus-alertmanager (Debian package; `cargo xtask test` installs it)");
-        let am = Self { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while exfil_tests::http_get_tcp(am.addr, "/-/ready").is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Alertmanager did not become ready"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+/// Waits up to `within` for a notification of the burst of `unit` whose status is `status`.
+fn wait_for_notification(
+    webhook: &WebhookReceiver,
+    unit: &str,
+    status: &str,
+    within: Duration,
+) -> (String, serde_json::Value) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = burst_notifications(webhook, unit)
+            .into_iter()
+            .find(|(_, n)| n["status"] == status)
+        {
+            return found;
         }
-        am
-    }
-
-    fn alerts(&self) -> Vec<serde_json::Value> {
-        let body = exfil_tests::http_get_tcp(self.addr, "/api/v2/alerts").expect("GET alerts");
-        serde_json::from_str(&body).expect("Alertmanager's JSON")
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        assert!(
+            Instant::now() < deadline,
+            "no {status} notification of the burst within {within:?}: {:?}",
+            burst_notifications(webhook, unit)
+        );
+        std::thread::sleep(exfil_tests::POLL);
     }
 }
 
+/// The shipped alertmanager.yml, in a real Alertmanager: its receivers' webhooks (the only
+/// thing changed) post to a receiver of the test. The agent's burst arrives with its labels,
+/// is routed to `security` and notified there at once (`group_wait: 0s`), grouped by
+/// alertname, instance, service and destination; once resolved it is no longer active, and
+/// `security` hears of the end (`send_resolved`) at the group's next flush, a
+/// `group_interval` (1m) after the first.
 #[test]
 fn a_burst_reaches_a_real_alertmanager_with_its_labels_and_resolves_there() {
     require_root();
     const SIZE: u64 = 60 << 20;
-    let am = Alertmanager::start();
+    let webhook =
+        WebhookReceiver::start("127.0.0.1:0".parse().expect("addr"), 200).expect("receiver");
+    let config = shipped_alertmanager_config(webhook.addr).expect("the shipped config");
+    let am = Alertmanager::start(&config).expect("Alertmanager on the shipped config");
     let ns = NetNs::outside().expect("namespace");
     // Episodes end after 4 s without traffic (10 min by default).
     let agent = Agent::start_with_interval(
@@ -362,15 +362,21 @@ fn a_burst_reaches_a_real_alertmanager_with_its_labels_and_resolves_there() {
     let alert = loop {
         if let Some(a) = am
             .alerts()
+            .expect("GET /api/v2/alerts")
             .into_iter()
             .find(|a| a["labels"]["kind"] == "burst")
         {
             break a;
         }
-        assert!(Instant::now() < deadline, "no alert reached Alertmanager");
+        assert!(
+            Instant::now() < deadline,
+            "no alert reached Alertmanager:\n{}",
+            am.log()
+        );
         std::thread::sleep(exfil_tests::POLL);
     };
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let hostname = hostname.trim();
     let labels = &alert["labels"];
     let label = |name: &str| labels[name].as_str().unwrap_or_default().to_owned();
     assert_eq!(
@@ -388,7 +394,7 @@ fn a_burst_reaches_a_real_alertmanager_with_its_labels_and_resolves_there() {
             "critical".to_owned(),
             unit.to_owned(),
             ns.peer_ip.to_owned(),
-            hostname.trim().to_owned(),
+            hostname.to_owned(),
         )
     );
     assert_eq!(alert["status"]["state"], "active");
@@ -398,6 +404,25 @@ fn a_burst_reaches_a_real_alertmanager_with_its_labels_and_resolves_there() {
             .as_str()
             .is_some_and(|s| s.contains(ns.peer_ip)),
         "{alert}"
+    );
+    // Data leaving: the shipped route's receiver is security ...
+    assert_eq!(
+        alert["receivers"],
+        serde_json::json!([{ "name": "security" }]),
+        "{alert}"
+    );
+    // ... whose webhook is notified at once, the group being this service and destination.
+    let group = serde_json::json!({
+        "alertname": "ExfilSensorBurst",
+        "instance": hostname,
+        "service": unit,
+        "destination": ns.peer_ip,
+    });
+    let (path, firing) = wait_for_notification(&webhook, unit, "firing", Duration::from_secs(20));
+    assert_eq!(
+        (path.as_str(), &firing["receiver"], &firing["groupLabels"]),
+        ("/security", &serde_json::json!("security"), &group),
+        "{firing}"
     );
 
     // The upload is over: the episode resolves after the quiet period, and Alertmanager,
@@ -410,6 +435,7 @@ fn a_burst_reaches_a_real_alertmanager_with_its_labels_and_resolves_there() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while am
         .alerts()
+        .expect("GET /api/v2/alerts")
         .iter()
         .any(|a| a["labels"]["kind"] == "burst" && a["status"]["state"] == "active")
     {
@@ -419,4 +445,17 @@ fn a_burst_reaches_a_real_alertmanager_with_its_labels_and_resolves_there() {
         );
         std::thread::sleep(exfil_tests::POLL);
     }
+    let (path, ended) = wait_for_notification(&webhook, unit, "resolved", Duration::from_secs(90));
+    assert_eq!(
+        (path.as_str(), &ended["groupLabels"]),
+        ("/security", &group),
+        "{ended}"
+    );
+    assert_eq!(ended["alerts"][0]["status"], "resolved", "{ended}");
+    // Every notification of the burst went to security, none to operations.
+    let paths: Vec<String> = burst_notifications(&webhook, unit)
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    assert!(paths.iter().all(|p| p == "/security"), "{paths:?}");
 }

@@ -1,7 +1,7 @@
 //! The responder's commands on real evidence: a live agent's journal replays to the live
 //! alerts, and to an alert the live rules did not raise with a lower threshold; `report`
-//! shows the upload's exact bytes; a Zeek conn.log written in Zeek's exact format imports
-//! and replays to a `burst`.
+//! shows the upload's exact bytes, and merges two agents' journals by the host each ran on; a
+//! Zeek conn.log written in Zeek's exact format imports and replays to a `burst`.
 
 use std::{
     collections::BTreeSet,
@@ -143,6 +143,101 @@ fn replay_with_a_lower_threshold_finds_what_the_live_rules_did_not() {
         }]
     );
     let _ = std::fs::remove_file(&lower);
+}
+
+/// Waits until `agent` has counted `bytes` sent by `unit` to `destination` (20 s at most).
+fn wait_counted(agent: &Agent, unit: &str, destination: &str, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counted: u64 = agent
+            .flows()
+            .unwrap_or_default()
+            .iter()
+            .filter(|f| f.service == unit && f.destination == destination)
+            .map(|f| f.bytes_sent)
+            .sum();
+        if counted >= bytes {
+            assert_eq!(counted, bytes, "{unit}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{unit}: {counted} of {bytes}");
+        std::thread::sleep(exfil_tests::POLL);
+    }
+}
+
+/// Two agents, one after the other, on two hosts (the second in a UTS namespace named
+/// `exfil-e2e-db1`), each with its own journal and an upload of its own; `exfil-sensor
+/// report` given both directories: one report naming both hosts, each upload under the host
+/// that sent it, and the destination's bytes the sum of both, sent from both hosts.
+#[test]
+fn report_merges_two_agents_journals_by_the_host_each_ran_on() {
+    require_root();
+    const DB_HOST: &str = "exfil-e2e-db1";
+    let this_host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let this_host = this_host.trim();
+    assert_ne!(this_host, DB_HOST);
+    let ns = NetNs::outside().expect("namespace");
+    let uploads = [
+        (this_host, "exfil-e2e-report-mail.service", 3_000_017u64),
+        (DB_HOST, "exfil-e2e-report-db.service", 5_000_011),
+    ];
+    // Stopped agents, kept: each removes its journal when dropped.
+    let mut agents = Vec::new();
+    let mut journals = Vec::new();
+    for (host, unit, bytes) in uploads {
+        let mut agent = if host == DB_HOST {
+            Agent::start_on_host(host, INTERVAL, "")
+        } else {
+            Agent::start_with_interval(INTERVAL, "")
+        }
+        .expect("agent");
+        let _unit = upload(&ns, unit, bytes);
+        wait_counted(&agent, unit, ns.peer_ip, bytes);
+        let status = agent.stop().expect("SIGTERM");
+        assert!(status.success(), "{status}");
+        journals.push(agent.journal_dir().to_str().expect("utf-8").to_owned());
+        agents.push(agent);
+    }
+
+    let (code, stdout, stderr) =
+        run_cli(&["report", &journals[0], &journals[1], "--format", "json"]);
+    assert_eq!(code, 0, "report: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report JSON");
+    let mut hosts = vec![this_host, DB_HOST];
+    hosts.sort_unstable();
+    assert_eq!(report["hosts"], serde_json::json!(hosts));
+    // Each test upload under the host that sent it, and nowhere else.
+    let series: BTreeSet<(String, String, u64)> = report["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .filter(|s| uploads.iter().any(|(_, unit, _)| s["service"] == *unit))
+        .map(|s| {
+            let text = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
+            (
+                text("host"),
+                text("service"),
+                s["bytes"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String, u64)> = uploads
+        .iter()
+        .map(|(host, unit, bytes)| ((*host).to_owned(), (*unit).to_owned(), *bytes))
+        .collect();
+    assert_eq!(series, expected);
+    let destination = report["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .find(|d| d["destination"] == ns.peer_ip)
+        .expect("the test destination");
+    assert_eq!(destination["bytes"], 3_000_017 + 5_000_011);
+    // Most bytes first: the database host's upload is the larger.
+    assert_eq!(
+        destination["hosts"],
+        serde_json::json!([DB_HOST, this_host])
+    );
 }
 
 /// A conn.log as Zeek 6 writes it: its header lines, tab separators, `-` for unset fields.

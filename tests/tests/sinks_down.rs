@@ -1,4 +1,4 @@
-//! Alert sinks that fail, end to end: a webhook receiver (a small HTTP server thread here)
+//! Alert sinks that fail, end to end: a webhook receiver (a small HTTP server thread)
 //! that answers 500 until the test lets it answer 200, and an Alertmanager stand-in whose
 //! port is closed until the test opens it. The JSON lines sink gets every alert at once
 //! meanwhile; the queue metrics show the backlog; once both come back every alert arrives
@@ -11,19 +11,15 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU16, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use exfil_tests::{
-    Agent, NetNs, POLL, Proc, ServiceCgroup, require_root, socket_addr, traffic, watch_only,
+    Agent, NetNs, POLL, Proc, ServiceCgroup, WebhookReceiver, require_root, socket_addr, traffic,
+    watch_only,
 };
 use serde::Deserialize;
 
@@ -38,135 +34,6 @@ struct Alert {
     id: u64,
     kind: String,
     service: String,
-}
-
-/// One request the receiver answered, with the status it answered.
-#[derive(Debug, Clone)]
-struct Request {
-    status: u16,
-    path: String,
-    event: Option<String>,
-    body: Vec<u8>,
-}
-
-/// A tiny HTTP/1.1 server: keeps each request and answers it `status` (settable), with
-/// keep-alive. Its threads end when it is dropped (each connection read times out).
-struct Receiver {
-    addr: SocketAddr,
-    status: Arc<AtomicU16>,
-    requests: Arc<Mutex<Vec<Request>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Receiver {
-    fn start(addr: SocketAddr, status: u16) -> Self {
-        let listener = TcpListener::bind(addr).expect("bind the receiver");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let status = Arc::new(AtomicU16::new(status));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, r, st) = (
-            Arc::clone(&status),
-            Arc::clone(&requests),
-            Arc::clone(&stop),
-        );
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let (s, r, st) = (Arc::clone(&s), Arc::clone(&r), Arc::clone(&st));
-                        std::thread::spawn(move || serve(stream, &s, &r, &st));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Self {
-            addr,
-            status,
-            requests,
-            stop,
-        }
-    }
-
-    fn answered(&self, status: u16) -> Vec<Request> {
-        self.requests
-            .lock()
-            .expect("requests")
-            .iter()
-            .filter(|r| r.status == status)
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn serve(stream: TcpStream, status: &AtomicU16, requests: &Mutex<Vec<Request>>, stop: &AtomicBool) {
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut writer = stream.try_clone().expect("clone");
-    let mut reader = BufReader::new(stream);
-    let mut idle = Instant::now();
-    while !stop.load(Ordering::Relaxed) && idle.elapsed() < Duration::from_secs(120) {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(_) => return,
-        }
-        let path = line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        let (mut length, mut event) = (0usize, None);
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap_or(0),
-                    "x-exfil-sensor-event" => event = Some(value.trim().to_owned()),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let answer = status.load(Ordering::Relaxed);
-        requests.lock().expect("requests").push(Request {
-            status: answer,
-            path,
-            event,
-            body,
-        });
-        let reply = format!("HTTP/1.1 {answer} X\r\nContent-Length: 0\r\n\r\n");
-        if writer.write_all(reply.as_bytes()).is_err() {
-            return;
-        }
-        idle = Instant::now();
-    }
 }
 
 /// A loopback address nothing listens on (bound, then released).
@@ -286,7 +153,7 @@ fn json_lines(path: &Path) -> Vec<u64> {
 }
 
 /// Per alert id, how many times the webhook's answered-200 raised events carried it.
-fn webhook_ids(receiver: &Receiver) -> BTreeMap<u64, usize> {
+fn webhook_ids(receiver: &WebhookReceiver) -> BTreeMap<u64, usize> {
     let mut ids = BTreeMap::new();
     for r in receiver.answered(200) {
         assert_eq!(
@@ -301,7 +168,7 @@ fn webhook_ids(receiver: &Receiver) -> BTreeMap<u64, usize> {
 }
 
 /// Per alert id, how many alerts of Alertmanager's answered posts carried it.
-fn alertmanager_ids(receiver: &Receiver) -> BTreeMap<u64, usize> {
+fn alertmanager_ids(receiver: &WebhookReceiver) -> BTreeMap<u64, usize> {
     let mut ids = BTreeMap::new();
     for r in receiver.answered(200) {
         assert_eq!(r.path, "/api/v2/alerts");
@@ -334,7 +201,8 @@ fn sinks_that_fail_get_every_alert_exactly_once_when_they_come_back() {
     require_root();
     let ns = NetNs::outside().expect("namespace");
     ns.add_host(DESTINATION).expect("the destination host");
-    let webhook = Receiver::start("127.0.0.1:0".parse().expect("addr"), 500);
+    let webhook =
+        WebhookReceiver::start("127.0.0.1:0".parse().expect("addr"), 500).expect("receiver");
     let am_addr = closed_port();
     let file = alerts_file("sinks-down");
     let agent = Agent::start_with_interval(INTERVAL, &config(&file, webhook.addr, am_addr, 1000))
@@ -377,8 +245,8 @@ fn sinks_that_fail_get_every_alert_exactly_once_when_they_come_back() {
     }
 
     // Both come back.
-    webhook.status.store(200, Ordering::Relaxed);
-    let alertmanager = Receiver::start(am_addr, 200);
+    webhook.answer(200);
+    let alertmanager = WebhookReceiver::start(am_addr, 200).expect("receiver");
     // Alertmanager's retries back off 1 s, 2 s, 4 s … (up to `resend`): within a minute.
     assert!(
         wait_until(Duration::from_secs(60), || {
@@ -408,7 +276,8 @@ fn full_queues_of_two_drop_exactly_three_of_five_alerts() {
     require_root();
     let ns = NetNs::outside().expect("namespace");
     ns.add_host(DESTINATION).expect("the destination host");
-    let webhook = Receiver::start("127.0.0.1:0".parse().expect("addr"), 500);
+    let webhook =
+        WebhookReceiver::start("127.0.0.1:0".parse().expect("addr"), 500).expect("receiver");
     let am_addr = closed_port();
     let file = alerts_file("sinks-full");
     let agent = Agent::start_with_interval(INTERVAL, &config(&file, webhook.addr, am_addr, 2))
@@ -437,8 +306,8 @@ fn full_queues_of_two_drop_exactly_three_of_five_alerts() {
         0
     );
 
-    webhook.status.store(200, Ordering::Relaxed);
-    let alertmanager = Receiver::start(am_addr, 200);
+    webhook.answer(200);
+    let alertmanager = WebhookReceiver::start(am_addr, 200).expect("receiver");
     assert!(
         wait_until(Duration::from_secs(60), || {
             metric("exfil_sensor_alert_sink_queue_length", "webhook") == 0

@@ -21,6 +21,10 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 /// foreground, with its own config and state; the packages' system services are never
 /// started (see `debian_packages`). dnsmasq-base: the outside world's DNS server of the
 /// destination-name test (no service of its own: the test runs it in the foreground).
+/// systemd for `systemd-analyze verify` of the shipped unit (tests/deploy.rs): its
+/// maintainer scripts only start or restart anything when systemd is PID 1 (they test
+/// /run/systemd/system first), and `systemctl enable` without it only makes symlinks;
+/// --no-install-recommends keeps out dbus and systemd-timesyncd.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
@@ -37,6 +41,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "rsync",
     "python3",
     "dnsmasq-base",
+    "systemd",
 ];
 
 /// What `cargo xtask package` needs besides cargo-deb: dpkg-shlibdeps, from which cargo-deb

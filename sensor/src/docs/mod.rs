@@ -407,3 +407,23 @@ fn every_link_within_the_readme_names_a_heading() {
     }
     assert!(checked > 10, "too few links found: {checked}");
 }
+
+/// The version the workspace builds (what `--version`, the start records and the .deb's name
+/// carry) is the one the README installs and the newest of its changelog.
+#[test]
+fn the_readme_installs_and_describes_the_version_built() {
+    let readme = read("README.md");
+    let version = env!("CARGO_PKG_VERSION");
+    let installs: Vec<&str> = section(&readme, "Installing from the .deb")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("dpkg -i "))
+        .collect();
+    assert_eq!(
+        installs,
+        [format!("target/debian/exfil-sensor_{version}-1_amd64.deb")]
+    );
+    let newest = section(&readme, "Changelog")
+        .lines()
+        .find_map(|l| l.strip_prefix("### "));
+    assert_eq!(newest, Some(version), "the newest changelog entry");
+}
