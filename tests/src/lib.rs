@@ -11,6 +11,7 @@ mod links;
 pub mod maildir;
 mod prometheus;
 mod relay;
+mod resident;
 pub mod servers;
 mod traffic;
 
@@ -19,6 +20,7 @@ pub use host::{NetNs, ServiceCgroup, require_root};
 pub use http::{http_get_tcp, http_get_unix};
 pub use prometheus::{Prometheus, Sample};
 pub use relay::{CountingRelay, Relayed};
+pub use resident::Resident;
 pub use servers::postgres;
 pub use traffic::{Proc, Traffic, socket_addr};
 

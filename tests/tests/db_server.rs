@@ -29,7 +29,7 @@ use std::{
 };
 
 use exfil_tests::{
-    Agent, CountingRelay, NetNs, Proc, ServiceCgroup,
+    Agent, CountingRelay, NetNs, Proc, Resident, ServiceCgroup,
     postgres::{self, Postgres},
     require_root, run_cli, socket_addr, traffic,
 };
@@ -298,6 +298,10 @@ fn dump_and_upload(ns: &NetNs, pg: &Postgres, agent: &Agent, dir: &std::path::Pa
         std::os::unix::fs::MetadataExt::ino(&metadata),
     );
 
+    // The dump stays in the page cache until it is uploaded, as on a server whose memory
+    // is not reclaimed within seconds (this VM's is: see `Resident`).
+    let resident = Resident::lock(&dump).expect("the dump held in memory");
+
     std::thread::sleep(exfil_tests::POLL * 3);
     let uploader = ServiceCgroup::create(UPLOADER).expect("cgroup");
     let (mut sink, port) = traffic!().sink(ns, "tcp", EXFIL_HOST).expect("sink");
@@ -310,6 +314,7 @@ fn dump_and_upload(ns: &NetNs, pg: &Postgres, agent: &Agent, dir: &std::path::Pa
     let upload = Proc::spawn(socat, "socat").expect("socat");
     let upload_pid = upload.pid();
     upload.finish().expect("socat uploads the dump");
+    drop(resident);
     let received: u64 = sink.expect_line("received").expect("received");
     assert_eq!(received, dump_size);
 
