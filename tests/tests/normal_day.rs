@@ -12,16 +12,17 @@
 //! - three office clients (192.0.2.11–13) sync their mailboxes over IMAP from Dovecot (a new
 //!   account: every message of every folder);
 //! - the nightly jobs, in `cron.service`: `rsync` of the whole mail store to the backup host
-//!   192.0.2.50 (an rsync daemon there), a `pg_dump` of the patients database streamed there
-//!   too, and a local `pg_dump` to disk.
+//!   192.0.2.50 (an rsync daemon there, behind a front door counting what it receives), a
+//!   `pg_dump` of the patients database streamed there too, and a local `pg_dump` to disk.
 //!
 //! The agent's config is the default with the office network internal, the test's mail
 //! store classed `mail_store` (as /var/vmail is by default), no learning period left, and
 //! the shipped profiles, copied from `exfil-sensor config default`, plus one for the test's
 //! simulated hosts (see [`OTHER_HOSTS`]). Besides no alert, the test checks the agent's bytes
 //! against the other end where that is cheap: what Postfix sent the MX is what the MX
-//! received, each office sync's bytes are Dovecot's `out=`, what the dump's uploader sent is
-//! what the backup host received, and what smtpd received is what swaks sent.
+//! received, each office sync's bytes are Dovecot's `out=`, what rsync and the dump's uploader
+//! sent is what the backup host received (every file of the store arriving), and what smtpd
+//! received is what swaks sent.
 
 use std::{
     collections::BTreeMap,
@@ -38,8 +39,8 @@ use exfil_tests::{
     require_root,
     servers::{
         dovecot::{self, Dovecot},
-        listening,
         postfix::{self, Postfix},
+        rsyncd::{self, BackupHost},
     },
     traffic,
 };
@@ -59,7 +60,6 @@ const MX: &str = "198.51.100.25";
 /// The office clients, each syncing the mailbox of the user of the same index.
 const OFFICE: [&str; 3] = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
 const BACKUP_HOST: &str = "192.0.2.50";
-const RSYNC_PORT: u16 = 873;
 /// The issue's patients table.
 const PATIENTS: u32 = 200_000;
 /// The unit of the nightly jobs.
@@ -258,37 +258,8 @@ fn a_normal_day_of_mail_and_backups_raises_no_alert() {
             .expect("the MX listens");
         sink
     };
-    let backup_store = dir.join("backup-host");
-    std::fs::create_dir_all(backup_store.join("store")).expect("backup dir");
-    let rsyncd_conf = backup_store.join("rsyncd.conf");
-    std::fs::write(
-        &rsyncd_conf,
-        format!(
-            "use chroot = no\npid file = {d}/rsyncd.pid\nlog file = {d}/rsyncd.log\n\
-             [backup]\npath = {d}/store\nread only = no\nuid = root\ngid = root\n",
-            d = backup_store.display()
-        ),
-    )
-    .expect("rsyncd.conf");
-    let _rsyncd = {
-        let mut cmd = ns.command(Path::new("/usr/bin/rsync"));
-        cmd.args(["--daemon", "--no-detach"])
-            .arg(format!("--address={BACKUP_HOST}"))
-            .arg(format!("--port={RSYNC_PORT}"))
-            .arg(format!("--config={}", rsyncd_conf.display()));
-        other_hosts.place(&mut cmd).expect("place rsyncd");
-        let daemon = Proc::spawn(cmd, "rsync --daemon").expect("rsyncd");
-        let addr = SocketAddrV4::new(BACKUP_HOST.parse().expect("IPv4"), RSYNC_PORT);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !listening(Some(&ns), addr).expect("/proc/net/tcp") {
-            assert!(
-                Instant::now() < deadline,
-                "rsyncd does not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
-    };
+    let backup_host = BackupHost::start(&ns, BACKUP_HOST, &dir.join("backup-host"), &other_hosts)
+        .expect("the backup host");
     // The day's mail, made before it starts.
     let inbound = maildir::messages(&names, INBOUND, SEED ^ 1);
     let inbound_dir = dir.join("inbound");
@@ -403,6 +374,25 @@ fn a_normal_day_of_mail_and_backups_raises_no_alert() {
         cron.place(&mut cmd).expect("place rsync");
         run_ok(&mut cmd, Duration::from_secs(120))
     };
+    // The whole store arrived, and the backup host counted what it received.
+    let backed_up = rsyncd::files_under(&backup_host.store().join("mail")).expect("the backup");
+    let store_files = rsyncd::files_under(&dovecot.mail_root()).expect("the store");
+    assert_eq!(
+        (backed_up.len(), backed_up.values().sum::<u64>()),
+        (store_files.len(), store_files.values().sum::<u64>())
+    );
+    let differing: Vec<_> = store_files
+        .iter()
+        .filter(|(path, size)| backed_up.get(*path) != Some(size))
+        .map(|(path, _)| path)
+        .chain(backed_up.keys().filter(|p| !store_files.contains_key(*p)))
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "backup and store differ: {differing:?}"
+    );
+    let rsync_wire = backup_host.finish().expect("the backup host's count");
     let (mut dump_sink, dump_port) = traffic!()
         .sink(&ns, "tcp", BACKUP_HOST)
         .expect("the backup host's dump sink");
@@ -522,15 +512,21 @@ fn a_normal_day_of_mail_and_backups_raises_no_alert() {
         |flows| sent(flows) >= dump_received,
     );
     assert_eq!(sent(&upload), dump_received);
+    // rsync sent the backup host what it received, and received what it sent. (rsync's own
+    // stats leave out the daemon protocol's greeting and module exchange before the
+    // transfer, about a hundred bytes each way: shown, not compared.)
     let to_backup = settled_flows(
         &agent,
         |f| f.service == CRON && f.comm == "rsync" && f.destination == BACKUP_HOST,
-        |_| true,
+        |flows| sent(flows) >= rsync_wire.to_server,
     );
-    // rsync's own stats leave out the daemon protocol's greeting and module exchange before
-    // the transfer (about a hundred bytes each way): shown, not compared.
     assert!(
         !to_backup.is_empty() && to_backup.iter().all(|f| f.class == "internal"),
+        "{to_backup:?}"
+    );
+    assert_eq!(
+        (sent(&to_backup), received(&to_backup)),
+        (rsync_wire.to_server, rsync_wire.from_server),
         "{to_backup:?}"
     );
     let rsync_sent = rsync_stat(&rsync_stats, "Total bytes sent");
@@ -542,8 +538,8 @@ fn a_normal_day_of_mail_and_backups_raises_no_alert() {
          inbound {} bytes of messages, smtpd received {} bytes from {OUTSIDE_SENDER}; MX: \
          {mx_connections} connections, {mx_messages} messages, {mx_data} bytes of DATA, {} \
          received ({mx_sent} sent, {} read by Postfix); office syncs (messages, bytes): \
-         {:?}; rsync: agent {} sent / {} received, its stats {} / \
-         {}; pg_dump to the backup host {dump_received} bytes, to disk {local_dump_size}; \
+         {:?}; rsync: agent {} sent / {} received, the backup host {} / {}, rsync's stats \
+         {} / {} ({} files); pg_dump to the backup host {dump_received} bytes, to disk {local_dump_size}; \
          test {:?}",
         store.messages(),
         store.bytes(),
@@ -557,8 +553,11 @@ fn a_normal_day_of_mail_and_backups_raises_no_alert() {
             .collect::<Vec<_>>(),
         sent(&to_backup),
         received(&to_backup),
+        rsync_wire.to_server,
+        rsync_wire.from_server,
         rsync_sent,
         rsync_received,
+        backed_up.len(),
         test_start.elapsed()
     );
     assert!(alerts.is_empty(), "alerts on a normal day: {alerts:#?}");

@@ -6,6 +6,7 @@ pub mod dnsmasq;
 pub mod dovecot;
 pub mod postfix;
 pub mod postgres;
+pub mod rsyncd;
 
 use std::{net::SocketAddrV4, process::Command, time::Duration};
 
