@@ -13,6 +13,10 @@
 //! (plain read-modify-writes from two CPUs lost up to 45 KB of a 10 MB file read by four
 //! threads in 4 KiB chunks, in 4 runs of 10).
 //!
+//! Not seen: when a read's batch ends in a folio still being read back from disk (a partly
+//! evicted file), `filemap_get_pages` drops it and returns the folios before it without
+//! firing the tracepoint; they are copied uncounted (README, "Supported kernels and probes").
+//!
 //! `O_DIRECT` reads skip the page cache: `iomap_dio_rw_begin(struct kiocb *iocb, struct
 //! iov_iter *iter, unsigned int dio_flags, size_t done_before)` (fs/iomap/direct-io.c, the
 //! path of ext4, xfs and btrfs) gives the byte count, clipped to what lies before the end of
