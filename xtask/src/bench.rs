@@ -182,6 +182,44 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The load run's length unless `--seconds` says otherwise.
+pub const LOAD_SECONDS: u64 = 600;
+/// The soak's length unless `--seconds` says otherwise.
+pub const SOAK_SECONDS: u64 = 3600;
+
+/// The command line a long run's section names, as it was run: with `--seconds` when not
+/// the run's `default`, under `nice -n N` when this process ran at niceness N.
+pub(crate) fn long_run_command(flag: &str, seconds: u64, default: u64) -> String {
+    command_at(flag, seconds, default, niceness().unwrap_or(0))
+}
+
+fn command_at(flag: &str, seconds: u64, default: u64, nice: i64) -> String {
+    let mut command = format!("cargo xtask bench {flag}");
+    if seconds != default {
+        command.push_str(&format!(" --seconds {seconds}"));
+    }
+    if nice == 0 {
+        command
+    } else {
+        format!("nice -n {nice} {command}")
+    }
+}
+
+/// This process's niceness: field 19 of /proc/self/stat, the 17th after the command's
+/// closing parenthesis (the command may itself hold spaces and parentheses).
+fn niceness() -> Option<i64> {
+    nice_field(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+fn nice_field(stat: &str) -> Option<i64> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(16)?
+        .parse()
+        .ok()
+}
+
 /// `cargo xtask bench --soak`: the soak alone, `seconds` long; rewrites its section.
 pub fn run_soak(seconds: u64) -> anyhow::Result<()> {
     let out_dir = release_build()?;
@@ -191,11 +229,7 @@ pub fn run_soak(seconds: u64) -> anyhow::Result<()> {
         out_dir.join("soak.json"),
         serde_json::to_string_pretty(&soak)?,
     )?;
-    let command = if seconds == 3600 {
-        "nice -n 10 cargo xtask bench --soak".to_owned()
-    } else {
-        format!("nice -n 10 cargo xtask bench --soak --seconds {seconds}")
-    };
+    let command = long_run_command("--soak", seconds, SOAK_SECONDS);
     let section = sections::render_soak(&soak, &command, &run_context(&start))?;
     write_section(sections::SOAK, &section)
 }
@@ -514,4 +548,41 @@ fn micro_benches(quick: bool) -> anyhow::Result<BTreeMap<String, f64>> {
         }
     }
     Ok(medians)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_run_command_says_seconds_and_niceness_as_run() {
+        assert_eq!(
+            command_at("--soak", 3600, SOAK_SECONDS, 0),
+            "cargo xtask bench --soak"
+        );
+        assert_eq!(
+            command_at("--soak", 60, SOAK_SECONDS, 10),
+            "nice -n 10 cargo xtask bench --soak --seconds 60"
+        );
+        assert_eq!(
+            command_at("--load", 600, LOAD_SECONDS, -5),
+            "nice -n -5 cargo xtask bench --load"
+        );
+    }
+
+    #[test]
+    fn nice_field_is_the_19th_of_proc_stat() {
+        // A command with a space and a parenthesis of its own, as /proc shows it.
+        let stat = "4242 (a) b) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 30 10 1 0 \
+                    5000 1000 200 18446744073709551615";
+        assert_eq!(nice_field(stat), Some(10));
+        assert_eq!(nice_field("4242 (cat"), None);
+    }
+
+    #[test]
+    fn niceness_is_this_process_s() {
+        // SAFETY: getpriority reads this process's nice value; no memory is passed.
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert_eq!(niceness(), Some(i64::from(nice)));
+    }
 }

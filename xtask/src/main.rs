@@ -119,8 +119,8 @@ fn main() {
         } => require_root("bench")
             .and_then(|()| setup::run())
             .and_then(|()| match (load, soak, dns) {
-                (true, _, _) => bench::run_load(seconds.unwrap_or(600)),
-                (_, true, _) => bench::run_soak(seconds.unwrap_or(3600)),
+                (true, _, _) => bench::run_load(seconds.unwrap_or(bench::LOAD_SECONDS)),
+                (_, true, _) => bench::run_soak(seconds.unwrap_or(bench::SOAK_SECONDS)),
                 (_, _, true) => bench::dns::run(),
                 _ => bench::run(quick),
             }),

@@ -49,11 +49,7 @@ pub(super) fn render(m: &Measured, seconds: u64, start: &Start) -> anyhow::Resul
     let mib = |kib: u64| kib as f64 / 1024.0;
     let c = &m.check;
     let mut s = String::new();
-    let command = if seconds == 600 {
-        "cargo xtask bench --load".to_owned()
-    } else {
-        format!("cargo xtask bench --load --seconds {seconds}")
-    };
+    let command = super::long_run_command("--load", seconds, super::LOAD_SECONDS);
     writeln!(s, "{LOAD}\n")?;
     writeln!(
         s,
