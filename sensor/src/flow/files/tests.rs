@@ -357,3 +357,9 @@ fn adopted_write_totals_are_not_news() {
     t.apply(at(2), writes(&[(key(7, 1), wrote(5_500, 6))]), &FakeProc);
     assert_eq!(t.tick(at(3))[0].bytes_written, 500);
 }
+
+/// The README's `flows.max_files` sizes the table's row map from this: 136 bytes a row.
+#[test]
+fn a_row_is_the_size_the_readme_gives() {
+    assert_eq!(std::mem::size_of::<(FileKey, Row)>(), 136);
+}
